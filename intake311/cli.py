@@ -1,0 +1,220 @@
+"""The ``intake311`` command: run the pipeline or one stage, submit a report, watch a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from intake311.logging import configure_logging
+from intake311.pipeline import ALL, STAGES, WEB, embedded_bootstrap_file, serve
+from intake311.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="intake311: multi-channel 311 intake over Kafka.", no_args_is_help=True, add_completion=False
+)
+schemas_app = typer.Typer(help="The event contracts.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file", exists=True)]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except Exception as exc:  # a settings error is the operator's to fix: say it plainly
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _client_bootstrap(settings: Settings) -> list[str]:
+    """The cluster for client commands: configured, or the embedded one ``up`` announced."""
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    file = embedded_bootstrap_file(settings)
+    if file.is_file():
+        return file.read_text().split()
+    typer.echo(
+        "no Kafka configured and no running `intake311 up` found "
+        f"({file} missing); start `intake311 up` first",
+        err=True,
+    )
+    raise typer.Exit(2)
+
+
+def _announce(settings: Settings, stages: tuple[str, ...]) -> None:
+    lines = ["intake311 is running:"]
+    if WEB in stages:
+        base = settings.web.public_url
+        lines += [
+            f"  resident form    {base}/",
+            f"  Open311 API      {base}/open311/v2/services.json",
+            f"  AsyncAPI docs    {base}/docs/asyncapi",
+        ]
+    lines.append(f"  department files {settings.data_dir.resolve() / 'departments'}/<department>.jsonl")
+    typer.echo("\n".join(lines), err=True)
+
+
+def _run(settings: Settings, stages: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, stages, on_ready=lambda: _announce(settings, stages)))
+
+
+@app.command()
+def up(config: ConfigOpt = None) -> None:
+    """Everything in one process: embedded broker (if none configured), web, normalizer, router, sinks."""
+    _run(_settings(config), ALL)
+
+
+@app.command()
+def run(
+    stage: Annotated[str, typer.Argument(help=f"one of: {', '.join(ALL)}")],
+    config: ConfigOpt = None,
+) -> None:
+    """One stage alone, as a member of its consumer group (start more to scale out)."""
+    if stage not in ALL:
+        typer.echo(f"unknown stage {stage!r}; choose one of: {', '.join(ALL)}", err=True)
+        raise typer.Exit(2)
+    _run(_settings(config), (stage,))
+
+
+@app.command()
+def submit(
+    text: Annotated[str, typer.Argument(help="what the resident reported")],
+    address: Annotated[str | None, typer.Option(help="where it is")] = None,
+    service: Annotated[str | None, typer.Option(help="service code, if known")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Report something as an operator would from the phone: prints the ticket number."""
+    from channels.operator import operator_contact
+
+    settings = _settings(config)
+    contact = operator_contact(
+        text, address=address, service_code=service, provider_id=str(uuid.uuid4()), now=datetime.now(UTC)
+    )
+
+    async def publish() -> None:
+        from channels.base import KafkaContactPublisher
+        from intake311.bus import make_broker
+
+        broker = make_broker(settings.kafka, _client_bootstrap(settings))
+        await broker.connect()
+        try:
+            await KafkaContactPublisher(broker, settings.topics).publish(contact)
+        finally:
+            await broker.stop()
+
+    asyncio.run(publish())
+    typer.echo(contact.request_id)
+
+
+@app.command()
+def tail(
+    topic: Annotated[
+        str,
+        typer.Argument(
+            help="requests, deadletter, status, contacts:CHANNEL, department:ID, or a full topic name"
+        ),
+    ],
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="replay the topic")] = False,
+    limit: Annotated[int | None, typer.Option(help="stop after N events")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print events on a topic as JSON lines as they pass."""
+    from aiokafka import AIOKafkaConsumer
+
+    settings = _settings(config)
+    name = resolve_topic(settings, topic)
+
+    async def follow() -> None:
+        consumer = AIOKafkaConsumer(
+            name,
+            bootstrap_servers=_client_bootstrap(settings),
+            group_id=None,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
+        await consumer.start()
+        seen = 0
+        try:
+            async for record in consumer:
+                try:
+                    value = json.loads(record.value or b"null")
+                except ValueError:
+                    value = (record.value or b"").decode(errors="replace")
+                sys.stdout.write(
+                    json.dumps(
+                        {
+                            "topic": record.topic,
+                            "key": (record.key or b"").decode(errors="replace"),
+                            "offset": record.offset,
+                            "value": value,
+                        }
+                    )
+                    + "\n"
+                )
+                sys.stdout.flush()
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+        finally:
+            await consumer.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(follow())
+
+
+def resolve_topic(settings: Settings, short: str) -> str:
+    """Accept short names so operators need not remember the prefix."""
+    topics = settings.topics
+    kind, _, arg = short.partition(":")
+    if kind == "requests" and not arg:
+        return topics.requests
+    if kind == "deadletter" and not arg:
+        return topics.deadletter
+    if kind == "status" and not arg:
+        return topics.status
+    if kind == "contacts" and arg:
+        return topics.contacts(arg)
+    if kind == "department" and arg:
+        return topics.department(arg)
+    return short
+
+
+@schemas_app.command("export")
+def schemas_export(directory: Annotated[Path, typer.Argument(help="where to write *.schema.json")]) -> None:
+    """Write the JSON Schema of every event (RawContact, ServiceRequest, DeadLetter)."""
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(directory):
+        typer.echo(str(path))
+
+
+@app.command()
+def asyncapi(config: ConfigOpt = None) -> None:
+    """Print the AsyncAPI document of the full pipeline (topics, payload schemas)."""
+    from intake311.bus import make_broker
+    from intake311.pipeline import _load
+    from intake311.pipeline import asyncapi as spec_for
+
+    settings = _settings(config)
+    broker = make_broker(settings.kafka, settings.kafka.bootstrap_servers or ["embedded"])
+    for stage in STAGES:
+        _load(STAGES[stage])(broker, settings)
+    typer.echo(spec_for(broker).to_specification().to_json())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Settings from environment variables (``INTAKE311_…``) and an optional YAML file.
+
+Precedence, highest first: explicit arguments, environment, the YAML file named by
+``INTAKE311_CONFIG`` (or ``--config``), defaults. Nested fields use ``__`` in variable names:
+``INTAKE311_KAFKA__BOOTSTRAP_SERVERS=broker1:9092,broker2:9092``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from schemas.topics import Topics
+
+CONFIG_ENV = "INTAKE311_CONFIG"
+
+
+class KafkaSettings(BaseModel):
+    """Where the bus is. No bootstrap servers means: start the embedded broker."""
+
+    bootstrap_servers: list[str] = Field(default_factory=list)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    partitions: int = Field(default=3, ge=1, description="partitions for topics intake311 creates")
+    replication_factor: int = Field(default=1, ge=1)
+    client_id: str = "intake311"
+    topic_prefix: str = "intake311"
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            context.load_cert_chain(
+                str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+            )
+        return context
+
+
+class WebSettings(BaseModel):
+    """The web channel (Open311 API, resident form, AsyncAPI docs)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8311
+    base_url: str | None = Field(default=None, description="public URL when behind a proxy")
+    api_keys: list[SecretStr] = Field(
+        default_factory=lambda: [SecretStr("demo-key")],
+        description="Open311 api_key values accepted for POST requests",
+    )
+    jurisdiction_id: str = "intake311.local"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def public_url(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class Settings(BaseSettings):
+    """All of intake311's configuration in one validated object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INTAKE311_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    web: WebSettings = WebSettings()
+    data_dir: Path = Path("var")
+    taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
+    routing_file: Path | None = Field(default=None, description="None: the packaged default")
+    subscriptions_file: Path | None = Field(default=None, description="None: the packaged default")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    max_batch: int = Field(default=500, ge=1, description="records a stage takes per poll")
+    retry_attempts: int = Field(default=5, ge=1, description="tries before a delivery is dead-lettered")
+    retry_backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each try")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.kafka.topic_prefix)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV}={config_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, an optional YAML file, and explicit overrides."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(config_file)
+    return Settings(**overrides)

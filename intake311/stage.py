@@ -1,0 +1,172 @@
+"""What every consuming stage shares: batches of records in, records out, failures kept.
+
+A stage's logic is a pure function from a decoded record to zero or more ``Outgoing``
+records; ``run_batch`` applies it to a Kafka batch, sends input that cannot be processed to the
+dead-letter topic with its reason and original bytes, and publishes the rest in one pipelined
+round trip. Offsets are committed by FastStream only after ``run_batch`` returns, so a crash
+replays the batch (at-least-once) and stable ids make the replay harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+
+from intake311.bus import Outgoing, PublishError, publish_all
+from intake311.logging import get_logger
+from schemas.deadletter import DeadLetter
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record, detached from aiokafka so pure code and tests can build it."""
+
+    value: bytes
+    topic: str = ""
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, raw: ConsumerRecord[Any, Any]) -> Record:
+        return cls(
+            value=raw.value or b"",
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key=raw.key,
+            headers={k: v.decode(errors="replace") for k, v in (raw.headers or ())},
+        )
+
+
+class Reject(Exception):
+    """Raised by stage logic for input that will never succeed: it goes to the dead-letter topic."""
+
+
+def records_from(raw_message: Any) -> list[Record]:
+    """Records of a FastStream Kafka message, batch or single."""
+    raws = raw_message if isinstance(raw_message, tuple | list) else (raw_message,)
+    return [Record.of(r) for r in raws]
+
+
+def dead_letter(
+    record: Record, stage: str, topic: str, reason: str, error: str, attempts: int = 1
+) -> Outgoing:
+    """The dead-letter record for an input record, keyed like the original."""
+    letter = DeadLetter.of(
+        record.value,
+        stage=stage,
+        reason=reason,
+        error=error,
+        source_topic=record.topic or None,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode(errors="replace") if record.key else None,
+        headers=record.headers,
+        attempts=attempts,
+    )
+    return Outgoing(topic, letter.model_dump_json().encode(), key=letter.key, headers={"x-stage": stage})
+
+
+def explain(exc: BaseException) -> str:
+    """A short reason an operator can act on (pydantic errors listed field by field)."""
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors()[:10]]
+        return "invalid: " + "; ".join(parts)
+    return str(exc) or type(exc).__name__
+
+
+def process_batch(
+    records: Sequence[Record],
+    handle: Callable[[Record], Sequence[Outgoing]],
+    *,
+    stage: str,
+    deadletter_topic: str,
+) -> tuple[list[Outgoing], int]:
+    """Apply ``handle`` to each record; bad records become dead letters. Returns (out, rejected).
+
+    Only ``Reject`` and validation errors are the input's fault. Anything else is a bug or an
+    outage, and it propagates so the batch is retried rather than silently dead-lettered.
+    """
+    out: list[Outgoing] = []
+    rejected = 0
+    for record in records:
+        try:
+            out.extend(handle(record))
+        except (Reject, ValidationError, ValueError, UnicodeDecodeError) as exc:
+            rejected += 1
+            log.warning(
+                "record dead-lettered",
+                stage=stage,
+                topic=record.topic,
+                offset=record.offset,
+                reason=explain(exc)[:300],
+            )
+            out.append(dead_letter(record, stage, deadletter_topic, explain(exc), type(exc).__name__))
+    return out, rejected
+
+
+async def publish_with_retry(
+    broker: KafkaBroker, records: Sequence[Outgoing], *, attempts: int = 5, backoff_s: float = 0.5
+) -> None:
+    """Publish, retrying the whole batch with exponential backoff; re-raise after the last try.
+
+    Re-raising makes FastStream rewind the offsets (NACK), so nothing is committed that was not
+    published; the backoff keeps a broker outage from becoming a tight redelivery loop.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await publish_all(broker, records)
+            return
+        except PublishError as exc:
+            if attempt == attempts:
+                raise
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("publish failed, retrying", attempt=attempt, delay_s=delay, error=str(exc)[:200])
+            await asyncio.sleep(delay)
+
+
+async def _raw_bodies(message: Any) -> Any:
+    """Decoder that hands the handler raw bytes: each stage validates record by record, so one
+    malformed record is dead-lettered instead of failing the whole batch."""
+    return message.body
+
+
+def batch_subscriber(
+    broker: KafkaBroker,
+    *topics: str,
+    group_id: str,
+    max_records: int,
+    pattern: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> Any:
+    """The one way stages consume: batches, a consumer group, offsets committed after success.
+
+    ``NACK_ON_ERROR`` rewinds the batch when the handler raises (an outage), so nothing is
+    skipped; handlers dead-letter bad input themselves, so a poison record cannot loop.
+    """
+    from faststream import AckPolicy
+
+    return broker.subscriber(
+        *topics,
+        pattern=pattern,
+        batch=True,
+        group_id=group_id,
+        max_records=max_records,
+        batch_timeout_ms=50,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_raw_bodies,
+        title=title,
+        description=description,
+    )

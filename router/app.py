@@ -1,0 +1,66 @@
+"""The router stage on Kafka: canonical requests in, one copy per department topic out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from intake311.bus import Outgoing
+from intake311.settings import Settings
+from intake311.stage import Record, batch_subscriber, process_batch, publish_with_retry, records_from
+from router.routing import Router, load_routing
+from schemas.request import ServiceRequest
+from schemas.taxonomy import load_taxonomy
+
+STAGE = "router"
+GROUP_ID = "intake311.router"
+
+
+def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str) -> list[Outgoing]:
+    def handle(record: Record) -> list[Outgoing]:
+        request = ServiceRequest.model_validate_json(record.value)
+        return [
+            Outgoing(
+                d.topic,
+                d.request.model_dump_json().encode(),
+                key=d.request.request_id,
+                headers={"x-department": d.department},
+            )
+            for d in router.route(request)
+        ]
+
+    out, _ = process_batch(records, handle, stage=STAGE, deadletter_topic=deadletter_topic)
+    return out
+
+
+def build_router(settings: Settings) -> Router:
+    return Router(load_routing(settings.routing_file), load_taxonomy(settings.taxonomy_file), settings.topics)
+
+
+def register(broker: KafkaBroker, settings: Settings) -> None:
+    """Attach the router's subscriber and one documented publisher per department topic."""
+    router = build_router(settings)
+    topics = settings.topics
+    for department in router.all_departments():
+        broker.publisher(
+            topics.department(department),
+            schema=ServiceRequest,
+            title=f"department {department}",
+            description=f"Requests routed to {department}, keyed by request_id.",
+        )
+
+    @batch_subscriber(
+        broker,
+        topics.requests,
+        group_id=GROUP_ID,
+        max_records=settings.max_batch,
+        title="router",
+        description="Canonical requests -> the topic of each department the routing table names.",
+    )
+    async def route_requests(_: list[bytes], msg: KafkaMessage) -> None:
+        out = route_batch(records_from(msg.raw_message), router, topics.deadletter)
+        await publish_with_retry(
+            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+        )

@@ -1,0 +1,158 @@
+"""``route(ServiceRequest) -> [Delivery]``: which departments get a request, as a pure function.
+
+The table is data (``routing.yaml``) so a city re-routes work without a deploy; rules leave room
+for geography (a bounding box today, districts once requests carry them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.ids import is_slug
+from schemas.request import ServiceRequest
+from schemas.taxonomy import Taxonomy
+from schemas.topics import Topics
+
+DEFAULT_ROUTING_PATH = Path(__file__).with_name("routing.yaml")
+
+
+def _departments(value: str | list[str]) -> list[str]:
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not is_slug(item):
+            raise ValueError(f"department must be a lowercase slug: {item!r}")
+    return items
+
+
+class Box(BaseModel):
+    """A lat/long rectangle: the simplest geography a city can draw."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_lat: float = Field(ge=-90, le=90)
+    max_lat: float = Field(ge=-90, le=90)
+    min_long: float = Field(ge=-180, le=180)
+    max_long: float = Field(ge=-180, le=180)
+
+    def contains(self, lat: float | None, long: float | None) -> bool:
+        if lat is None or long is None:
+            return False
+        return self.min_lat <= lat <= self.max_lat and self.min_long <= long <= self.max_long
+
+
+class Rule(BaseModel):
+    """Send matching requests to ``departments``; unset conditions match everything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    services: tuple[str, ...] | None = None
+    channels: tuple[str, ...] | None = None
+    within: Box | None = None
+    departments: tuple[str, ...]
+    stop: bool = False
+
+    @field_validator("departments", mode="before")
+    @classmethod
+    def _slugs(cls, value: str | list[str]) -> tuple[str, ...]:
+        return tuple(_departments(value))
+
+    def matches(self, request: ServiceRequest) -> bool:
+        return (
+            (self.services is None or request.service_code in self.services)
+            and (self.channels is None or request.channel in self.channels)
+            and (self.within is None or self.within.contains(request.lat, request.long))
+        )
+
+
+class RoutingTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    triage_department: str = "triage"
+    routes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {code: tuple(_departments(deps)) for code, deps in value.items()}
+        return value
+
+    @field_validator("triage_department")
+    @classmethod
+    def _triage(cls, value: str) -> str:
+        return _departments(value)[0]
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> RoutingTable:
+        names = [r.name for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")
+        return self
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request for one department's topic, keyed by request_id so its updates stay in order."""
+
+    department: str
+    topic: str
+    request: ServiceRequest
+
+
+class Router:
+    """A routing table bound to the taxonomy that supplies each service's default department."""
+
+    def __init__(self, table: RoutingTable, taxonomy: Taxonomy, topics: Topics) -> None:
+        self.table = table
+        self.taxonomy = taxonomy
+        self.topics = topics
+        unknown = sorted(set(table.routes) - set(taxonomy.codes))
+        for rule in table.rules:
+            unknown += sorted(set(rule.services or ()) - set(taxonomy.codes))
+        if unknown:
+            raise ValueError(f"routing table names services the taxonomy does not have: {', '.join(unknown)}")
+
+    def departments_for(self, request: ServiceRequest) -> list[str]:
+        if request.triage:
+            return [self.table.triage_department]
+        chosen: list[str] = []
+        for rule in self.table.rules:
+            if rule.matches(request):
+                chosen += [d for d in rule.departments if d not in chosen]
+                if rule.stop:
+                    break
+        if chosen:
+            return chosen
+        if request.service_code in self.table.routes:
+            return list(self.table.routes[request.service_code])
+        service = self.taxonomy.get(request.service_code)
+        return [service.department if service else self.table.triage_department]
+
+    def route(self, request: ServiceRequest) -> list[Delivery]:
+        """One delivery per department; the first department is the responsible agency."""
+        departments = self.departments_for(request)
+        routed = request.model_copy(update={"agency_responsible": departments[0]})
+        return [Delivery(d, self.topics.department(d), routed) for d in departments]
+
+    def all_departments(self) -> list[str]:
+        """Every department this table can route to: the topics that must exist."""
+        found = {self.table.triage_department, *(s.department for s in self.taxonomy.services)}
+        for deps in self.table.routes.values():
+            found.update(deps)
+        for rule in self.table.rules:
+            found.update(rule.departments)
+        return sorted(found)
+
+
+def load_routing(path: str | Path | None = None) -> RoutingTable:
+    """Read and validate a routing table; errors name the file and the problem."""
+    file = Path(path) if path else DEFAULT_ROUTING_PATH
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+        return RoutingTable.model_validate(data)
+    except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
+        raise ValueError(f"routing table {file}: {exc}") from exc

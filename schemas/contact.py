@@ -1,0 +1,125 @@
+"""``RawContact``: what a channel received, enveloped the same way for every channel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from schemas.ids import is_slug, parse_ticket
+
+CONTACT_SCHEMA_VERSION = 1
+
+MetadataValue = str | int | float | bool | None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SenderKind(StrEnum):
+    """How the resident can be reached: decides which masking and which reply channel apply."""
+
+    PHONE = "phone"
+    EMAIL = "email"
+    SOCIAL = "social"
+    WEB = "web"
+    ANONYMOUS = "anonymous"
+
+
+class Sender(_Model):
+    """The resident behind a contact. ``address`` is personal data: log ``masked()`` instead."""
+
+    kind: SenderKind = SenderKind.ANONYMOUS
+    address: str | None = Field(default=None, max_length=320)
+    name: str | None = Field(default=None, max_length=200)
+
+    def masked(self) -> str:
+        """A form safe for info-level logs: enough to tell two residents apart, no more."""
+        return mask(self.address, self.kind)
+
+
+def mask(address: str | None, kind: SenderKind | str = SenderKind.ANONYMOUS) -> str:
+    """Mask a phone number (keep the last 2 digits) or an email (first letter and domain)."""
+    if not address:
+        return "-"
+    if "@" in address and kind != SenderKind.SOCIAL:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}***@{domain}"
+    digits = [c for c in address if c.isdigit()]
+    if kind == SenderKind.PHONE or len(digits) >= 7:
+        return "***" + "".join(digits[-2:])
+    return address[:2] + "***"
+
+
+class Media(_Model):
+    """A photo or recording the resident attached; the bytes stay with the provider or store."""
+
+    url: str = Field(max_length=2048)
+    content_type: str | None = None
+
+
+class Location(_Model):
+    """Where the problem is, as far as the resident told us (coordinates, words, or both)."""
+
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    long: float | None = Field(default=None, ge=-180, le=180)
+    address: str | None = Field(default=None, max_length=500)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.lat is None and self.long is None and not self.address
+
+
+class ReplyVia(_Model):
+    """How to answer on the same channel: the channel plugin that sends, and where to."""
+
+    channel: str
+    address: str = Field(max_length=320)
+    thread: str | None = Field(default=None, description="provider thread/message id to reply under")
+    language: str = "en"
+
+
+class RawContact(_Model):
+    """One contact from one resident on one channel, before any interpretation.
+
+    ``request_id`` is the ticket the channel already told the resident: the channel derives it
+    (``schemas.ids.ticket_for``) from the contact that opened the request, and sets it to an
+    existing ticket when the contact continues a request (an SMS answer, an email reply).
+    """
+
+    schema_version: Literal[1] = CONTACT_SCHEMA_VERSION
+    contact_id: str = Field(min_length=3, max_length=200)
+    request_id: str
+    channel: str
+    received_at: AwareDatetime
+    sender: Sender = Sender()
+    text: str = Field(default="", max_length=20_000)
+    service_code: str | None = Field(default=None, description="set when the resident picked a service")
+    media: tuple[Media, ...] = ()
+    location: Location | None = None
+    reply: ReplyVia | None = None
+    language: str | None = None
+    continues: bool = Field(default=False, description="adds to an existing request instead of opening one")
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, description="provider fields")
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_slug(cls, value: str) -> str:
+        if not is_slug(value):
+            raise ValueError("channel must be a lowercase slug")
+        return value
+
+    @field_validator("request_id")
+    @classmethod
+    def _ticket(cls, value: str) -> str:
+        ticket = parse_ticket(value)
+        if ticket is None:
+            raise ValueError(f"not a ticket number: {value!r}")
+        return ticket
+
+    @property
+    def received(self) -> datetime:
+        return self.received_at

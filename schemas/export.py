@@ -1,0 +1,33 @@
+"""JSON Schema export, so non-Python consumers (a city's data team, a contact centre) can
+validate events without reading this code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas.contact import RawContact
+from schemas.deadletter import DeadLetter
+from schemas.request import ServiceRequest
+
+EVENTS: dict[str, type[BaseModel]] = {
+    "raw-contact": RawContact,
+    "service-request": ServiceRequest,
+    "dead-letter": DeadLetter,
+}
+
+
+def export_json_schemas(directory: Path) -> list[Path]:
+    """Write ``<name>.schema.json`` for every event model; returns the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model in EVENTS.items():
+        schema = model.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://intake311.org/schemas/{name}.schema.json"
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        path = directory / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

@@ -1,0 +1,58 @@
+"""Every Kafka topic name, defined once.
+
+Stages, the CLI and the tests ask this module for names; nobody formats a topic string by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.ids import is_slug
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one prefix, so several cities or environments can share a cluster."""
+
+    prefix: str = "intake311"
+
+    def contacts(self, channel: str) -> str:
+        """Raw contacts from one channel (``intake311.contacts.sms``)."""
+        return f"{self.prefix}.contacts.{_slug(channel)}"
+
+    @property
+    def contacts_pattern(self) -> str:
+        """Regex matching every raw-contact topic, so the normalizer picks up new channels."""
+        return rf"{_escape(self.prefix)}\.contacts\..+"
+
+    @property
+    def requests(self) -> str:
+        """Canonical service-request events from the normalizer."""
+        return f"{self.prefix}.requests"
+
+    def department(self, department: str) -> str:
+        """Requests routed to one department (``intake311.department.public-works``)."""
+        return f"{self.prefix}.department.{_slug(department)}"
+
+    @property
+    def status(self) -> str:
+        """Status changes to requests (acknowledged, in progress, closed)."""
+        return f"{self.prefix}.status"
+
+    @property
+    def deadletter(self) -> str:
+        """Anything a stage could not process, with the reason and the original bytes."""
+        return f"{self.prefix}.deadletter"
+
+
+def _slug(value: str) -> str:
+    if not is_slug(value):
+        raise ValueError(f"not a valid topic component (lowercase slug): {value!r}")
+    return value
+
+
+def _escape(value: str) -> str:
+    return value.replace(".", r"\.")
+
+
+TOPICS = Topics()
