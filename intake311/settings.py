@@ -39,6 +39,11 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(default=3, ge=1, description="partitions for topics intake311 creates")
     replication_factor: int = Field(default=1, ge=1)
     client_id: str = "intake311"
+    session_timeout_ms: int | None = Field(
+        default=None,
+        ge=1000,
+        description="consumer group session timeout; None: 10000 on a cluster, 2000 embedded",
+    )
     topic_prefix: str = "intake311"
 
     @field_validator("bootstrap_servers", mode="before")
@@ -51,6 +56,12 @@ class KafkaSettings(BaseModel):
     @property
     def embedded(self) -> bool:
         return not self.bootstrap_servers
+
+    @property
+    def consumer_session_timeout_ms(self) -> int:
+        # A group's first join waits about half the session timeout; the embedded broker runs
+        # on one machine with no GC-pause risk worth a 5 s wait per consumer group.
+        return self.session_timeout_ms or (2000 if self.embedded else 10000)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.security_protocol not in ("SSL", "SASL_SSL"):

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from intake311.bus import Outgoing, PublishError, publish_all
 from intake311.logging import get_logger
+from intake311.settings import Settings
 from schemas.deadletter import DeadLetter
 
 log = get_logger(__name__)
@@ -145,7 +146,7 @@ def batch_subscriber(
     broker: KafkaBroker,
     *topics: str,
     group_id: str,
-    max_records: int,
+    settings: Settings,
     pattern: str | None = None,
     title: str | None = None,
     description: str | None = None,
@@ -157,13 +158,16 @@ def batch_subscriber(
     """
     from faststream import AckPolicy
 
+    session_ms = settings.kafka.consumer_session_timeout_ms
     return broker.subscriber(
         *topics,
         pattern=pattern,
         batch=True,
         group_id=group_id,
-        max_records=max_records,
+        max_records=settings.max_batch,
         batch_timeout_ms=50,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(300, session_ms // 4),
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=_raw_bodies,

@@ -63,7 +63,7 @@ def register(broker: KafkaBroker, settings: Settings) -> None:
         broker,
         pattern=topics.contacts_pattern,
         group_id=GROUP_ID,
-        max_records=settings.max_batch,
+        settings=settings,
         title="normalizer",
         description="Raw contacts from every channel (RawContact JSON) -> one ServiceRequest each.",
     )

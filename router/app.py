@@ -55,7 +55,7 @@ def register(broker: KafkaBroker, settings: Settings) -> None:
         broker,
         topics.requests,
         group_id=GROUP_ID,
-        max_records=settings.max_batch,
+        settings=settings,
         title="router",
         description="Canonical requests -> the topic of each department the routing table names.",
     )

