@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from intake311.logging import configure_logging
-from intake311.pipeline import ALL, STAGES, WEB, embedded_bootstrap_file, serve
+from intake311.pipeline import ALL, WEB, embedded_bootstrap_file, serve
 from intake311.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -201,15 +201,10 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="where to writ
 @app.command()
 def asyncapi(config: ConfigOpt = None) -> None:
     """Print the AsyncAPI document of the full pipeline (topics, payload schemas)."""
-    from intake311.bus import make_broker
-    from intake311.pipeline import _load
-    from intake311.pipeline import asyncapi as spec_for
+    from intake311.pipeline import describe
 
     settings = _settings(config)
-    broker = make_broker(settings.kafka, settings.kafka.bootstrap_servers or ["embedded"])
-    for stage in STAGES:
-        _load(STAGES[stage])(broker, settings)
-    typer.echo(spec_for(broker).to_specification().to_json())
+    typer.echo(asyncio.run(describe(settings)).to_specification().to_json())
 
 
 def main() -> None:

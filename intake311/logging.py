@@ -53,7 +53,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiokafka is chatty about rebalances at INFO; its warnings still show.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    logging.getLogger("aiokafka").setLevel(quiet)
+    # FastStream narrates every consumer start and task callback; the stages log what matters.
+    logging.getLogger("intake311.faststream").setLevel(quiet)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

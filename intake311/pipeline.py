@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,10 @@ ALL = (WEB, *STAGES)
 BUILTIN_CHANNELS = ("web", "open311", "operator")
 
 
-def _load(ref: str) -> Callable[[KafkaBroker, Settings], None]:
+Register = Callable[[KafkaBroker, Settings, contextlib.AsyncExitStack], Awaitable[None]]
+
+
+def _load(ref: str) -> Register:
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -69,6 +72,15 @@ def embedded_bootstrap_file(settings: Settings) -> Path:
     return settings.data_dir / "run" / "embedded.bootstrap"
 
 
+async def describe(settings: Settings) -> AsyncAPI:
+    """The AsyncAPI document of every stage, without connecting to Kafka."""
+    async with contextlib.AsyncExitStack() as stack:
+        broker = make_broker(settings.kafka, settings.kafka.bootstrap_servers or ["embedded:9092"])
+        for stage in STAGES:
+            await _load(STAGES[stage])(broker, settings, stack)
+        return asyncapi(broker)
+
+
 @contextlib.asynccontextmanager
 async def running_broker(settings: Settings, stages: Sequence[str]) -> AsyncIterator[KafkaBroker]:
     """A started broker with ``stages`` registered, on the configured or an embedded cluster."""
@@ -82,16 +94,16 @@ async def running_broker(settings: Settings, stages: Sequence[str]) -> AsyncIter
         announce.parent.mkdir(parents=True, exist_ok=True)
         announce.write_text(servers[0])
     try:
-        broker = make_broker(settings.kafka, servers, metadata_max_age_ms=30_000)
-        for stage in stages:
-            _load(STAGES[stage])(broker, settings)
-        await ensure_topics(settings.kafka, servers, topic_names(settings))
-        await broker.start()
-        log.info("stages started", stages=list(stages), bootstrap=",".join(servers))
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            broker = make_broker(settings.kafka, servers, metadata_max_age_ms=30_000)
+            for stage in stages:
+                await _load(STAGES[stage])(broker, settings, stack)
+            await ensure_topics(settings.kafka, servers, topic_names(settings))
+            await broker.start()
+            # Stop consuming before the stages' resources close (the stack unwinds last-in first).
+            stack.push_async_callback(broker.stop)
+            log.info("stages started", stages=list(stages), bootstrap=",".join(servers))
             yield broker
-        finally:
-            await broker.stop()
     finally:
         if embedded is not None:
             embedded.stop()

@@ -5,6 +5,7 @@ Runs as consumer group ``intake311.normalizer``: start more processes to scale o
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
@@ -47,11 +48,12 @@ def _ticket_hint(record: Record) -> str | None:
     return record.key.decode(errors="replace") if record.key else None
 
 
-def register(broker: KafkaBroker, settings: Settings) -> None:
+async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """Attach the normalizer's subscriber and its documented publishers to ``broker``."""
     topics = settings.topics
     normalizer = Normalizer.from_taxonomy(load_taxonomy(settings.taxonomy_file))
     state = RequestState(settings.data_dir / "normalizer" / "requests.sqlite3")
+    stack.callback(state.close)
     broker.publisher(
         topics.requests,
         schema=ServiceRequest,

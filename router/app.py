@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
@@ -39,7 +40,7 @@ def build_router(settings: Settings) -> Router:
     return Router(load_routing(settings.routing_file), load_taxonomy(settings.taxonomy_file), settings.topics)
 
 
-def register(broker: KafkaBroker, settings: Settings) -> None:
+async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """Attach the router's subscriber and one documented publisher per department topic."""
     router = build_router(settings)
     topics = settings.topics
