@@ -1,0 +1,154 @@
+"""The jsonl sink: one fsynced line per delivery, in the department's own file."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.ids import delivery_id_for, event_id_for, make_contact_id, ticket_for
+from schemas.request import ServiceRequest
+from sinks.base import Delivery, DeliveryError, SinkContext, parse_sink_config
+from sinks.jsonl import JsonlSink, JsonlSinkConfig
+from sinks.retry import deliver_all
+
+
+def make_request(text: str = "pothole on Main St", provider_id: str = "SM1") -> ServiceRequest:
+    contact_id = make_contact_id("sms", provider_id)
+    ticket = ticket_for(contact_id)
+    now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    return ServiceRequest(
+        request_id=ticket,
+        event_id=event_id_for(ticket, [contact_id]),
+        service_code="pothole",
+        service_name="Pothole",
+        description=text,
+        requested_datetime=now,
+        updated_datetime=now,
+        channel="sms",
+        confidence=0.9,
+        source_contact_ids=(contact_id,),
+    )
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def listdir(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def build(tmp_path: Path, **config: object) -> JsonlSink:
+    config_ = parse_sink_config({"name": "file", "type": "jsonl", **config})
+    sink = config_.build(SinkContext(data_dir=tmp_path))
+    assert isinstance(sink, JsonlSink)
+    return sink
+
+
+async def test_one_line_per_delivery_in_the_department_file(tmp_path: Path) -> None:
+    sink = build(tmp_path)
+    first, second, third = make_request("a", "SM1"), make_request("b", "SM2"), make_request("ç", "SM3")
+    await sink.start()
+    try:
+        for request, department in ((first, "roads"), (second, "roads"), (third, "parks")):
+            delivery_id = delivery_id_for(request.event_id, department, "file")
+            await sink.deliver(request, department=department, delivery_id=delivery_id)
+    finally:
+        await sink.close()
+
+    roads = read_lines(tmp_path / "departments" / "roads.jsonl")
+    parks = read_lines(tmp_path / "departments" / "parks.jsonl")
+    assert [line["request_id"] for line in roads] == [first.request_id, second.request_id]
+    assert [line["description"] for line in parks] == ["ç"]
+    expected = first.model_dump(mode="json") | {
+        "department": "roads",
+        "delivery_id": delivery_id_for(first.event_id, "roads", "file"),
+    }
+    assert roads[0] == expected
+    assert ServiceRequest.model_validate({k: v for k, v in roads[1].items()
+                                          if k not in ("department", "delivery_id")}) == second
+    assert listdir(tmp_path / "departments") == ["parks.jsonl", "roads.jsonl"]
+
+
+async def test_appends_across_restarts(tmp_path: Path) -> None:
+    request = make_request()
+    for delivery_id in ("d1", "d2"):
+        sink = build(tmp_path)
+        await sink.start()
+        await sink.deliver(request, department="roads", delivery_id=delivery_id)
+        await sink.close()
+    lines = read_lines(tmp_path / "departments" / "roads.jsonl")
+    assert [line["delivery_id"] for line in lines] == ["d1", "d2"]
+
+
+async def test_path_template_relative_to_data_dir_and_absolute(tmp_path: Path) -> None:
+    relative = build(tmp_path, path="out/{department}/requests.jsonl")
+    await relative.deliver(make_request(), department="water", delivery_id="d1")
+    await relative.close()
+    assert len(read_lines(tmp_path / "out" / "water" / "requests.jsonl")) == 1
+
+    absolute_dir = tmp_path / "elsewhere"
+    absolute = build(tmp_path / "unused", path=str(absolute_dir / "{department}.jsonl"))
+    await absolute.deliver(make_request(), department="water", delivery_id="d2")
+    await absolute.close()
+    assert read_lines(absolute_dir / "water.jsonl")[0]["delivery_id"] == "d2"
+    assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("all.jsonl", "must contain {department}"),
+        ("{department}-{sink}.jsonl", "found: department, sink"),
+        ("{department.jsonl", "not a valid template"),
+    ],
+)
+def test_path_must_be_a_department_template(path: str, message: str) -> None:
+    with pytest.raises(ValidationError, match="path") as info:
+        JsonlSinkConfig(name="file", path=path)
+    assert message in str(info.value)
+
+
+async def test_department_that_is_not_a_slug_is_rejected_without_writing(tmp_path: Path) -> None:
+    sink = build(tmp_path)
+    with pytest.raises(DeliveryError) as info:
+        await sink.deliver(make_request(), department="../etc", delivery_id="d1")
+    assert info.value.retryable is False
+    assert "not a slug" in str(info.value)
+    assert listdir(tmp_path) == []
+
+
+async def test_io_error_is_a_retryable_delivery_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    sink = build(blocker)
+    with pytest.raises(DeliveryError) as info:
+        await sink.deliver(make_request(), department="roads", delivery_id="d1")
+    assert info.value.retryable is True
+    assert "jsonl sink 'file'" in info.value.reason
+
+
+async def test_batch_delivery_groups_by_file(tmp_path: Path) -> None:
+    sink = build(tmp_path)
+    requests = [make_request(str(i), f"SM{i}") for i in range(5)]
+    deliveries = [Delivery(r, "roads" if i % 2 else "parks", f"d{i}") for i, r in enumerate(requests)]
+    outcomes = await deliver_all(sink, deliveries, attempts=3, backoff_s=0)
+    await sink.close()
+    assert [o.delivered for o in outcomes] == [True] * 5
+    assert [o.attempts for o in outcomes] == [1] * 5
+    files = tmp_path / "departments"
+    assert [line["delivery_id"] for line in read_lines(files / "parks.jsonl")] == ["d0", "d2", "d4"]
+    assert [line["delivery_id"] for line in read_lines(files / "roads.jsonl")] == ["d1", "d3"]
+
+
+async def test_batch_with_a_bad_department_falls_back_to_one_by_one(tmp_path: Path) -> None:
+    sink = build(tmp_path)
+    deliveries = [Delivery(make_request(), "roads", "d1"), Delivery(make_request(), "Bad Dept", "d2")]
+    outcomes = await deliver_all(sink, deliveries, attempts=3, backoff_s=0)
+    await sink.close()
+    assert [(o.delivered, o.attempts, o.retryable) for o in outcomes] == [(True, 1, True), (False, 1, False)]
+    assert [line["delivery_id"] for line in read_lines(tmp_path / "departments" / "roads.jsonl")] == ["d1"]
