@@ -1,0 +1,109 @@
+"""The web channel as one ASGI app: Open311 API, the resident form, health and AsyncAPI docs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from channels.base import ContactPublisher
+from channels.web.accept import accept, contact_id_for, now, read_form
+from channels.web.form import asyncapi_page, confirmation_page, form_page
+from channels.web.lookup import AcceptedRequests, RequestLookup
+from channels.web.open311 import PREFIX, open311_router
+from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
+from intake311.settings import Settings
+from schemas.taxonomy import Taxonomy
+
+_BUS_DOWN = (
+    "Sorry, we could not send your report",
+    "Nothing was sent and your report is still below. Please press Send report again in a few "
+    "minutes. If anyone is in danger, call 911.",
+)
+
+
+def create_app(
+    settings: Settings,
+    publisher: ContactPublisher,
+    taxonomy: Taxonomy,
+    *,
+    lookup: RequestLookup | None = None,
+    asyncapi: Callable[[], dict[str, Any]] | None = None,
+    lifespan: Callable[..., Any] | None = None,
+) -> FastAPI:
+    """Build the web channel app.
+
+    ``lookup`` answers Open311 ``GET requests``; by default an ``AcceptedRequests`` SQLite file
+    under ``data_dir/web`` that remembers what this channel accepted. ``asyncapi`` supplies the
+    pipeline's AsyncAPI document for ``/asyncapi.json``; ``lifespan`` is passed to FastAPI (the
+    caller starts the broker there). FastAPI's own /docs are off: they load assets from a CDN.
+    """
+    lookup = (
+        lookup if lookup is not None else AcceptedRequests(settings.data_dir / "web" / "accepted.sqlite3")
+    )
+    app = FastAPI(
+        title="intake311 web channel",
+        summary="Open311 GeoReport v2 and a resident form, publishing raw contacts to Kafka",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.lookup = lookup
+    app.include_router(open311_router(settings, publisher, taxonomy, lookup))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def show_form() -> Response:
+        return form_page(taxonomy)
+
+    @app.post("/", response_class=HTMLResponse, include_in_schema=False)
+    async def submit_form(request: Request) -> Response:
+        form = await read_form(request)
+        if isinstance(form, str):
+            return form_page(taxonomy, status=400, notice=("Your report could not be read", form))
+        fields = FormFields.of(form)
+        contact_id = contact_id_for(WEB_CHANNEL, request, web_form_key(fields))
+        try:
+            contact = parse_web_form(fields, taxonomy, contact_id=contact_id, received_at=now())
+        except FormInvalid as exc:
+            return form_page(taxonomy, fields, exc.errors, status=400)
+        service = taxonomy.get(contact.service_code) if contact.service_code else None
+        service_name = service.name if service else None
+        if not await accept(contact, publisher, lookup, service_name):
+            return form_page(taxonomy, fields, status=503, notice=_BUS_DOWN)
+        return confirmation_page(contact, service_name)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/open311/discovery.json", tags=["open311"])
+    async def discovery() -> dict[str, Any]:
+        """Open311 service discovery: where the GeoReport v2 endpoint of this city lives."""
+        return {
+            "contact": "",
+            "key_service": "",
+            "endpoints": [
+                {
+                    "specification": "http://wiki.open311.org/GeoReport_v2",
+                    "url": settings.web.public_url + PREFIX,
+                    "type": "production",
+                    "formats": ["application/json", "application/xml"],
+                }
+            ],
+        }
+
+    def no_asyncapi() -> JSONResponse:
+        return JSONResponse({"detail": "no AsyncAPI document configured"}, status_code=404)
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi_json() -> Response:
+        return JSONResponse(asyncapi()) if asyncapi is not None else no_asyncapi()
+
+    @app.get("/docs/asyncapi", response_class=HTMLResponse, include_in_schema=False)
+    async def asyncapi_docs() -> Response:
+        return asyncapi_page(asyncapi()) if asyncapi is not None else no_asyncapi()
+
+    return app

@@ -1,0 +1,214 @@
+"""Answering Open311 ``GET requests``: the lookup protocol and the web channel's own record.
+
+Until a case store exists, the web channel remembers what it accepted (and nothing else) so a
+client that just posted a request can read it back. The record is written only after the
+broker acknowledged the contact, so it never lists a request the pipeline does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from schemas.contact import RawContact
+
+# Open311 request fields, in the order the spec lists them (also the XML element order).
+REQUEST_FIELDS = (
+    "service_request_id",
+    "status",
+    "status_notes",
+    "service_name",
+    "service_code",
+    "description",
+    "agency_responsible",
+    "service_notice",
+    "requested_datetime",
+    "updated_datetime",
+    "expected_datetime",
+    "address",
+    "address_id",
+    "zipcode",
+    "lat",
+    "long",
+    "media_url",
+)
+
+
+class RequestLookup(Protocol):
+    """Reads service requests as Open311 dicts (keys from ``REQUEST_FIELDS``).
+
+    Datetime values may be ``datetime`` (aware) or ISO 8601 strings. Empty filter sequences
+    mean "any"; dates bound ``requested_datetime`` inclusively.
+    """
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        """One request by ticket (already normalised by ``parse_ticket``), or None."""
+        ...
+
+    async def search(
+        self,
+        *,
+        service_request_ids: Sequence[str],
+        service_code: Sequence[str],
+        status: Sequence[str],
+        start_date: datetime | None,
+        end_date: datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Matching requests, newest first, at most ``limit``."""
+        ...
+
+
+@runtime_checkable
+class AcceptedRecorder(Protocol):
+    """A lookup that also wants to hear about contacts this channel just got acknowledged."""
+
+    async def record(self, contact: RawContact, service_name: str | None) -> None: ...
+
+
+def _stamp(value: datetime) -> str:
+    # Always UTC with microseconds: fixed width, so SQL string comparison orders correctly.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accepted (
+    request_id TEXT PRIMARY KEY,
+    contact_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    service_code TEXT,
+    service_name TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    address TEXT,
+    address_id TEXT,
+    lat REAL,
+    long REAL,
+    media_url TEXT,
+    requested_datetime TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open'
+);
+CREATE INDEX IF NOT EXISTS accepted_requested ON accepted (requested_datetime);
+"""
+
+
+class AcceptedRequests:
+    """``RequestLookup`` over an SQLite file of what this web channel accepted.
+
+    It answers what it can: status is always "open" because closing happens elsewhere; a later
+    case store implements the same protocol with the real state.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10)
+        conn.row_factory = sqlite3.Row
+        if not self._ready:
+            conn.executescript(_SCHEMA)
+            self._ready = True
+        return conn
+
+    def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        conn = self._connect()
+        try:
+            with conn:
+                return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    async def record(self, contact: RawContact, service_name: str | None) -> None:
+        """Remember an acknowledged contact; a replay (same ticket) keeps the first record."""
+        loc = contact.location
+        media_url = contact.media[0].url if contact.media else None
+        address_id = contact.metadata.get("address_id")
+        params = (
+            contact.request_id,
+            contact.contact_id,
+            contact.channel,
+            contact.service_code,
+            service_name,
+            contact.text,
+            loc.address if loc else None,
+            str(address_id) if address_id is not None else None,
+            loc.lat if loc else None,
+            loc.long if loc else None,
+            media_url,
+            _stamp(contact.received_at),
+        )
+        sql = (
+            "INSERT INTO accepted (request_id, contact_id, channel, service_code, service_name,"
+            " description, address, address_id, lat, long, media_url, requested_datetime)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+        )
+        await asyncio.to_thread(self._run, sql, params)
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        rows = await asyncio.to_thread(
+            self._run, "SELECT * FROM accepted WHERE request_id = ?", (request_id,)
+        )
+        return _as_open311(rows[0]) if rows else None
+
+    async def search(
+        self,
+        *,
+        service_request_ids: Sequence[str],
+        service_code: Sequence[str],
+        status: Sequence[str],
+        start_date: datetime | None,
+        end_date: datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (
+            ("request_id", service_request_ids),
+            ("service_code", service_code),
+            ("status", status),
+        ):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        if start_date is not None:
+            where.append("requested_datetime >= ?")
+            params.append(_stamp(start_date))
+        if end_date is not None:
+            where.append("requested_datetime <= ?")
+            params.append(_stamp(end_date))
+        sql = "SELECT * FROM accepted"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY requested_datetime DESC LIMIT ?"
+        params.append(max(0, limit))
+        rows = await asyncio.to_thread(self._run, sql, params)
+        return [_as_open311(row) for row in rows]
+
+
+def _as_open311(row: sqlite3.Row) -> dict[str, Any]:
+    requested = datetime.fromisoformat(row["requested_datetime"])
+    return {
+        "service_request_id": row["request_id"],
+        "status": row["status"],
+        "status_notes": None,
+        "service_name": row["service_name"],
+        "service_code": row["service_code"],
+        "description": row["description"],
+        "agency_responsible": None,
+        "service_notice": None,
+        "requested_datetime": requested,
+        "updated_datetime": requested,
+        "expected_datetime": None,
+        "address": row["address"],
+        "address_id": row["address_id"],
+        "zipcode": None,
+        "lat": row["lat"],
+        "long": row["long"],
+        "media_url": row["media_url"],
+    }

@@ -1,0 +1,219 @@
+"""Open311 GeoReport v2 under ``/open311/v2``: services, service definitions and requests.
+
+Formats come from the path suffix (``.json`` / ``.xml``) as the spec has it; errors are always
+the spec's error list, never FastAPI's ``{"detail": …}``, so existing Open311 clients parse them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import Response
+
+from channels.base import ContactPublisher
+from channels.web.accept import accept, contact_id_for, log, now, read_form
+from channels.web.formats import FORMATS, Format, errors, render, render_object
+from channels.web.lookup import REQUEST_FIELDS, RequestLookup
+from channels.web.parse import OPEN311_CHANNEL, Open311Invalid, parse_open311_request
+from intake311.settings import Settings
+from schemas.ids import parse_ticket
+from schemas.taxonomy import Service, Taxonomy
+
+PREFIX = "/open311/v2"
+SEARCH_WINDOW = timedelta(days=90)  # the spec's default and maximum date range
+SEARCH_LIMIT = 1000  # the spec's suggested maximum number of results
+STATUSES = ("open", "closed")
+
+
+def _format(fmt: str) -> Format | None:
+    for known in FORMATS:
+        if fmt == known:
+            return known
+    return None
+
+
+def _unknown_format(fmt: str) -> Response:
+    return errors("json", 404, f"unknown format {fmt[:20]!r}: use .json or .xml")
+
+
+def api_key_ok(given: str, keys: Sequence[SecretStr]) -> bool:
+    """Constant-time comparison against every configured key (no early exit on a match)."""
+    candidate = given.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key.get_secret_value().encode())
+    return bool(given) and matched
+
+
+def service_record(service: Service) -> dict[str, Any]:
+    """One entry of ``GET services``; no attributes yet, hence metadata false."""
+    return {
+        "service_code": service.code,
+        "service_name": service.name,
+        "description": service.description,
+        "metadata": False,
+        "type": "realtime",
+        "keywords": ",".join(service.keywords),
+        "group": service.group,
+    }
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _date(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace(" ", "+"))  # '+' arrives as ' ' in queries
+    except ValueError:
+        raise ValueError(f"{name} must be a W3C/ISO 8601 datetime, e.g. 2024-05-01T00:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def open311_router(
+    settings: Settings, publisher: ContactPublisher, taxonomy: Taxonomy, lookup: RequestLookup
+) -> APIRouter:
+    """The GeoReport v2 endpoints bound to this channel's publisher, taxonomy and lookup."""
+    router = APIRouter(prefix=PREFIX, tags=["open311"])
+    jurisdiction = settings.web.jurisdiction_id
+
+    def wrong_jurisdiction(fmt: Format, given: str | None) -> Response | None:
+        if given and given.strip() != jurisdiction:
+            return errors(fmt, 404, f"unknown jurisdiction_id; this endpoint serves {jurisdiction!r}")
+        return None
+
+    @router.get("/services.{fmt}")
+    async def list_services(fmt: str, jurisdiction_id: str | None = None) -> Response:
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        if refused := wrong_jurisdiction(f, jurisdiction_id):
+            return refused
+        return render(f, "services", "service", [service_record(s) for s in taxonomy.services])
+
+    @router.get("/services/{service_code}.{fmt}")
+    async def service_definition(service_code: str, fmt: str, jurisdiction_id: str | None = None) -> Response:
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        if refused := wrong_jurisdiction(f, jurisdiction_id):
+            return refused
+        service = taxonomy.get(service_code)
+        if service is None:
+            return errors(f, 404, f"unknown service_code {service_code[:100]!r}")
+        return render_object(f, "service_definition", {"service_code": service.code, "attributes": []})
+
+    @router.post("/requests.{fmt}", status_code=201)
+    async def create_request(fmt: str, request: Request) -> Response:
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        form = await read_form(request)
+        if isinstance(form, str):
+            return errors(f, 400, form)
+        if not api_key_ok(form.get("api_key", "").strip(), settings.web.api_keys):
+            return errors(f, 403, "a valid api_key is required")
+        if refused := wrong_jurisdiction(f, form.get("jurisdiction_id")):
+            return refused
+        contact_id = contact_id_for(OPEN311_CHANNEL, request, client=form.get("api_key", "").strip())
+        try:
+            contact = parse_open311_request(form, taxonomy, contact_id=contact_id, received_at=now())
+        except Open311Invalid as exc:
+            return errors(f, exc.status, *exc.descriptions)
+        service = taxonomy.get(contact.service_code or "")
+        service_name = service.name if service else None
+        if not await accept(contact, publisher, lookup, service_name):
+            return errors(f, 503, "the request could not be queued and was not created; please retry later")
+        notice = (
+            f"Request {contact.request_id} received; it will be routed to the department "
+            f"responsible for {service_name or 'this service'}."
+        )
+        record = {"service_request_id": contact.request_id, "service_notice": notice, "account_id": None}
+        return render(f, "service_requests", "request", [record], 201)
+
+    @router.get("/requests.{fmt}")
+    async def search_requests(
+        fmt: str,
+        service_request_id: str | None = None,
+        service_code: str | None = None,
+        start_date: str | None = None,
+        end_date: str | None = None,
+        status: str | None = None,
+        jurisdiction_id: str | None = None,
+    ) -> Response:
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        if refused := wrong_jurisdiction(f, jurisdiction_id):
+            return refused
+        raw_ids = _split(service_request_id)
+        if raw_ids:
+            # The spec: service_request_id overrides every other argument.
+            ids = [t for t in (parse_ticket(i) for i in raw_ids[:SEARCH_LIMIT]) if t]
+            if not ids:
+                return render(f, "service_requests", "request", [])
+            query: dict[str, Any] = {
+                "service_request_ids": ids,
+                "service_code": [],
+                "status": [],
+                "start_date": None,
+                "end_date": None,
+            }
+        else:
+            statuses = [s.lower() for s in _split(status)]
+            if bad := [s for s in statuses if s not in STATUSES]:
+                return errors(f, 400, f"unknown status {bad[0][:20]!r}: use open or closed")
+            try:
+                start, end = _date(start_date, "start_date"), _date(end_date, "end_date")
+            except ValueError as exc:
+                return errors(f, 400, str(exc))
+            if start is None:
+                end = end or datetime.now(UTC)
+                start = end - SEARCH_WINDOW
+            elif end is None:
+                end = start + SEARCH_WINDOW
+            if end < start:
+                return errors(f, 400, "end_date is before start_date")
+            if end - start > SEARCH_WINDOW:
+                return errors(f, 400, "start_date and end_date may not span more than 90 days")
+            query = {
+                "service_request_ids": [],
+                "service_code": _split(service_code),
+                "status": statuses,
+                "start_date": start,
+                "end_date": end,
+            }
+        try:
+            found = await lookup.search(**query, limit=SEARCH_LIMIT)
+        except Exception:
+            log.warning("request search failed", exc_info=True)
+            return errors(f, 503, "requests cannot be searched right now; please retry later")
+        records = [{k: r.get(k) for k in REQUEST_FIELDS} for r in found]
+        return render(f, "service_requests", "request", records)
+
+    @router.get("/requests/{request_id}.{fmt}")
+    async def get_request(request_id: str, fmt: str, jurisdiction_id: str | None = None) -> Response:
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        if refused := wrong_jurisdiction(f, jurisdiction_id):
+            return refused
+        ticket = parse_ticket(request_id)
+        try:
+            found = await lookup.get(ticket) if ticket else None
+        except Exception:
+            log.warning("request lookup failed", request_id=ticket, exc_info=True)
+            return errors(f, 503, "requests cannot be read right now; please retry later")
+        if found is None:
+            return errors(f, 404, f"no service request {request_id[:40]!r}")
+        return render(f, "service_requests", "request", [{k: found.get(k) for k in REQUEST_FIELDS}])
+
+    return router
