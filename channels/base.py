@@ -7,6 +7,7 @@ request lands on one partition, in order.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from faststream.kafka import KafkaBroker
@@ -27,9 +28,10 @@ class ContactPublisher(Protocol):
 class KafkaContactPublisher:
     """The production ``ContactPublisher``: acks=all publish to ``topics.contacts(channel)``."""
 
-    def __init__(self, broker: KafkaBroker, topics: Topics) -> None:
+    def __init__(self, broker: KafkaBroker, topics: Topics, *, timeout_s: float = 10.0) -> None:
         self._broker = broker
         self._topics = topics
+        self._timeout_s = timeout_s
 
     async def publish(self, contact: RawContact) -> None:
         record = Outgoing(
@@ -38,7 +40,12 @@ class KafkaContactPublisher:
             key=contact.request_id,
             headers={"x-contact-id": contact.contact_id},
         )
-        await publish_all(self._broker, [record])
+        # A resident is waiting on the other end: a broker outage must become a prompt "try
+        # again" (PublishError -> 503), not a request that hangs for the client's full timeout.
+        try:
+            await asyncio.wait_for(publish_all(self._broker, [record]), self._timeout_s)
+        except TimeoutError as exc:
+            raise PublishError(f"broker did not acknowledge within {self._timeout_s}s") from exc
 
 
 __all__ = ["ContactPublisher", "KafkaContactPublisher", "PublishError"]

@@ -1,0 +1,144 @@
+"""The whole pipeline on a real Kafka-protocol broker, shared by the integration tests.
+
+One pipeline per test module (consumer groups take about a second each to join); each module
+gets its own topic prefix and data directory, so tests never see each other's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from intake311.pipeline import running_broker, web_app
+from intake311.settings import Settings
+from sinks.webhook import verify_signature
+
+WEBHOOK_SECRET = "test-webhook-secret-0123456789"
+API_KEY = "integration-key"
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP server standing in for a department's system: verifies, then records."""
+
+    secret: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0
+    url: str = ""
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        ok = verify_signature(
+            self.secret,
+            request.headers.get("x-intake311-timestamp", ""),
+            body,
+            request.headers.get("x-intake311-signature", ""),
+        )
+        if not ok:
+            self.rejected += 1
+            return Response(status_code=401)
+        self.received.append(
+            {"delivery_id": request.headers.get("x-intake311-delivery"), "body": json.loads(body)}
+        )
+        return Response(status_code=204)
+
+    def for_request(self, request_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.received if r["body"]["request_id"] == request_id]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    hook = WebhookReceiver(WEBHOOK_SECRET)
+    port = _free_port()
+    app = Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    hook.url = f"http://127.0.0.1:{port}/hook"
+    yield hook
+    server.should_exit = True
+    await task
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    broker: Any
+    web: httpx.AsyncClient
+    hook: WebhookReceiver
+
+    def department_file(self, department: str) -> Path:
+        return self.settings.data_dir / "departments" / f"{department}.jsonl"
+
+    def lines(self, department: str) -> list[dict[str, Any]]:
+        file = self.department_file(department)
+        if not file.exists():
+            return []
+        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+async def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
+    kafka_bootstrap: str, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Pipeline]:
+    data_dir = tmp_path_factory.mktemp("var")
+    subscriptions = data_dir / "subscriptions.yaml"
+    subscriptions.write_text(
+        "departments:\n"
+        '  "*":\n'
+        "    sinks:\n"
+        "      - {name: file, type: jsonl}\n"
+        f"      - {{name: hook, type: webhook, url: '{receiver.url}', secret: '{WEBHOOK_SECRET}'}}\n"
+    )
+    settings = Settings(
+        data_dir=data_dir,
+        subscriptions_file=subscriptions,
+        kafka={
+            "bootstrap_servers": [kafka_bootstrap],
+            "topic_prefix": f"it{uuid.uuid4().hex[:8]}",
+            "session_timeout_ms": 2000,
+        },
+        web={"api_keys": [API_KEY], "base_url": "http://testserver"},
+        retry_backoff_s=0.05,
+    )
+    async with running_broker(settings, ["normalizer", "router", "sinks"]) as broker:
+        app = web_app(settings, broker)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as web:
+            yield Pipeline(settings, broker, web, receiver)
