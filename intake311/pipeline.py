@@ -1,7 +1,10 @@
 """Assembling stages into a process: one stage alone, or the whole pipeline for a small city.
 
 This is the composition root, the one module that knows every stage. Stages stay unaware of
-each other: each exposes ``register(broker, settings)`` and talks only through Kafka topics.
+each other: each exposes ``register(broker, settings, stack)`` and talks only through Kafka.
+
+Stages: ``web`` (Open311 API, resident form, channel webhooks), ``channels`` (channel
+background loops and messages to residents), ``normalizer``, ``router``, ``sinks``.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import contextlib
 import importlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
@@ -23,6 +27,9 @@ from intake311.embedded import EmbeddedKafka
 from intake311.logging import get_logger
 from intake311.settings import Settings
 
+if TYPE_CHECKING:
+    from channels.runtime import ChannelSet
+
 log = get_logger(__name__)
 
 # Consuming stages: name -> "module:function" registering its subscribers on a broker.
@@ -32,11 +39,11 @@ STAGES: dict[str, str] = {
     "sinks": "sinks.app:register",
 }
 WEB = "web"
-ALL = (WEB, *STAGES)
+CHANNELS = "channels"
+ALL = (WEB, CHANNELS, *STAGES)
 # Channels whose raw topics exist from the start, so the normalizer's pattern subscription
 # finds them at once (a topic created later is picked up at the next metadata refresh).
 BUILTIN_CHANNELS = ("web", "open311", "operator")
-
 
 Register = Callable[[KafkaBroker, Settings, contextlib.AsyncExitStack], Awaitable[None]]
 
@@ -67,11 +74,6 @@ def asyncapi(broker: KafkaBroker) -> AsyncAPI:
     )
 
 
-def embedded_bootstrap_file(settings: Settings) -> Path:
-    """Where a running embedded broker's address is written, for ``submit``/``tail`` to find."""
-    return settings.data_dir / "run" / "embedded.bootstrap"
-
-
 async def describe(settings: Settings) -> AsyncAPI:
     """The AsyncAPI document of every stage, without connecting to Kafka."""
     async with contextlib.AsyncExitStack() as stack:
@@ -81,8 +83,22 @@ async def describe(settings: Settings) -> AsyncAPI:
         return asyncapi(broker)
 
 
+def embedded_bootstrap_file(settings: Settings) -> Path:
+    """Where a running embedded broker's address is written, for ``submit``/``tail`` to find."""
+    return settings.data_dir / "run" / "embedded.bootstrap"
+
+
+@dataclass
+class Runtime:
+    """What a running process has: the started broker and its channel plugins."""
+
+    broker: KafkaBroker
+    channels: ChannelSet | None
+    settings: Settings
+
+
 @contextlib.asynccontextmanager
-async def running_broker(settings: Settings, stages: Sequence[str]) -> AsyncIterator[KafkaBroker]:
+async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Runtime]:
     """A started broker with ``stages`` registered, on the configured or an embedded cluster."""
     embedded: EmbeddedKafka | None = None
     servers = settings.kafka.bootstrap_servers
@@ -96,57 +112,75 @@ async def running_broker(settings: Settings, stages: Sequence[str]) -> AsyncIter
     try:
         async with contextlib.AsyncExitStack() as stack:
             broker = make_broker(settings.kafka, servers, metadata_max_age_ms=30_000)
+            channel_set = None
+            topics = topic_names(settings)
+            if WEB in stages or CHANNELS in stages:
+                from channels.runtime import ChannelSet
+
+                channel_set = await ChannelSet.open(settings, broker, stack)
+                topics += channel_set.topic_names()
+                if CHANNELS in stages:
+                    channel_set.register_outbound(broker, stack)
             for stage in stages:
-                await _load(STAGES[stage])(broker, settings, stack)
-            await ensure_topics(settings.kafka, servers, topic_names(settings))
+                if stage in STAGES:
+                    await _load(STAGES[stage])(broker, settings, stack)
+            await ensure_topics(settings.kafka, servers, topics)
             await broker.start()
             # Stop consuming before the stages' resources close (the stack unwinds last-in first).
             stack.push_async_callback(broker.stop)
-            log.info("stages started", stages=list(stages), bootstrap=",".join(servers))
-            yield broker
+            if channel_set is not None and CHANNELS in stages:
+                await channel_set.start(stack)
+            log.info(
+                "stages started",
+                stages=list(stages),
+                bootstrap=",".join(servers),
+                channels=channel_set.names if channel_set else [],
+            )
+            yield Runtime(broker, channel_set, settings)
     finally:
         if embedded is not None:
             embedded.stop()
             embedded_bootstrap_file(settings).unlink(missing_ok=True)
 
 
-def web_app(settings: Settings, broker: KafkaBroker) -> Any:
-    """The web channel bound to ``broker``; its AsyncAPI page documents this very process."""
+def web_app(runtime: Runtime) -> Any:
+    """The web channel bound to the running broker, with every channel's webhooks mounted."""
     from channels.base import KafkaContactPublisher
     from channels.web import create_app
     from schemas.taxonomy import load_taxonomy
 
-    spec = asyncapi(broker)
-    return create_app(
+    settings = runtime.settings
+    spec = asyncapi(runtime.broker)
+    app = create_app(
         settings,
-        KafkaContactPublisher(broker, settings.topics),
+        KafkaContactPublisher(runtime.broker, settings.topics),
         load_taxonomy(settings.taxonomy_file),
         asyncapi=lambda: spec.to_specification().to_jsonable(),
     )
+    if runtime.channels is not None:
+        runtime.channels.mount(app)
+    return app
 
 
 async def serve(
     settings: Settings, stages: Sequence[str], *, on_ready: Callable[[], None] | None = None
 ) -> None:
-    """Run ``stages`` (and the web channel if named) until SIGINT/SIGTERM."""
-    consuming = [s for s in stages if s != WEB]
-    async with running_broker(settings, consuming) as broker:
+    """Run ``stages`` until SIGINT/SIGTERM (uvicorn handles the signals when ``web`` runs)."""
+    async with running(settings, stages) as runtime:
         if WEB in stages:
             import uvicorn
 
-            app = web_app(settings, broker)
             config = uvicorn.Config(
-                app,
+                web_app(runtime),
                 host=settings.web.host,
                 port=settings.web.port,
                 log_config=None,
                 access_log=False,
                 lifespan="on",
             )
-            server = uvicorn.Server(config)
             if on_ready:
                 asyncio.get_running_loop().call_later(0.5, on_ready)
-            await server.serve()
+            await uvicorn.Server(config).serve()
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -155,3 +189,10 @@ async def serve(
         if on_ready:
             on_ready()
         await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_broker(settings: Settings, stages: Sequence[str]) -> AsyncIterator[KafkaBroker]:
+    """``running`` for callers that only need the broker (benchmarks, scripts)."""
+    async with running(settings, stages) as runtime:
+        yield runtime.broker

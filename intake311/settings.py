@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")
     subscriptions_file: Path | None = Field(default=None, description="None: the packaged default")
+    channels: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="channel name -> its config; a channel runs when it has an entry here",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_batch: int = Field(default=500, ge=1, description="records a stage takes per poll")

@@ -19,7 +19,8 @@ _TICKET_IN_TEXT = re.compile(r"\b([0-9A-Za-z]{4})[- ]?([0-9A-Za-z]{4})\b")
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-def _digest(*parts: str) -> bytes:
+def digest(*parts: str) -> bytes:
+    """SHA-256 over parts joined by a separator no id contains: the root of every derived id."""
     return hashlib.sha256("\x1f".join(parts).encode()).digest()
 
 
@@ -35,7 +36,7 @@ def make_contact_id(channel: str, provider_id: str) -> str:
     if not provider_id:
         raise ValueError("provider id is empty")
     if len(provider_id) > 96 or any(c.isspace() for c in provider_id):
-        provider_id = "h" + _digest(provider_id).hex()[:32]
+        provider_id = "h" + digest(provider_id).hex()[:32]
     return f"{channel}:{provider_id}"
 
 
@@ -45,7 +46,7 @@ def ticket_for(contact_id: str) -> str:
     Derived, not allocated: the channel knows it before the contact reaches Kafka, so the
     immediate reply carries it, and a replayed contact gets the same ticket.
     """
-    value = int.from_bytes(_digest("ticket", contact_id)[:5], "big")
+    value = int.from_bytes(digest("ticket", contact_id)[:5], "big")
     chars = []
     for _ in range(TICKET_LENGTH):
         value, rem = divmod(value, 32)
@@ -78,12 +79,12 @@ def find_ticket(text: str) -> str | None:
 
 def event_id_for(request_id: str, contact_ids: list[str] | tuple[str, ...], revision: str = "") -> str:
     """Stable id of one request event: same request, same contacts, same revision -> same id."""
-    return _digest("event", request_id, *sorted(contact_ids), revision).hex()[:32]
+    return digest("event", request_id, *sorted(contact_ids), revision).hex()[:32]
 
 
 def delivery_id_for(event_id: str, department: str, sink: str) -> str:
     """Stable id of one delivery attempt series; reused across retries so receivers can dedupe."""
-    return _digest("delivery", event_id, department, sink).hex()[:32]
+    return digest("delivery", event_id, department, sink).hex()[:32]
 
 
 def is_slug(value: str) -> bool:

@@ -39,6 +39,10 @@ class Topics:
         """Status changes to requests (acknowledged, in progress, closed)."""
         return f"{self.prefix}.status"
 
+    def outbound(self, channel: str) -> str:
+        """Messages to residents, sent by the channel they used (``intake311.outbound.sms``)."""
+        return f"{self.prefix}.outbound.{_slug(channel)}"
+
     @property
     def deadletter(self) -> str:
         """Anything a stage could not process, with the reason and the original bytes."""

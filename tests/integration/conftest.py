@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from intake311.pipeline import running_broker, web_app
+from intake311.pipeline import running, web_app
 from intake311.settings import Settings
 from sinks.webhook import verify_signature
 
@@ -136,9 +136,9 @@ async def pipeline(
         web={"api_keys": [API_KEY], "base_url": "http://testserver"},
         retry_backoff_s=0.05,
     )
-    async with running_broker(settings, ["normalizer", "router", "sinks"]) as broker:
-        app = web_app(settings, broker)
+    async with running(settings, ["normalizer", "router", "sinks"]) as runtime:
+        app = web_app(runtime)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
         ) as web:
-            yield Pipeline(settings, broker, web, receiver)
+            yield Pipeline(settings, runtime.broker, web, receiver)
