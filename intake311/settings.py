@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import ssl
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -23,12 +25,15 @@ from pydantic_settings import (
 from schemas.topics import Topics
 
 CONFIG_ENV = "INTAKE311_CONFIG"
+# A --config given on the command line, without writing it into the process environment.
+_config_file: ContextVar[str | None] = ContextVar("intake311_config_file", default=None)
 
 
 class KafkaSettings(BaseModel):
     """Where the bus is. No bootstrap servers means: start the embedded broker."""
 
-    bootstrap_servers: list[str] = Field(default_factory=list)
+    # NoDecode: "b1:9092,b2:9092" in an environment variable, not a JSON list.
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None
@@ -80,7 +85,7 @@ class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8311
     base_url: str | None = Field(default=None, description="public URL when behind a proxy")
-    api_keys: list[SecretStr] = Field(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=lambda: [SecretStr("demo-key")],
         description="Open311 api_key values accepted for POST requests",
     )
@@ -137,7 +142,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_ENV)
+        config_file = _config_file.get() or os.environ.get(CONFIG_ENV)
         if config_file:
             path = Path(config_file)
             if not path.is_file():
@@ -149,6 +154,8 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, an optional YAML file, and explicit overrides."""
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(config_file)
-    return Settings(**overrides)
+    token = _config_file.set(str(config_file) if config_file is not None else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)

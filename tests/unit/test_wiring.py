@@ -1,0 +1,44 @@
+"""FastStream's in-memory broker: the stages' Kafka wiring, without a Kafka server."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+
+from intake311.settings import Settings
+from normalizer.app import register as register_normalizer
+from router.app import register as register_router
+from schemas import DeadLetter, ServiceRequest
+from tests.conftest import make_contact
+
+
+async def test_contact_flows_through_normalizer_and_router(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, retry_attempts=1)
+    topics = settings.topics
+    broker = KafkaBroker()
+    received: list[ServiceRequest] = []
+    letters: list[DeadLetter] = []
+
+    @broker.subscriber(topics.department("public-works"))
+    async def department(request: ServiceRequest) -> None:
+        received.append(request)
+
+    @broker.subscriber(topics.deadletter)
+    async def deadletter(letter: DeadLetter) -> None:
+        letters.append(letter)
+
+    async with contextlib.AsyncExitStack() as stack:
+        await register_normalizer(broker, settings, stack)
+        await register_router(broker, settings, stack)
+        async with TestKafkaBroker(broker) as test_broker:
+            contact = make_contact("Pothole outside 12 Elm Street")
+            await test_broker.publish(
+                contact.model_dump_json().encode(), topics.contacts("web"), key=contact.request_id.encode()
+            )
+            await test_broker.publish(b"garbage", topics.contacts("web"))
+
+    assert [r.request_id for r in received] == [contact.request_id]
+    assert received[0].agency_responsible == "public-works"
+    assert [letter.original for letter in letters] == [b"garbage"]
