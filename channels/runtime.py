@@ -16,7 +16,14 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from channels.base import KafkaContactPublisher
-from channels.plugin import ChannelContext, ChannelPlugin, Outbox, SendError, configured_channels
+from channels.plugin import (
+    ChannelContext,
+    ChannelHealth,
+    ChannelPlugin,
+    Outbox,
+    SendError,
+    configured_channels,
+)
 from intake311.bus import Outgoing
 from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
@@ -70,6 +77,16 @@ class ChannelSet:
             routes = plugin.http_routes()
             if routes is not None:
                 app.include_router(routes, prefix=f"/channels/{plugin.name}", tags=[f"channel {plugin.name}"])
+
+    async def health(self) -> dict[str, ChannelHealth]:
+        """Each channel's own health check; a check that raises counts as unhealthy."""
+        out = {}
+        for plugin in self.plugins:
+            try:
+                out[plugin.name] = await plugin.health()
+            except Exception as exc:
+                out[plugin.name] = ChannelHealth(False, f"health check failed: {type(exc).__name__}: {exc}")
+        return out
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         for plugin in self.plugins:

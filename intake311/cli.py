@@ -199,6 +199,20 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="where to writ
 
 
 @app.command()
+def channels(config: ConfigOpt = None) -> None:
+    """List installed channel plugins: configured? config valid? healthy?"""
+    from intake311.pipeline import channel_report
+
+    settings = _settings(config)
+    rows = asyncio.run(channel_report(settings))
+    width = max((len(r["channel"]) for r in rows), default=7)
+    for row in rows:
+        typer.echo(f"{row['channel']:<{width}}  {row['status']:<14}  {row['detail']}")
+    if any(r["status"] in ("invalid", "unhealthy", "broken") for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
 def asyncapi(config: ConfigOpt = None) -> None:
     """Print the AsyncAPI document of the full pipeline (topics, payload schemas)."""
     from intake311.pipeline import describe

@@ -158,8 +158,45 @@ def web_app(runtime: Runtime) -> Any:
         asyncapi=lambda: spec.to_specification().to_jsonable(),
     )
     if runtime.channels is not None:
-        runtime.channels.mount(app)
+        channel_set = runtime.channels
+        channel_set.mount(app)
+
+        @app.get("/healthz/channels", tags=["health"])
+        async def channel_health() -> dict[str, Any]:
+            return {
+                name: {"ok": h.ok, "detail": h.detail} for name, h in (await channel_set.health()).items()
+            }
+
     return app
+
+
+async def channel_report(settings: Settings) -> list[dict[str, str]]:
+    """Every installed channel: not configured, invalid config, broken plugin, healthy or not."""
+    from channels.plugin import available_channels, configured_channels, load_plugin
+    from channels.runtime import ChannelSet
+
+    rows = []
+    for name in sorted(available_channels() | {n: "" for n in settings.channels}):
+        if name not in settings.channels:
+            try:
+                plugin = load_plugin(name)
+                rows.append({"channel": name, "status": "not configured", "detail": plugin.description})
+            except Exception as exc:  # a broken third-party plugin is reported, not fatal here
+                rows.append({"channel": name, "status": "broken", "detail": str(exc)[:200]})
+            continue
+        single = settings.model_copy(update={"channels": {name: settings.channels[name]}})
+        try:
+            configured_channels(single)
+        except ValueError as exc:
+            rows.append({"channel": name, "status": "invalid", "detail": str(exc).replace("\n", " ")[:300]})
+            continue
+        async with contextlib.AsyncExitStack() as stack:
+            channel_set = await ChannelSet.open(single, make_broker(settings.kafka, ["unused:9092"]), stack)
+            health = (await channel_set.health())[name]
+        rows.append(
+            {"channel": name, "status": "healthy" if health.ok else "unhealthy", "detail": health.detail}
+        )
+    return rows
 
 
 async def serve(
