@@ -28,10 +28,19 @@ from intake311.bus import Outgoing
 from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
 from intake311.settings import Settings
-from intake311.stage import Record, batch_subscriber, dead_letter, explain, publish_with_retry, records_from
+from intake311.stage import (
+    Record,
+    batch_subscriber,
+    dead_letter,
+    explain,
+    publish_with_retry,
+    raw_batch,
+    records_from,
+)
 from schemas.contact import mask
 from schemas.outbound import OutboundMessage
 
+MessageRecords = raw_batch(OutboundMessage)  # what the AsyncAPI document shows
 STAGE = "outbound"
 log = get_logger(__name__)
 
@@ -164,7 +173,7 @@ def _subscribe_outbound(
         title=f"outbound {plugin.name}",
         description=f"Messages to residents sent through the {plugin.name} channel.",
     )
-    async def send_messages(_: list[bytes], msg: KafkaMessage) -> None:
+    async def send_messages(records: MessageRecords, msg: KafkaMessage) -> None:
         letters = await send_batch(records_from(msg.raw_message), plugin, seen, settings)
         await publish_with_retry(
             broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from pydantic import ValidationError
+from pydantic import BaseModel, GetCoreSchemaHandler, ValidationError
+from pydantic_core import CoreSchema, core_schema
 
 from intake311.bus import Outgoing, PublishError, publish_all
 from intake311.logging import get_logger
@@ -134,6 +135,27 @@ async def publish_with_retry(
             delay = backoff_s * 2 ** (attempt - 1)
             log.warning("publish failed, retrying", attempt=attempt, delay_s=delay, error=str(exc)[:200])
             await asyncio.sleep(delay)
+
+
+class _DocumentedAs:
+    """Validate as raw bytes (passthrough), but describe the payload as ``model``.
+
+    Stages validate each record themselves (so one bad record is dead-lettered, not the whole
+    batch); this keeps the AsyncAPI document showing the real payload schema anyway.
+    """
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            lambda value: value, json_schema_input_schema=handler.generate_schema(self.model)
+        )
+
+
+def raw_batch(model: type[BaseModel]) -> Any:
+    """The handler annotation for a batch of raw records documented as ``model``."""
+    return list[Annotated[bytes, _DocumentedAs(model)]]
 
 
 async def _raw_bodies(message: Any) -> Any:

@@ -13,7 +13,14 @@ from faststream.kafka.annotations import KafkaMessage
 
 from intake311.bus import Outgoing
 from intake311.settings import Settings
-from intake311.stage import Record, batch_subscriber, process_batch, publish_with_retry, records_from
+from intake311.stage import (
+    Record,
+    batch_subscriber,
+    process_batch,
+    publish_with_retry,
+    raw_batch,
+    records_from,
+)
 from normalizer.normalize import Normalizer
 from normalizer.state import RequestState
 from schemas.contact import RawContact
@@ -21,6 +28,7 @@ from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import Topics
 
+ContactRecords = raw_batch(RawContact)  # what the AsyncAPI document shows
 STAGE = "normalizer"
 GROUP_ID = "intake311.normalizer"
 
@@ -69,7 +77,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         title="normalizer",
         description="Raw contacts from every channel (RawContact JSON) -> one ServiceRequest each.",
     )
-    async def normalize_contacts(_: list[bytes], msg: KafkaMessage) -> None:
+    async def normalize_contacts(records: ContactRecords, msg: KafkaMessage) -> None:
         out, emitted = normalize_batch(records_from(msg.raw_message), normalizer, state, topics)
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s

@@ -10,11 +10,19 @@ from faststream.kafka.annotations import KafkaMessage
 
 from intake311.bus import Outgoing
 from intake311.settings import Settings
-from intake311.stage import Record, batch_subscriber, process_batch, publish_with_retry, records_from
+from intake311.stage import (
+    Record,
+    batch_subscriber,
+    process_batch,
+    publish_with_retry,
+    raw_batch,
+    records_from,
+)
 from router.routing import Router, load_routing
 from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
 
+RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows
 STAGE = "router"
 GROUP_ID = "intake311.router"
 
@@ -60,7 +68,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         title="router",
         description="Canonical requests -> the topic of each department the routing table names.",
     )
-    async def route_requests(_: list[bytes], msg: KafkaMessage) -> None:
+    async def route_requests(records: RequestRecords, msg: KafkaMessage) -> None:
         out = route_batch(records_from(msg.raw_message), router, topics.deadletter)
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s

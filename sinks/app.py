@@ -17,7 +17,15 @@ from intake311.bus import Outgoing
 from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
 from intake311.settings import Settings
-from intake311.stage import Record, batch_subscriber, dead_letter, explain, publish_with_retry, records_from
+from intake311.stage import (
+    Record,
+    batch_subscriber,
+    dead_letter,
+    explain,
+    publish_with_retry,
+    raw_batch,
+    records_from,
+)
 from schemas.ids import delivery_id_for
 from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
@@ -25,6 +33,7 @@ from sinks.base import Delivery, Sink, SinkConfig, SinkContext
 from sinks.retry import deliver_all
 from sinks.subscriptions import Subscriptions, load_subscriptions
 
+RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows
 STAGE = "sinks"
 log = get_logger(__name__)
 
@@ -107,7 +116,7 @@ def _subscribe(
         title=f"sink {department}/{config.name}",
         description=f"Delivers {department}'s requests to its '{config.name}' sink ({config.type}).",
     )
-    async def deliver(_: list[bytes], msg: KafkaMessage) -> None:
+    async def deliver(records: RequestRecords, msg: KafkaMessage) -> None:
         letters = await deliver_batch(
             records_from(msg.raw_message),
             sink,
