@@ -34,6 +34,9 @@ ENTRY_POINT_GROUP = "intake311.sinks"
 BUILTIN_SINKS: dict[str, str] = {
     "jsonl": "sinks.jsonl:JsonlSinkConfig",
     "webhook": "sinks.webhook:WebhookSinkConfig",
+    "postgres": "sinks.postgres:PostgresSinkConfig",
+    "slack": "sinks.slack:SlackSinkConfig",
+    "email": "sinks.email:EmailSinkConfig",
 }
 
 

@@ -69,8 +69,12 @@ async def test_one_line_per_delivery_in_the_department_file(tmp_path: Path) -> N
         "delivery_id": delivery_id_for(first.event_id, "roads", "file"),
     }
     assert roads[0] == expected
-    assert ServiceRequest.model_validate({k: v for k, v in roads[1].items()
-                                          if k not in ("department", "delivery_id")}) == second
+    assert (
+        ServiceRequest.model_validate(
+            {k: v for k, v in roads[1].items() if k not in ("department", "delivery_id")}
+        )
+        == second
+    )
     assert listdir(tmp_path / "departments") == ["parks.jsonl", "roads.jsonl"]
 
 

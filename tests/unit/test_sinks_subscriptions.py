@@ -40,7 +40,9 @@ def test_department_sinks_merge_with_and_override_star(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PW_SECRET", "s3cret")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         departments:
           "*":
             sinks:
@@ -57,12 +59,15 @@ def test_department_sinks_merge_with_and_override_star(
             inherit: false
             sinks:
               - {name: only, type: jsonl}
-    """)
+    """,
+    )
     subs = load_subscriptions(path)
 
     pw = subs.sinks_for("public-works")
     assert [(s.name, s.type) for s in pw] == [
-        ("file", "jsonl"), ("audit", "jsonl"), ("crew-dispatch", "webhook"),
+        ("file", "jsonl"),
+        ("audit", "jsonl"),
+        ("crew-dispatch", "webhook"),
     ]
     assert isinstance(pw[0], JsonlSinkConfig) and pw[0].path == "pw/{department}.jsonl"
     assert isinstance(pw[2], WebhookSinkConfig)
@@ -74,8 +79,11 @@ def test_department_sinks_merge_with_and_override_star(
 
     pairs = subs.pairs(["roads", "public-works", "roads", "parks"])
     assert [(d, s.name) for d, s in pairs] == [
-        ("roads", "file"), ("roads", "audit"),
-        ("public-works", "file"), ("public-works", "audit"), ("public-works", "crew-dispatch"),
+        ("roads", "file"),
+        ("roads", "audit"),
+        ("public-works", "file"),
+        ("public-works", "audit"),
+        ("public-works", "crew-dispatch"),
         ("parks", "only"),
     ]
     assert subs.unknown_departments(["roads", "parks"]) == ["public-works"]
@@ -99,8 +107,12 @@ def test_empty_department_entry_inherits_star() -> None:
                 sinks:
                   - {name: pager, type: carrier-pigeon}
             """,
-            ["department 'roads'", "sink 'pager'", "unknown sink type 'carrier-pigeon'",
-             "known types: jsonl, webhook"],
+            [
+                "department 'roads'",
+                "sink 'pager'",
+                "unknown sink type 'carrier-pigeon'",
+                "known types: email, jsonl, postgres, slack, webhook",
+            ],
         ),
         (
             """

@@ -115,8 +115,12 @@ class Receiver:
                 status, extra, reply = 401, {}, b"bad signature"
             else:
                 status, extra, reply = self.script.pop(0) if self.script else (200, {}, b"ok")
-            head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Length: {len(reply)}",
-                    "Connection: close", *(f"{k}: {v}" for k, v in extra.items())]
+            head = [
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+                f"Content-Length: {len(reply)}",
+                "Connection: close",
+                *(f"{k}: {v}" for k, v in extra.items()),
+            ]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + reply)
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -148,8 +152,13 @@ async def run(sink: WebhookSink, *, attempts: int = 3, backoff_s: float = 0.01, 
     await sink.start()
     try:
         outcome = await deliver_with_retry(
-            sink, request, department="public-works", delivery_id=delivery_id,
-            attempts=attempts, backoff_s=backoff_s, sleep=sleep or Sleeps(),
+            sink,
+            request,
+            department="public-works",
+            delivery_id=delivery_id,
+            attempts=attempts,
+            backoff_s=backoff_s,
+            sleep=sleep or Sleeps(),
         )
     finally:
         await sink.close()
@@ -227,8 +236,13 @@ async def test_stale_timestamp_is_rejected_by_the_receiver() -> None:
     assert outcome.delivered is False
     # The MAC itself is right; only the age makes it fail.
     stale = receiver.requests[0]
-    assert verify_signature(SECRET, stale.headers["x-intake311-timestamp"], stale.body,
-                            stale.headers["x-intake311-signature"], now=time.time() - 3600)
+    assert verify_signature(
+        SECRET,
+        stale.headers["x-intake311-timestamp"],
+        stale.body,
+        stale.headers["x-intake311-signature"],
+        now=time.time() - 3600,
+    )
 
 
 async def test_timeout_is_retryable() -> None:
@@ -272,9 +286,15 @@ async def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("TEST_WEBHOOK_AUTH", "Bearer t0k")
     async with Receiver() as receiver:
-        config = parse_sink_config({"name": "crew", "type": "webhook", "url": receiver.url,
-                                    "secret_env": "TEST_WEBHOOK_SECRET",
-                                    "headers_env": {"Authorization": "TEST_WEBHOOK_AUTH"}})
+        config = parse_sink_config(
+            {
+                "name": "crew",
+                "type": "webhook",
+                "url": receiver.url,
+                "secret_env": "TEST_WEBHOOK_SECRET",
+                "headers_env": {"Authorization": "TEST_WEBHOOK_AUTH"},
+            }
+        )
         _, _, outcome = await run(config.build(CTX))
     assert outcome.delivered
     assert receiver.requests[0].verified

@@ -1,0 +1,310 @@
+"""``type: email`` — a readable message per request to a department's inbox, via an SMTP relay.
+
+For departments whose work queue is a shared mailbox. The message is plain text with a simple
+HTML alternative; its ``Message-ID`` is derived from the delivery id, so a retry or a replay
+sends the same id and mail systems (and people) can recognise the duplicate. Messages about
+one ticket share a ``References`` root, so mail clients thread them. The reporter's contact
+details stay out unless the department is entitled to them (``include_reporter: true``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import html
+import os
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from typing import Literal
+
+import aiosmtplib
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from intake311.logging import get_logger
+from schemas.contact import Sender
+from schemas.request import ServiceRequest
+from sinks.base import DeliveryError, SinkConfig, SinkContext
+
+log = get_logger(__name__)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+HEADER_DELIVERY = "X-Intake311-Delivery"
+HEADER_REQUEST = "X-Intake311-Request"
+HEADER_DEPARTMENT = "X-Intake311-Department"
+
+_EMAIL_IN_TEXT = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Phone-shaped runs: +1 (203) 555-0142, 203.555.0142, 555-0142. Not dates (2026-03-01), not
+# house or pole numbers.
+_PHONE_IN_TEXT = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)|\d{2,4})[\s.-]?\d{3,4}[\s.-]?\d{3,4}(?!\w)"
+    r"|(?<![\w+-])\d{3}[\s.-]\d{4}(?![\w-])"
+)
+REDACTED = "[contact removed]"
+
+
+def redact_contact_details(text: str, reporter: Sender | None = None) -> str:
+    """Remove the reporter's address and anything shaped like an email or phone number.
+
+    Residents often type "call me at …" into the description; a department channel or shared
+    inbox is not entitled to that unless configured to be.
+    """
+    if reporter is not None and reporter.address and len(reporter.address) >= 3:
+        text = text.replace(reporter.address, REDACTED)
+    text = _EMAIL_IN_TEXT.sub(REDACTED, text)
+    return _PHONE_IN_TEXT.sub(REDACTED, text)
+
+
+def _from_env(var: str, what: str) -> str:
+    if not _ENV_NAME.match(var):
+        raise ValueError(f"{what}: {var!r} is not an environment variable name")
+    value = os.environ.get(var, "")
+    if not value:
+        raise ValueError(f"{what}: environment variable {var} is not set or is empty")
+    return value
+
+
+def _check_address(value: str, what: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{what} must not contain line breaks")
+    _, addr = email.utils.parseaddr(value)
+    if "@" not in addr or addr.startswith("@") or addr.endswith("@"):
+        raise ValueError(f"{what} {value!r} is not an email address")
+    return value
+
+
+class EmailSinkConfig(SinkConfig):
+    """SMTP relay settings and the department inbox.
+
+    ``security``: ``starttls`` (default, port 587), ``ssl`` (implicit TLS, port 465) or
+    ``none`` (a relay on localhost). Authentication is optional; with ``username`` give
+    ``password_env`` (preferred) or ``password``.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    type: Literal["email"] = "email"
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    validate_certs: bool = True
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    from_: str = Field(alias="from")
+    to: list[str] = Field(min_length=1)
+    subject_prefix: str = "[311]"
+    include_reporter: bool = False
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("from_")
+    @classmethod
+    def _from_address(cls, value: str) -> str:
+        return _check_address(value, "from")
+
+    @field_validator("to")
+    @classmethod
+    def _to_addresses(cls, value: list[str]) -> list[str]:
+        return [_check_address(v, "to") for v in value]
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("subject_prefix must not contain line breaks")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_password(self) -> EmailSinkConfig:
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give 'password_env' (preferred) or 'password', not both")
+        if self.password_env is not None:
+            self._password = SecretStr(_from_env(self.password_env, "password_env"))
+        else:
+            self._password = self.password
+        if (self.username is None) != (self._password is None):
+            raise ValueError("'username' and a password ('password_env' or 'password') go together")
+        return self
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port or _DEFAULT_PORTS[self.security]
+
+    @property
+    def smtp_password(self) -> SecretStr | None:
+        return self._password
+
+    def build(self, ctx: SinkContext) -> EmailSink:
+        return EmailSink(self)
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+def _domain(address: str) -> str:
+    _, addr = email.utils.parseaddr(address)
+    domain = addr.rpartition("@")[2].strip().strip(">")
+    return domain or "intake311.local"
+
+
+def message_id_for(delivery_id: str, from_address: str) -> str:
+    """``<delivery_id@sender-domain>``: the same for every retry and replay of one delivery."""
+    return f"<{delivery_id}@{_domain(from_address)}>"
+
+
+def _facts(request: ServiceRequest, department: str, include_reporter: bool) -> list[tuple[str, str]]:
+    facts = [
+        ("Ticket", request.request_id),
+        ("Service", f"{request.service_name} ({request.service_code})"),
+        ("Address", request.address_string or "—"),
+    ]
+    if request.lat is not None and request.long is not None:
+        facts.append(("Coordinates", f"{request.lat:.6f}, {request.long:.6f}"))
+        facts.append(("Map", f"https://www.openstreetmap.org/?mlat={request.lat:.6f}&mlon={request.long:.6f}"))
+    if request.media_url:
+        facts.append(("Photo", request.media_url))
+    facts += [
+        ("Reported", f"{_when(request.requested_datetime)} via {request.channel}"),
+        ("Due", _when(request.expected_datetime)),
+        ("Department", department),
+    ]
+    if request.triage:
+        facts.append(("Check", f"low classifier confidence ({request.confidence:.2f}): confirm the service"))
+    if include_reporter:
+        reporter = request.reporter
+        contact = reporter.address or "—"
+        facts.append(("Reporter", f"{reporter.name or '—'} ({reporter.kind.value}: {contact})"))
+    return facts
+
+
+def build_message(
+    request: ServiceRequest, *, department: str, delivery_id: str, config: EmailSinkConfig
+) -> EmailMessage:
+    """The message for one delivery (headers, plain text, HTML alternative); no I/O."""
+    description = request.description.strip()
+    if not config.include_reporter:
+        description = redact_contact_details(description, request.reporter)
+    facts = _facts(request, department, config.include_reporter)
+    width = max(len(label) for label, _ in facts) + 1
+
+    subject_parts = [config.subject_prefix, request.request_id, _one_line(request.service_name, 60)]
+    if request.address_string:
+        subject_parts += ["—", _one_line(request.address_string, 80)]
+    message = EmailMessage(policy=SMTP)
+    message["Subject"] = " ".join(p for p in subject_parts if p)
+    message["From"] = config.from_
+    message["To"] = ", ".join(config.to)
+    message["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    message["Message-ID"] = message_id_for(delivery_id, config.from_)
+    # A shared root per ticket: clients thread every message about one request together.
+    message["References"] = f"<{request.request_id.lower()}.request@{_domain(config.from_)}>"
+    message["Auto-Submitted"] = "auto-generated"
+    message[HEADER_DELIVERY] = delivery_id
+    message[HEADER_REQUEST] = request.request_id
+    message[HEADER_DEPARTMENT] = department
+
+    text_lines = [f"New service request {request.request_id}: {request.service_name}", ""]
+    text_lines += [f"{label + ':':<{width}} {value}" for label, value in facts]
+    text_lines += ["", "Description:", description or "(none)", ""]
+    text_lines += [f"Reply with the ticket number {request.request_id} in the subject to refer to it."]
+    message.set_content("\n".join(text_lines) + "\n")
+
+    rows = "".join(
+        f"<tr><th align=\"left\" style=\"padding-right:1em\">{html.escape(label)}</th>"
+        f"<td>{_html_value(value)}</td></tr>"
+        for label, value in facts
+    )
+    body = html.escape(description or "(none)").replace("\n", "<br>")
+    message.add_alternative(
+        "<!doctype html><html><body>"
+        f"<h2>{html.escape(request.service_name)} · {html.escape(request.request_id)}</h2>"
+        f"<table>{rows}</table><h3>Description</h3><p>{body}</p>"
+        "</body></html>",
+        subtype="html",
+    )
+    return message
+
+
+def _html_value(value: str) -> str:
+    if value.startswith(("https://", "http://")) and " " not in value:
+        url = html.escape(value, quote=True)
+        return f'<a href="{url}">{url}</a>'
+    return html.escape(value)
+
+
+def _smtp_error(prefix: str, exc: Exception) -> DeliveryError:
+    """4xx replies and network trouble may pass; 5xx replies and TLS/AUTH mismatches will not."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        detail = "; ".join(f"{r.code} {r.message}"[:120] for r in exc.recipients)
+        return DeliveryError(f"{prefix}: all recipients refused: {detail}",
+                             retryable=any(400 <= c < 500 for c in codes))
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        reason = f"{prefix}: SMTP {exc.code} {str(exc.message)[:200]}"
+        return DeliveryError(reason, retryable=400 <= exc.code < 500)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) or (
+        type(exc) is aiosmtplib.SMTPException and "not supported" in str(exc)
+    ):
+        # The relay lacks STARTTLS or AUTH: the configuration, not the moment, is wrong.
+        return DeliveryError(f"{prefix}: {exc} (check 'security' and 'username')", retryable=False)
+    return DeliveryError(f"{prefix}: {type(exc).__name__}: {exc}"[:400], retryable=True)
+
+
+class EmailSink:
+    """Sends one message per request; a new SMTP connection per message keeps relays happy."""
+
+    def __init__(self, config: EmailSinkConfig) -> None:
+        self.name = config.name
+        self.config = config
+
+    async def start(self) -> None:
+        return None
+
+    async def deliver(self, request: ServiceRequest, *, department: str, delivery_id: str) -> None:
+        config = self.config
+        message = build_message(request, department=department, delivery_id=delivery_id, config=config)
+        password = config.smtp_password
+        prefix = f"email sink {self.name!r} ({config.host}:{config.smtp_port})"
+        try:
+            refused, _ = await aiosmtplib.send(
+                message,
+                hostname=config.host,
+                port=config.smtp_port,
+                username=config.username,
+                password=password.get_secret_value() if password is not None else None,
+                use_tls=config.security == "ssl",
+                start_tls=config.security == "starttls",
+                validate_certs=config.validate_certs,
+                timeout=config.timeout_s,
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise _smtp_error(prefix, exc) from exc
+        if refused:
+            # Some recipients got it: retrying would send them a second copy, so only log.
+            log.warning("email recipients refused", sink=self.name, request_id=request.request_id,
+                        refused=sorted(refused))
+
+    async def close(self) -> None:
+        return None
+
+
+__all__ = [
+    "HEADER_DELIVERY",
+    "HEADER_DEPARTMENT",
+    "HEADER_REQUEST",
+    "REDACTED",
+    "EmailSink",
+    "EmailSinkConfig",
+    "build_message",
+    "message_id_for",
+    "redact_contact_details",
+]

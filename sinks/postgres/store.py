@@ -1,0 +1,636 @@
+"""``CaseStore``: the system of record for service requests and their status history.
+
+Everything that must survive replays lives in the SQL: a request event is applied only if it
+is newer (``(updated_datetime, event_id)`` ordering, so any arrival order ends in the same
+row), every event is logged once by ``event_id``, and status changes older than the current
+status are kept in the history without rewinding the request. The same store answers the
+web channel's Open311 ``GET requests`` (``get``/``search``, the ``RequestLookup`` protocol)
+and the budget office's figures (``report``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from intake311.logging import get_logger
+from schemas.request import ServiceRequest, Status
+from schemas.taxonomy import Taxonomy, load_taxonomy
+from sinks.postgres.migrations import migrate
+
+log = get_logger(__name__)
+
+# Open311 GeoReport v2 request fields in spec order; equal to channels.web.lookup.REQUEST_FIELDS
+# (not imported: sinks do not import channels).
+OPEN311_FIELDS = (
+    "service_request_id",
+    "status",
+    "status_notes",
+    "service_name",
+    "service_code",
+    "description",
+    "agency_responsible",
+    "service_notice",
+    "requested_datetime",
+    "updated_datetime",
+    "expected_datetime",
+    "address",
+    "address_id",
+    "zipcode",
+    "lat",
+    "long",
+    "media_url",
+)
+
+
+class State(StrEnum):
+    """The finer workflow state behind Open311's open/closed."""
+
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    IN_PROGRESS = "in_progress"
+    CLOSED = "closed"
+
+    @property
+    def status(self) -> Status:
+        return Status.CLOSED if self is State.CLOSED else Status.OPEN
+
+
+def parse_state(value: State | Status | str) -> State:
+    """A state from a state name or an Open311 status; ``open`` means reopen (state ``new``)."""
+    text = str(value).strip().lower().replace("-", "_").replace(" ", "_")
+    if text == Status.OPEN:
+        return State.NEW
+    try:
+        return State(text)
+    except ValueError:
+        allowed = ", ".join([*(s.value for s in State), "open"])
+        raise ValueError(f"unknown status {value!r}; use one of {allowed}") from None
+
+
+def status_event_id(request_id: str, state: State, at: datetime, source: str) -> str:
+    """A stable id for a status change whose producer has none: same change -> same id."""
+    parts = ("status", request_id, state.value, at.astimezone(UTC).isoformat(), source)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _clean(value: Any) -> Any:
+    """Strip NUL characters, which PostgreSQL text and jsonb refuse (residents paste odd bytes)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("datetimes must be timezone-aware")
+    return value
+
+
+# Columns a newer request event replaces (requested_datetime keeps the earliest, see below).
+_CONTENT_COLUMNS = (
+    "event_id",
+    "event_updated_datetime",
+    "service_code",
+    "service_name",
+    "description",
+    "lat",
+    "long",
+    "address",
+    "media_url",
+    "media",
+    "channel",
+    "expected_datetime",
+    "confidence",
+    "triage",
+    "reporter",
+    "reply",
+    "language",
+    "source_contact_ids",
+)
+_INSERT_COLUMNS = (
+    *_CONTENT_COLUMNS,
+    "request_id",
+    "status",
+    "state",
+    "status_notes",
+    "status_changed_at",
+    "closed_datetime",
+    "agency_responsible",
+    "requested_datetime",
+    "updated_datetime",
+    "departments",
+)
+_NEWER = "(EXCLUDED.event_updated_datetime, EXCLUDED.event_id) > (r.event_updated_datetime, r.event_id)"
+# The event may change the status only if it is newer than the last status change, so a
+# stale copy of the request never reopens what a person closed.
+_STATUS_FROM_EVENT = (
+    f"({_NEWER} AND EXCLUDED.updated_datetime > r.status_changed_at AND EXCLUDED.status <> r.status)"
+)
+_NOTES_FROM_EVENT = (
+    f"({_NEWER} AND EXCLUDED.updated_datetime > r.status_changed_at"
+    " AND (EXCLUDED.status <> r.status OR EXCLUDED.status_notes IS NOT NULL))"
+)
+
+_UPSERT_SQL = f"""
+WITH up AS (
+    INSERT INTO requests AS r ({", ".join(_INSERT_COLUMNS)})
+    VALUES ({", ".join(f"%({c})s" for c in _INSERT_COLUMNS)})
+    ON CONFLICT (request_id) DO UPDATE SET
+        {", ".join(f"{c} = CASE WHEN {_NEWER} THEN EXCLUDED.{c} ELSE r.{c} END" for c in _CONTENT_COLUMNS)},
+        agency_responsible = CASE WHEN {_NEWER}
+            THEN COALESCE(EXCLUDED.agency_responsible, r.agency_responsible) ELSE r.agency_responsible END,
+        requested_datetime = LEAST(r.requested_datetime, EXCLUDED.requested_datetime),
+        updated_datetime = GREATEST(r.updated_datetime, EXCLUDED.updated_datetime),
+        status = CASE WHEN {_STATUS_FROM_EVENT} THEN EXCLUDED.status ELSE r.status END,
+        state = CASE WHEN {_STATUS_FROM_EVENT} THEN EXCLUDED.state ELSE r.state END,
+        closed_datetime = CASE WHEN {_STATUS_FROM_EVENT}
+            THEN (CASE WHEN EXCLUDED.status = 'closed' THEN EXCLUDED.updated_datetime END)
+            ELSE r.closed_datetime END,
+        status_changed_at = CASE WHEN {_STATUS_FROM_EVENT}
+            THEN EXCLUDED.updated_datetime ELSE r.status_changed_at END,
+        status_notes = CASE WHEN {_NOTES_FROM_EVENT} THEN EXCLUDED.status_notes ELSE r.status_notes END,
+        departments = CASE WHEN %(department)s::text IS NULL OR %(department)s = ANY (r.departments)
+            THEN r.departments ELSE array_append(r.departments, %(department)s) END
+    RETURNING (xmax = 0) AS inserted, event_id
+), ev AS (
+    INSERT INTO request_events (event_id, request_id, kind, status, state, notes, at, source)
+    SELECT %(event_id)s, %(request_id)s,
+           CASE WHEN up.inserted THEN 'received' ELSE 'updated' END,
+           %(status)s, CASE WHEN up.inserted THEN %(state)s END, %(status_notes)s,
+           CASE WHEN up.inserted THEN %(requested_datetime)s ELSE %(event_updated_datetime)s END, %(source)s
+    FROM up
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT up.inserted, up.event_id = %(event_id)s AS current, EXISTS (SELECT 1 FROM ev) AS new_event FROM up
+"""
+
+_OPEN311_SELECT = """
+SELECT request_id AS service_request_id, status, status_notes, service_name, service_code, description,
+       agency_responsible, service_notice, requested_datetime, updated_datetime, expected_datetime,
+       address, NULL::text AS address_id, NULL::text AS zipcode, lat, long, media_url
+FROM requests
+"""
+
+
+def _row_params(request: ServiceRequest, department: str | None) -> dict[str, Any]:
+    closed = request.status == Status.CLOSED
+    state = State.CLOSED if closed else State.NEW
+    dump = request.model_dump(mode="json")
+    params: dict[str, Any] = {
+        "request_id": request.request_id,
+        "event_id": request.event_id,
+        "event_updated_datetime": request.updated_datetime,
+        "service_code": request.service_code,
+        "service_name": _clean(request.service_name),
+        "description": _clean(request.description),
+        "lat": request.lat,
+        "long": request.long,
+        "address": _clean(request.address_string),
+        "media_url": _clean(request.media_url),
+        "media": Jsonb(_clean(dump["media"])),
+        "channel": request.channel,
+        "expected_datetime": request.expected_datetime,
+        "confidence": request.confidence,
+        "triage": request.triage,
+        "reporter": Jsonb(_clean(dump["reporter"])),
+        "reply": Jsonb(_clean(dump["reply"])) if request.reply is not None else None,
+        "language": request.language,
+        "source_contact_ids": list(request.source_contact_ids),
+        "status": request.status.value,
+        "state": state.value,
+        "status_notes": _clean(request.status_notes),
+        "status_changed_at": request.updated_datetime if closed else request.requested_datetime,
+        "closed_datetime": request.updated_datetime if closed else None,
+        "agency_responsible": request.agency_responsible or department,
+        "requested_datetime": request.requested_datetime,
+        "updated_datetime": request.updated_datetime,
+        "departments": [department] if department else [],
+        "department": department,
+        "source": f"pipeline:{department}" if department else "pipeline",
+    }
+    return params
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """One row of a request's status history."""
+
+    event_id: str
+    status: str
+    state: str | None
+    notes: str | None
+    at: datetime
+    source: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """A request as the city holds it, personal data included: for internal use, never Open311."""
+
+    request_id: str
+    event_id: str
+    status: Status
+    state: State
+    status_notes: str | None
+    service_code: str
+    service_name: str
+    description: str
+    agency_responsible: str | None
+    departments: tuple[str, ...]
+    channel: str
+    requested_datetime: datetime
+    updated_datetime: datetime
+    expected_datetime: datetime | None
+    closed_datetime: datetime | None
+    address: str | None
+    lat: float | None
+    long: float | None
+    media_url: str | None
+    confidence: float
+    triage: bool
+    language: str
+    reporter: dict[str, Any]
+    reply: dict[str, Any] | None
+    source_contact_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DepartmentFigures:
+    """One department's figures in a report; hours are from report to close."""
+
+    department: str
+    received: int = 0
+    closed: int = 0
+    median_hours_to_close: float | None = None
+    closed_with_sla: int = 0
+    closed_within_sla: int = 0
+    open_overdue: int = 0
+
+    @property
+    def share_within_sla(self) -> float | None:
+        """Closed within the service level / closed with a service level (None when 0)."""
+        return self.closed_within_sla / self.closed_with_sla if self.closed_with_sla else None
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """What a budget office asks for, over ``[since, until)``; overdue is as of ``as_of``."""
+
+    since: datetime
+    until: datetime
+    as_of: datetime
+    received: int
+    by_channel: dict[str, int]
+    by_service: dict[str, int]
+    departments: dict[str, DepartmentFigures] = field(default_factory=dict)
+    open_overdue: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (datetimes as ISO 8601, each department with its SLA share)."""
+        data = asdict(self)
+        for key in ("since", "until", "as_of"):
+            data[key] = getattr(self, key).isoformat()
+        for name, figures in self.departments.items():
+            data["departments"][name]["share_within_sla"] = figures.share_within_sla
+        return data
+
+
+class CaseStore:
+    """The case store on a PostgreSQL connection pool.
+
+    Use ``async with CaseStore(dsn) as store`` or ``await store.open()`` / ``close()``. ``open``
+    applies pending migrations (under an advisory lock) unless ``migrate=False``.
+    ``taxonomy`` supplies service levels for ``report`` (default: the packaged taxonomy).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        migrate: bool = True,
+        taxonomy: Taxonomy | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._migrate = migrate
+        self._taxonomy = taxonomy
+        self._timeout = connect_timeout_s
+        self._dsn = dsn
+        self.pool = AsyncConnectionPool(
+            dsn,
+            min_size=min(min_size, max_size),
+            max_size=max_size,
+            open=False,
+            timeout=connect_timeout_s,
+            kwargs={"connect_timeout": max(1, int(connect_timeout_s))},
+            name="intake311-case-store",
+        )
+
+    async def open(self) -> None:
+        """Open the pool and bring the schema up to date."""
+        if self._migrate:
+            async with await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            ) as conn:
+                await migrate(conn)
+        await self.pool.open(wait=True, timeout=self._timeout)
+
+    async def close(self) -> None:
+        """Close the pool; safe to call more than once."""
+        await self.pool.close()
+
+    async def __aenter__(self) -> CaseStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def upsert_requests(self, requests: Iterable[ServiceRequest], department: str | None) -> int:
+        """Store request events delivered to ``department``; return how many changed a request.
+
+        Replays and duplicates change nothing; an event older than the stored one is logged
+        (once) but does not overwrite the newer content.
+        """
+        return await self.upsert_many([(r, department) for r in requests])
+
+    async def upsert_many(self, items: Sequence[tuple[ServiceRequest, str | None]]) -> int:
+        """``upsert_requests`` for (request, department) pairs, in one transaction."""
+        if not items:
+            return 0
+        # One lock order for every writer: concurrent department sinks cannot deadlock.
+        ordered = sorted(items, key=lambda item: (item[0].request_id, item[0].updated_datetime))
+        params = [_row_params(request, department) for request, department in ordered]
+        changed = 0
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(_UPSERT_SQL.encode(), params, returning=True)
+            while True:
+                row = await cur.fetchone()
+                if row is not None:
+                    inserted, current, new_event = row
+                    changed += bool(new_event and (inserted or current))
+                if not cur.nextset():
+                    break
+        return changed
+
+    async def record_status(
+        self,
+        request_id: str,
+        status: State | Status | str,
+        notes: str | None = None,
+        at: datetime | None = None,
+        source: str = "unknown",
+        event_id: str | None = None,
+    ) -> bool:
+        """Record a status change; True if it became the request's current status.
+
+        ``status`` is a ``State`` (``new``, ``acknowledged``, ``in_progress``, ``closed``) or
+        Open311 ``open``/``closed`` (``open`` reopens as ``new``). A repeated ``event_id``
+        returns False and changes nothing; a change older than the current status is kept in
+        the history but returns False. Raises ``LookupError`` for an unknown request.
+        """
+        state = parse_state(status)
+        when = _aware(at) if at is not None else datetime.now(UTC)
+        event = event_id or status_event_id(request_id, state, when, source)
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT status_changed_at FROM requests WHERE request_id = %s FOR UPDATE", (request_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise LookupError(f"no service request {request_id!r}")
+            cur = await conn.execute(
+                "INSERT INTO request_events (event_id, request_id, kind, status, state, notes, at, source)"
+                " VALUES (%s, %s, 'status', %s, %s, %s, %s, %s)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+                (event, request_id, state.status.value, state.value, _clean(notes), when, _clean(source)),
+            )
+            if await cur.fetchone() is None:
+                return False
+            if when < row[0]:
+                return False
+            await conn.execute(
+                "UPDATE requests SET status = %s, state = %s, status_notes = %s, status_changed_at = %s,"
+                " closed_datetime = %s, updated_datetime = GREATEST(updated_datetime, %s)"
+                " WHERE request_id = %s",
+                (
+                    state.status.value,
+                    state.value,
+                    _clean(notes),
+                    when,
+                    when if state is State.CLOSED else None,
+                    when,
+                    request_id,
+                ),
+            )
+        return True
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        """One request as an Open311 dict (no personal data), or None."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute((_OPEN311_SELECT + " WHERE request_id = %s").encode(), (request_id,))
+            row = await cur.fetchone()
+        return _open311(row) if row else None
+
+    async def search(
+        self,
+        *,
+        service_request_ids: Sequence[str] = (),
+        service_code: Sequence[str] = (),
+        status: Sequence[str] = (),
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Open311 ``GET requests``: filters AND together, empty means any; newest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (
+            ("request_id", service_request_ids),
+            ("service_code", service_code),
+            ("status", status),
+        ):
+            if values:
+                where.append(f"{column} = ANY(%s)")
+                params.append(list(values))
+        if start_date is not None:
+            where.append("requested_datetime >= %s")
+            params.append(_aware(start_date))
+        if end_date is not None:
+            where.append("requested_datetime <= %s")
+            params.append(_aware(end_date))
+        sql = _OPEN311_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY requested_datetime DESC, request_id DESC LIMIT %s"
+        params.append(max(0, limit))
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql.encode(), params)
+            rows = await cur.fetchall()
+        return [_open311(row) for row in rows]
+
+    async def get_case(self, request_id: str) -> Case | None:
+        """The full internal record, personal data included (for replying to the resident)."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM requests WHERE request_id = %s", (request_id,))
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Case(
+            request_id=row["request_id"],
+            event_id=row["event_id"],
+            status=Status(row["status"]),
+            state=State(row["state"]),
+            status_notes=row["status_notes"],
+            service_code=row["service_code"],
+            service_name=row["service_name"],
+            description=row["description"],
+            agency_responsible=row["agency_responsible"],
+            departments=tuple(row["departments"]),
+            channel=row["channel"],
+            requested_datetime=row["requested_datetime"],
+            updated_datetime=row["updated_datetime"],
+            expected_datetime=row["expected_datetime"],
+            closed_datetime=row["closed_datetime"],
+            address=row["address"],
+            lat=row["lat"],
+            long=row["long"],
+            media_url=row["media_url"],
+            confidence=row["confidence"],
+            triage=row["triage"],
+            language=row["language"],
+            reporter=row["reporter"] or {},
+            reply=row["reply"],
+            source_contact_ids=tuple(row["source_contact_ids"]),
+        )
+
+    async def history(self, request_id: str) -> list[StatusEvent]:
+        """The request's status history (opening event and status changes), oldest first."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT event_id, status, state, notes, at, source FROM status_history"
+                " WHERE request_id = %s ORDER BY at, recorded_at, event_id",
+                (request_id,),
+            )
+            rows = await cur.fetchall()
+        return [StatusEvent(*row) for row in rows]
+
+    async def report(
+        self, since: datetime, until: datetime, *, now: datetime | None = None
+    ) -> CaseReport:
+        """Volume, time to close, SLA share and overdue count, for a budget office.
+
+        Volume counts requests reported in ``[since, until)``; time to close and the SLA share
+        count requests closed in it (hours from report to close; the service level is the
+        taxonomy's ``sla_hours``, services without one are left out of the share). Overdue is
+        a snapshot at ``now``: open requests whose ``expected_datetime`` has passed.
+        """
+        since, until = _aware(since), _aware(until)
+        as_of = _aware(now) if now is not None else datetime.now(UTC)
+        taxonomy = self._taxonomy or load_taxonomy()
+        sla = [(s.code, s.sla_hours) for s in taxonomy.services if s.sla_hours is not None]
+        codes, hours = [c for c, _ in sla], [h for _, h in sla]
+        dept = "COALESCE(agency_responsible, departments[1], 'unassigned')"
+        window = "requested_datetime >= %(since)s AND requested_datetime < %(until)s"
+        params = {"since": since, "until": until, "now": as_of, "codes": codes, "hours": hours}
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # One snapshot for every figure, so the parts of a report add up.
+            await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+            async def counts(key: str) -> dict[str, int]:
+                await cur.execute(
+                    f"SELECT {key}, count(*) FROM requests WHERE {window}"
+                    " GROUP BY 1 ORDER BY 2 DESC, 1".encode(),
+                    params,
+                )
+                return {str(k): int(n) for k, n in await cur.fetchall()}
+
+            by_channel = await counts("channel")
+            by_service = await counts("service_code")
+            received = await counts(dept)
+            await cur.execute(
+                f"""
+                SELECT c.dept, count(*),
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY c.hours),
+                       count(*) FILTER (WHERE s.hours IS NOT NULL),
+                       count(*) FILTER (WHERE c.hours <= s.hours)
+                FROM (SELECT {dept} AS dept, service_code,
+                             EXTRACT(EPOCH FROM closed_datetime - requested_datetime) / 3600.0 AS hours
+                      FROM requests
+                      WHERE closed_datetime >= %(since)s AND closed_datetime < %(until)s) AS c
+                LEFT JOIN unnest(%(codes)s::text[], %(hours)s::float8[]) AS s(code, hours)
+                       ON s.code = c.service_code
+                GROUP BY c.dept
+                """.encode(),
+                params,
+            )
+            closed = {row[0]: row[1:] for row in await cur.fetchall()}
+            await cur.execute(
+                f"SELECT {dept}, count(*) FROM requests WHERE status = 'open'"
+                f" AND expected_datetime < %(now)s GROUP BY 1".encode(),
+                params,
+            )
+            overdue = {k: int(n) for k, n in await cur.fetchall()}
+        departments: dict[str, DepartmentFigures] = {}
+        for name in sorted({*received, *closed, *overdue}):
+            n_closed, median, with_sla, within = closed.get(name, (0, None, 0, 0))
+            departments[name] = DepartmentFigures(
+                department=name,
+                received=received.get(name, 0),
+                closed=int(n_closed),
+                median_hours_to_close=float(median) if median is not None else None,
+                closed_with_sla=int(with_sla),
+                closed_within_sla=int(within),
+                open_overdue=overdue.get(name, 0),
+            )
+        return CaseReport(
+            since=since,
+            until=until,
+            as_of=as_of,
+            received=sum(received.values()),
+            by_channel=by_channel,
+            by_service=by_service,
+            departments=departments,
+            open_overdue=sum(overdue.values()),
+        )
+
+
+def _open311(row: dict[str, Any]) -> dict[str, Any]:
+    # UTC whatever the server's TimeZone setting, so answers do not depend on the database host.
+    return {
+        name: value.astimezone(UTC) if isinstance(value := row.get(name), datetime) else value
+        for name in OPEN311_FIELDS
+    }
+
+
+__all__ = [
+    "OPEN311_FIELDS",
+    "Case",
+    "CaseReport",
+    "CaseStore",
+    "DepartmentFigures",
+    "State",
+    "StatusEvent",
+    "parse_state",
+    "status_event_id",
+]

@@ -1,0 +1,509 @@
+"""``type: slack`` — a Block Kit message per request in the department's Slack channel.
+
+Each message shows what a crew needs (ticket, service, description excerpt, address, map and
+photo links, due time) and Acknowledge / In progress / Close buttons whose ``action_id`` is
+``intake311_status_<state>`` and ``value`` the ticket, for the status flow to handle. The
+reporter's contact details never reach Slack: they are not in the message, and phone numbers
+or emails typed into the description are removed.
+
+Where each request's message is (``channel``, ``ts``) is kept in a small SQLite map under the
+data dir (``SlackMessages``), together with the blocks last posted, so a later status change can
+``chat.update`` the message in place (``SlackSink.update_message``), and a replayed delivery
+updates the existing message instead of posting a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from intake311.logging import get_logger
+from schemas.request import ServiceRequest
+from sinks.base import DeliveryError, SinkConfig, SinkContext
+from sinks.email import redact_contact_details
+from sinks.webhook import parse_retry_after
+
+log = get_logger(__name__)
+
+ACTION_PREFIX = "intake311_status_"
+ACTIONS_BLOCK_ID = "intake311_status"
+STATE_BLOCK_ID = "intake311_state"
+METADATA_EVENT = "intake311_request"
+DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={long}#map=18/{lat}/{long}"
+DEFAULT_MESSAGES_PATH = "slack/messages.sqlite3"
+DESCRIPTION_LIMIT = 600
+
+# (state, button label, button style); a message offers the states after its current one.
+BUTTONS: tuple[tuple[str, str, str | None], ...] = (
+    ("acknowledged", "Acknowledge", None),
+    ("in_progress", "In progress", None),
+    ("closed", "Close", "primary"),
+)
+STATE_LABELS = {
+    "new": "New", "acknowledged": "Acknowledged", "in_progress": "In progress", "closed": "Closed",
+}
+_STATE_ORDER = ["new", "acknowledged", "in_progress", "closed"]
+
+# Slack "ok": false errors that retrying cannot fix (credentials, channel, message shape).
+PERMANENT_ERRORS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+    "no_permission", "missing_scope", "channel_not_found", "not_in_channel", "is_archived",
+    "restricted_action", "invalid_blocks", "invalid_blocks_format", "msg_too_long", "no_text",
+    "too_many_attachments", "invalid_arguments", "message_not_found", "cant_update_message",
+    "edit_window_closed", "ekm_access_denied", "team_access_not_granted",
+})
+# And those that may pass; any other "ok": false error counts as permanent.
+TRANSIENT_ERRORS = frozenset({
+    "ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
+    "request_timeout", "team_added_to_org",
+})
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+
+
+class SlackSinkConfig(SinkConfig):
+    """A bot token (``token_env`` preferred, or ``token``) and the department's channel.
+
+    ``channel``: a channel id (``C0123ABCD``, preferred: survives renames) or ``#name``.
+    ``base_url``: the Web API root (default Slack's; tests and Enterprise Grid proxies
+    point elsewhere). ``messages_path``: the request -> message map, relative to the data dir.
+    """
+
+    type: Literal["slack"] = "slack"
+    token: SecretStr | None = None
+    token_env: str | None = None
+    channel: str = Field(min_length=1, max_length=100)
+    base_url: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_retry_after_s: float = Field(default=60.0, ge=0)
+    map_url: str = DEFAULT_MAP_URL
+    messages_path: str = DEFAULT_MESSAGES_PATH
+
+    _token: SecretStr = PrivateAttr()
+
+    @field_validator("base_url")
+    @classmethod
+    def _api_root(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {value[:200]!r}")
+        return value if value.endswith("/") else value + "/"  # slack_sdk appends the method name
+
+    @field_validator("map_url")
+    @classmethod
+    def _map_template(cls, value: str) -> str:
+        if not value.startswith("https://") or "{lat}" not in value or "{long}" not in value:
+            raise ValueError("map_url must be an https:// URL template with {lat} and {long}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_token(self) -> SlackSinkConfig:
+        # Resolved now, not at first delivery: a missing token must stop the service at start.
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError(
+                "slack needs exactly one of 'token_env' (an environment variable holding the bot"
+                " token, preferred) or 'token'" + (" - both were given" if self.token else "")
+            )
+        if self.token_env is not None:
+            if not _ENV_NAME.match(self.token_env):
+                raise ValueError(f"token_env: {self.token_env!r} is not an environment variable name")
+            value = os.environ.get(self.token_env, "")
+            if not value:
+                raise ValueError(f"token_env: environment variable {self.token_env} is not set or is empty")
+            self._token = SecretStr(value)
+        else:
+            assert self.token is not None
+            if not self.token.get_secret_value():
+                raise ValueError("token must not be empty")
+            self._token = self.token
+        return self
+
+    @property
+    def bot_token(self) -> SecretStr:
+        return self._token
+
+    def build(self, ctx: SinkContext) -> SlackSink:
+        path = Path(self.messages_path)
+        return SlackSink(self, SlackMessages(path if path.is_absolute() else ctx.data_dir / path))
+
+
+# -- the request -> message map --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlackMessageRef:
+    """Where a request's message is, and what it last showed."""
+
+    request_id: str
+    channel: str
+    ts: str
+    target: str
+    delivery_id: str
+    state: str
+    blocks: list[dict[str, Any]]
+    text: str
+
+
+_MAP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS slack_messages (
+    request_id TEXT NOT NULL,
+    channel TEXT NOT NULL,          -- the channel id Slack answered with (chat.update needs it)
+    ts TEXT NOT NULL,
+    target TEXT NOT NULL,           -- the channel as configured (#name or id)
+    delivery_id TEXT NOT NULL,      -- the delivery the message last showed
+    state TEXT NOT NULL DEFAULT 'new',
+    blocks TEXT NOT NULL,
+    text TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (request_id, channel)
+);
+CREATE INDEX IF NOT EXISTS slack_messages_target ON slack_messages (request_id, target);
+"""
+
+
+class SlackMessages:
+    """request_id -> (channel, ts): SQLite, so it survives restarts and is shared on one host.
+
+    One row per (request, channel): a request posted to two channels has two messages.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        if not self._ready:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_MAP_SCHEMA)
+            self._ready = True
+        return conn
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        conn = self._connect()
+        try:
+            with conn:
+                return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    async def _query(self, sql: str, *params: Any) -> list[SlackMessageRef]:
+        rows = await asyncio.to_thread(self._run, sql, params)
+        return [
+            SlackMessageRef(
+                request_id=r["request_id"], channel=r["channel"], ts=r["ts"], target=r["target"],
+                delivery_id=r["delivery_id"], state=r["state"], blocks=json.loads(r["blocks"]),
+                text=r["text"],
+            )
+            for r in rows
+        ]
+
+    async def get(self, request_id: str) -> list[SlackMessageRef]:
+        """Every message posted for a request (usually one), oldest channel first."""
+        return await self._query(
+            "SELECT * FROM slack_messages WHERE request_id = ? ORDER BY rowid", request_id
+        )
+
+    async def find(self, request_id: str, *, channel: str | None = None, target: str | None = None
+                   ) -> SlackMessageRef | None:
+        """The message for a request in one channel (by id) or configured target."""
+        column, value = ("channel", channel) if channel is not None else ("target", target)
+        found = await self._query(
+            f"SELECT * FROM slack_messages WHERE request_id = ? AND {column} = ?", request_id, value
+        )
+        return found[0] if found else None
+
+    async def put(self, ref: SlackMessageRef) -> None:
+        """Insert or replace the row for (request_id, channel)."""
+        await asyncio.to_thread(
+            self._run,
+            "INSERT INTO slack_messages (request_id, channel, ts, target, delivery_id, state, blocks, text,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, channel) DO UPDATE SET"
+            " ts = excluded.ts, target = excluded.target, delivery_id = excluded.delivery_id,"
+            " state = excluded.state, blocks = excluded.blocks, text = excluded.text,"
+            " updated_at = excluded.updated_at",
+            (ref.request_id, ref.channel, ref.ts, ref.target, ref.delivery_id, ref.state,
+             json.dumps(ref.blocks, ensure_ascii=False), ref.text, time.time()),
+        )
+
+
+# -- the message -----------------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn escaping: ``&``, ``<``, ``>`` (so no text can ping @channel or fake a link)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link_url(url: str) -> str | None:
+    """An http(s) URL made safe inside ``<url|label>``, or None."""
+    url = url.strip()
+    if not url.startswith(("https://", "http://")):
+        return None
+    return url.replace(" ", "%20").replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
+
+
+def _date(value: datetime) -> str:
+    """A Slack date token: each reader sees it in their own time zone; the fallback is UTC."""
+    fallback = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(value.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _excerpt(request: ServiceRequest) -> str:
+    text = " ".join(redact_contact_details(request.description, request.reporter).split())
+    if len(text) > DESCRIPTION_LIMIT:
+        text = text[: DESCRIPTION_LIMIT - 1].rstrip() + "…"
+    return escape(text) if text else "_No description given._"
+
+
+def _by(by: str | None) -> str:
+    if not by:
+        return ""
+    return f" by <@{by}>" if _USER_ID.match(by) else f" by {escape(by)}"
+
+
+def state_block(state: str, by: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+    """The one-line status shown under a request."""
+    text = f"*Status:* {STATE_LABELS.get(state, escape(state))}{_by(by)}"
+    if at is not None:
+        text += f" · {_date(at)}"
+    return {"type": "context", "block_id": STATE_BLOCK_ID, "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def actions_block(request_id: str, state: str) -> dict[str, Any] | None:
+    """Buttons for the states after ``state``; None once closed."""
+    position = _STATE_ORDER.index(state) if state in _STATE_ORDER else 0
+    elements = []
+    for target, label, style in BUTTONS:
+        if _STATE_ORDER.index(target) <= position:
+            continue
+        button: dict[str, Any] = {
+            "type": "button",
+            "action_id": f"{ACTION_PREFIX}{target}",
+            "text": {"type": "plain_text", "text": label},
+            "value": request_id,
+        }
+        if style:
+            button["style"] = style
+        elements.append(button)
+    if not elements:
+        return None
+    return {"type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": elements}
+
+
+def build_blocks(request: ServiceRequest, *, department: str, map_url: str = DEFAULT_MAP_URL,
+                 state: str = "new") -> tuple[list[dict[str, Any]], str]:
+    """The Block Kit blocks and the notification text for one request; no personal data."""
+    fields = [
+        {"type": "mrkdwn", "text": f"*Ticket*\n{request.request_id}"},
+        {"type": "mrkdwn", "text": f"*Service*\n{escape(request.service_name)} (`{request.service_code}`)"},
+        {"type": "mrkdwn", "text": f"*Address*\n{escape(request.address_string or '—')}"},
+        {"type": "mrkdwn", "text": "*Due*\n" + (_date(request.expected_datetime) if request.expected_datetime
+                                                 else "no service level")},
+    ]
+    if request.lat is not None and request.long is not None:
+        url = _link_url(map_url.format(lat=f"{request.lat:.6f}", long=f"{request.long:.6f}"))
+        if url:
+            fields.append({"type": "mrkdwn", "text": f"*Location*\n<{url}|Open map>"})
+    if request.media_url and (photo := _link_url(request.media_url)):
+        fields.append({"type": "mrkdwn", "text": f"*Photo*\n<{photo}|View photo>"})
+    context = f"Reported via {escape(request.channel)} {_date(request.requested_datetime)} · {department}"
+    if request.triage:
+        context += f" · :warning: low classifier confidence ({request.confidence:.2f}): check the service"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text",
+                                     "text": f"{request.service_name} · {request.request_id}"[:150]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
+        {"type": "section", "fields": fields},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+        state_block(state),
+    ]
+    if actions := actions_block(request.request_id, state):
+        blocks.append(actions)
+    text = f"New {request.service_name} request {request.request_id}"
+    if request.address_string:
+        text += f" at {request.address_string}"
+    return blocks, escape(text)
+
+
+def with_state(blocks: list[dict[str, Any]], request_id: str, state: str, by: str | None,
+               at: datetime | None) -> list[dict[str, Any]]:
+    """The same message with a new status line and the buttons that still apply."""
+    kept = [b for b in blocks if b.get("block_id") not in (STATE_BLOCK_ID, ACTIONS_BLOCK_ID)]
+    kept.append(state_block(state, by, at))
+    if actions := actions_block(request_id, state):
+        kept.append(actions)
+    return kept
+
+
+# -- errors and the sink ---------------------------------------------------------------------
+
+
+def slack_error(prefix: str, exc: Exception, *, max_retry_after_s: float = 60.0) -> DeliveryError:
+    """429 and 5xx and network trouble may pass (``Retry-After`` honoured); bad auth/channel won't."""
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        status = int(getattr(response, "status_code", 0) or 0)
+        data = getattr(response, "data", None)
+        error = str(data.get("error")) if isinstance(data, dict) and data.get("error") else None
+        reason = f"{prefix}: HTTP {status}" + (f" {error}" if error else "")
+        if status == 429 or error in ("ratelimited", "rate_limited"):
+            headers = getattr(response, "headers", None) or {}
+            retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+            if retry_after is not None:
+                retry_after = min(retry_after, max_retry_after_s)
+            return DeliveryError(reason + " (rate limited)", retryable=True, retry_after_s=retry_after)
+        if status >= 500 or error in TRANSIENT_ERRORS:
+            return DeliveryError(reason, retryable=True)
+        return DeliveryError(reason, retryable=False)
+    if isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
+        return DeliveryError(f"{prefix}: {type(exc).__name__}: {exc}"[:400], retryable=True)
+    return DeliveryError(f"{prefix}: {type(exc).__name__}: {exc}"[:400], retryable=True)
+
+
+class SlackSink:
+    """Posts (or, for a request already posted, updates) one message per request."""
+
+    def __init__(self, config: SlackSinkConfig, messages: SlackMessages,
+                 client: AsyncWebClient | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self.messages = messages
+        self._client = client
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._session = aiohttp.ClientSession()
+            kwargs: dict[str, Any] = {}
+            if self.config.base_url:
+                kwargs["base_url"] = self.config.base_url
+            # No SDK-level retries: the pipeline's retry policy (and dead letters) decide.
+            self._client = AsyncWebClient(
+                token=self.config.bot_token.get_secret_value(),
+                timeout=int(self.config.timeout_s),
+                session=self._session,
+                retry_handlers=[],
+                **kwargs,
+            )
+
+    @property
+    def _prefix(self) -> str:
+        return f"slack sink {self.name!r} ({self.config.channel})"
+
+    async def _call(self, method: str, **payload: Any) -> dict[str, Any]:
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        try:
+            response = await self._client.api_call(method, json=payload)
+        except Exception as exc:
+            raise slack_error(f"{self._prefix} {method}", exc,
+                              max_retry_after_s=self.config.max_retry_after_s) from exc
+        data = response.data
+        return data if isinstance(data, dict) else {}
+
+    async def deliver(self, request: ServiceRequest, *, department: str, delivery_id: str) -> None:
+        existing = await self.messages.find(request.request_id, target=self.config.channel)
+        if existing is not None and existing.delivery_id == delivery_id:
+            return  # posted before a crash or a rebalance: do not post it twice
+        state = existing.state if existing is not None else "new"
+        blocks, text = build_blocks(request, department=department, map_url=self.config.map_url, state=state)
+        if existing is not None:
+            # A newer version of a request already in the channel: edit it in place.
+            keep_status = [b for b in existing.blocks if b.get("block_id") == STATE_BLOCK_ID]
+            if keep_status:
+                blocks = [b if b.get("block_id") != STATE_BLOCK_ID else keep_status[0] for b in blocks]
+            try:
+                data = await self._call("chat.update", channel=existing.channel, ts=existing.ts,
+                                        text=text, blocks=blocks)
+                await self.messages.put(SlackMessageRef(
+                    request.request_id, existing.channel, str(data.get("ts") or existing.ts),
+                    self.config.channel, delivery_id, state, blocks, text,
+                ))
+                return
+            except DeliveryError as exc:
+                if "message_not_found" not in exc.reason and "cant_update_message" not in exc.reason:
+                    raise
+                log.info("slack message gone, posting again", sink=self.name, request_id=request.request_id)
+                blocks, text = build_blocks(request, department=department, map_url=self.config.map_url,
+                                            state=state)
+        data = await self._call(
+            "chat.postMessage",
+            channel=self.config.channel,
+            text=text,
+            blocks=blocks,
+            unfurl_links=False,
+            unfurl_media=False,
+            metadata={"event_type": METADATA_EVENT,
+                      "event_payload": {"request_id": request.request_id, "department": department}},
+        )
+        channel, ts = data.get("channel"), data.get("ts")
+        if not channel or not ts:
+            raise DeliveryError(
+                f"{self._prefix}: chat.postMessage answered without channel/ts", retryable=False
+            )
+        await self.messages.put(SlackMessageRef(
+            request.request_id, str(channel), str(ts), self.config.channel, delivery_id, state, blocks, text,
+        ))
+
+    async def update_message(self, request_id: str, channel: str, ts: str, status: str,
+                             by: str | None = None, *, at: datetime | None = None) -> None:
+        """Show a status change on the request's message (``chat.update``) and remember it.
+
+        ``status`` is a state (``new``, ``acknowledged``, ``in_progress``, ``closed``; Open311
+        ``open`` shows as ``new``); ``by`` a Slack user id (shown as a mention) or a name.
+        Raises ``DeliveryError`` (retryable or not, as for deliveries) and ``LookupError`` if
+        this sink never posted the message.
+        """
+        state = "new" if str(status) == "open" else str(status)
+        if state not in STATE_LABELS:
+            raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATE_LABELS)}")
+        existing = await self.messages.find(request_id, channel=channel)
+        if existing is None or existing.ts != ts:
+            raise LookupError(f"no Slack message {channel}/{ts} recorded for request {request_id}")
+        blocks = with_state(existing.blocks, request_id, state, by, at or datetime.now(UTC))
+        await self._call("chat.update", channel=channel, ts=ts, text=existing.text, blocks=blocks)
+        await self.messages.put(SlackMessageRef(
+            request_id, channel, ts, existing.target, existing.delivery_id, state, blocks, existing.text,
+        ))
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+            self._client = None
+
+
+__all__ = [
+    "ACTIONS_BLOCK_ID",
+    "ACTION_PREFIX",
+    "STATE_BLOCK_ID",
+    "SlackMessageRef",
+    "SlackMessages",
+    "SlackSink",
+    "SlackSinkConfig",
+    "actions_block",
+    "build_blocks",
+    "escape",
+    "slack_error",
+    "state_block",
+    "with_state",
+]

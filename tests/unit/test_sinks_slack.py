@@ -1,0 +1,378 @@
+"""The Slack sink against a fake Slack Web API: a real HTTP server on localhost (uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from schemas.contact import ReplyVia, Sender, SenderKind
+from schemas.request import ServiceRequest
+from sinks.base import DeliveryError, SinkContext, parse_sink_config
+from sinks.retry import deliver_with_retry
+from sinks.slack import SlackMessages, SlackSink, SlackSinkConfig
+
+TOKEN = "xoxb-test-token"
+PHONE = "+1 203 555 0142"
+EMAIL = "resident@example.org"
+REQUESTED = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+DUE = datetime(2026, 3, 5, 9, 30, tzinfo=UTC)
+
+
+def make_request(**changes: Any) -> ServiceRequest:
+    values: dict[str, Any] = {
+        "request_id": "K7M4-QPXA",
+        "event_id": "e" * 32,
+        "service_code": "pothole",
+        "service_name": "Pothole",
+        "description": f"Deep pothole <!channel> & more. Call me on {PHONE} or {EMAIL}",
+        "lat": 41.308274,
+        "long": -72.927883,
+        "address_string": "12 Elm Street",
+        "media_url": "https://cdn.example.org/p/1.jpg",
+        "requested_datetime": REQUESTED,
+        "updated_datetime": REQUESTED,
+        "expected_datetime": DUE,
+        "agency_responsible": "public-works",
+        "channel": "sms",
+        "reporter": Sender(kind=SenderKind.PHONE, address=PHONE, name="Dana Resident"),
+        "reply": ReplyVia(channel="sms", address=PHONE),
+        "confidence": 0.91,
+        "source_contact_ids": ("sms:SM1",),
+    }
+    values.update(changes)
+    return ServiceRequest(**values)
+
+
+@dataclass
+class Call:
+    method: str
+    authorization: str | None
+    body: dict[str, Any]
+    raw: bytes
+
+
+@dataclass
+class FakeSlack:
+    """Slack's Web API as far as the sink uses it; ``script[method]`` answers first, then ok."""
+
+    calls: list[Call] = field(default_factory=list)
+    script: dict[str, list[Response]] = field(default_factory=dict)
+    base_url: str = ""
+    _ts: int = 0
+
+    async def handle(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        raw = await request.body()
+        body = json.loads(raw) if raw else {}
+        self.calls.append(Call(method, request.headers.get("authorization"), body, raw))
+        if self.script.get(method):
+            return self.script[method].pop(0)
+        if method == "chat.postMessage":
+            self._ts += 1
+            return JSONResponse({"ok": True, "channel": "C0PUBLIC", "ts": f"1767000000.{self._ts:06d}"})
+        if method == "chat.update":
+            return JSONResponse({"ok": True, "channel": body["channel"], "ts": body["ts"]})
+        return JSONResponse({"ok": False, "error": "unknown_method"}, status_code=404)
+
+    def of(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+async def server() -> AsyncIterator[FakeSlack]:
+    fake = FakeSlack()
+    port = _free_port()
+    app = Starlette(routes=[Route("/api/{method}", fake.handle, methods=["POST"])])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        await asyncio.sleep(0.02)
+    fake.base_url = f"http://127.0.0.1:{port}/api/"
+    yield fake
+    srv.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def slack(server: FakeSlack) -> FakeSlack:
+    server.calls.clear()
+    server.script.clear()
+    server._ts = 0
+    return server
+
+
+def config(base_url: str, **extra: Any) -> SlackSinkConfig:
+    data = {"name": "pw-slack", "type": "slack", "token": TOKEN, "channel": "#public-works",
+            "base_url": base_url, **extra}
+    cfg = parse_sink_config(data)
+    assert isinstance(cfg, SlackSinkConfig)
+    return cfg
+
+
+@pytest.fixture
+async def sink(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[SlackSink]:
+    built = config(slack.base_url).build(SinkContext(data_dir=tmp_path))
+    assert isinstance(built, SlackSink)
+    await built.start()
+    yield built
+    await built.close()
+
+
+def _date(value: datetime) -> str:
+    return f"<!date^{int(value.timestamp())}^{{date_short_pretty}} {{time}}|{value:%Y-%m-%d %H:%M} UTC>"
+
+
+BUTTONS = [
+    {"type": "button", "action_id": "intake311_status_acknowledged",
+     "text": {"type": "plain_text", "text": "Acknowledge"}, "value": "K7M4-QPXA"},
+    {"type": "button", "action_id": "intake311_status_in_progress",
+     "text": {"type": "plain_text", "text": "In progress"}, "value": "K7M4-QPXA"},
+    {"type": "button", "action_id": "intake311_status_closed",
+     "text": {"type": "plain_text", "text": "Close"}, "value": "K7M4-QPXA", "style": "primary"},
+]
+EXPECTED_BLOCKS = [
+    {"type": "header", "text": {"type": "plain_text", "text": "Pothole · K7M4-QPXA"}},
+    {"type": "section", "text": {"type": "mrkdwn", "text": (
+        "Deep pothole &lt;!channel&gt; &amp; more. Call me on [contact removed] or [contact removed]")}},
+    {"type": "section", "fields": [
+        {"type": "mrkdwn", "text": "*Ticket*\nK7M4-QPXA"},
+        {"type": "mrkdwn", "text": "*Service*\nPothole (`pothole`)"},
+        {"type": "mrkdwn", "text": "*Address*\n12 Elm Street"},
+        {"type": "mrkdwn", "text": f"*Due*\n{_date(DUE)}"},
+        {"type": "mrkdwn", "text": (
+            "*Location*\n<https://www.openstreetmap.org/?mlat=41.308274&mlon=-72.927883"
+            "#map=18/41.308274/-72.927883|Open map>")},
+        {"type": "mrkdwn", "text": "*Photo*\n<https://cdn.example.org/p/1.jpg|View photo>"},
+    ]},
+    {"type": "context", "elements": [
+        {"type": "mrkdwn", "text": f"Reported via sms {_date(REQUESTED)} · public-works"}]},
+    {"type": "context", "block_id": "intake311_state",
+     "elements": [{"type": "mrkdwn", "text": "*Status:* New"}]},
+    {"type": "actions", "block_id": "intake311_status", "elements": BUTTONS},
+]
+
+
+async def test_posts_the_block_kit_message_without_personal_data(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+
+    [call] = slack.calls
+    assert call.method == "chat.postMessage"
+    assert call.authorization == f"Bearer {TOKEN}"
+    assert call.body == {
+        "channel": "#public-works",
+        "text": "New Pothole request K7M4-QPXA at 12 Elm Street",
+        "blocks": EXPECTED_BLOCKS,
+        "unfurl_links": False,
+        "unfurl_media": False,
+        "metadata": {"event_type": "intake311_request",
+                     "event_payload": {"request_id": "K7M4-QPXA", "department": "public-works"}},
+    }
+    raw = call.raw.decode()
+    for personal in (PHONE, EMAIL, "203 555", "Dana", "555 0142"):
+        assert personal not in raw
+
+    [ref] = await sink.messages.get("K7M4-QPXA")
+    assert (ref.channel, ref.ts, ref.delivery_id, ref.state) == ("C0PUBLIC", "1767000000.000001", "d1", "new")
+
+
+async def test_minimal_request_has_no_map_or_photo_and_flags_triage(
+    slack: FakeSlack, sink: SlackSink
+) -> None:
+    request = make_request(lat=None, long=None, media_url=None, expected_datetime=None, address_string=None,
+                           description="", triage=True, confidence=0.2)
+    await sink.deliver(request, department="triage", delivery_id="d1")
+    blocks = slack.calls[0].body["blocks"]
+    assert blocks[1]["text"]["text"] == "_No description given._"
+    assert [f["text"] for f in blocks[2]["fields"]] == [
+        "*Ticket*\nK7M4-QPXA", "*Service*\nPothole (`pothole`)", "*Address*\n—", "*Due*\nno service level",
+    ]
+    assert "low classifier confidence (0.20)" in blocks[3]["elements"][0]["text"]
+    assert slack.calls[0].body["text"] == "New Pothole request K7M4-QPXA"
+
+
+async def test_a_replayed_delivery_is_not_posted_twice(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    assert [c.method for c in slack.calls] == ["chat.postMessage"]
+
+
+async def test_a_newer_event_edits_the_message_in_place(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    newer = make_request(description="Now a sinkhole")
+    await sink.deliver(newer, department="public-works", delivery_id="d2")
+    assert [c.method for c in slack.calls] == ["chat.postMessage", "chat.update"]
+    update = slack.calls[1].body
+    assert (update["channel"], update["ts"]) == ("C0PUBLIC", "1767000000.000001")
+    assert update["blocks"][1]["text"]["text"] == "Now a sinkhole"
+    [ref] = await sink.messages.get("K7M4-QPXA")
+    assert ref.delivery_id == "d2"
+
+
+async def test_update_message_shows_the_status_and_the_buttons_left(
+    slack: FakeSlack, sink: SlackSink
+) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    [ref] = await sink.messages.get("K7M4-QPXA")
+    at = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+    await sink.update_message("K7M4-QPXA", ref.channel, ref.ts, "acknowledged", "U024BE7LH", at=at)
+    update = slack.calls[-1]
+    assert update.method == "chat.update"
+    assert (update.body["channel"], update.body["ts"]) == (ref.channel, ref.ts)
+    assert update.body["text"] == "New Pothole request K7M4-QPXA at 12 Elm Street"
+    assert update.body["blocks"][:4] == EXPECTED_BLOCKS[:4]
+    assert update.body["blocks"][4:] == [
+        {"type": "context", "block_id": "intake311_state", "elements": [
+            {"type": "mrkdwn", "text": f"*Status:* Acknowledged by <@U024BE7LH> · {_date(at)}"}]},
+        {"type": "actions", "block_id": "intake311_status", "elements": BUTTONS[1:]},
+    ]
+
+    await sink.update_message("K7M4-QPXA", ref.channel, ref.ts, "closed", "Crew <7>", at=at)
+    blocks = slack.calls[-1].body["blocks"]
+    assert blocks[-1] == {"type": "context", "block_id": "intake311_state", "elements": [
+        {"type": "mrkdwn", "text": f"*Status:* Closed by Crew &lt;7&gt; · {_date(at)}"}]}
+    assert all(b["type"] != "actions" for b in blocks)
+    [stored] = await sink.messages.get("K7M4-QPXA")
+    assert stored.state == "closed"
+
+    # A later version of the request keeps the status the crew set.
+    await sink.deliver(make_request(description="more"), department="public-works", delivery_id="d2")
+    blocks = slack.calls[-1].body["blocks"]
+    assert blocks[-1]["elements"][0]["text"].startswith("*Status:* Closed by Crew")
+    assert all(b["type"] != "actions" for b in blocks)
+
+
+async def test_update_message_for_an_unknown_message(sink: SlackSink) -> None:
+    with pytest.raises(LookupError):
+        await sink.update_message("K7M4-QPXA", "C0PUBLIC", "1.2", "closed", "U1")
+    with pytest.raises(ValueError):
+        await sink.update_message("K7M4-QPXA", "C0PUBLIC", "1.2", "done", "U1")
+
+
+async def test_message_map_survives_a_new_sink(slack: FakeSlack, sink: SlackSink, tmp_path: Path) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    again = SlackMessages(tmp_path / "slack" / "messages.sqlite3")
+    [ref] = await again.get("K7M4-QPXA")
+    assert ref.ts == "1767000000.000001"
+    assert await again.find("K7M4-QPXA", target="#public-works") == ref
+    assert await again.find("K7M4-QPXA", channel="C0OTHER") is None
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+async def test_rate_limit_is_retried_after_the_retry_after(slack: FakeSlack, sink: SlackSink) -> None:
+    slack.script["chat.postMessage"] = [
+        JSONResponse({"ok": False, "error": "ratelimited"}, status_code=429, headers={"Retry-After": "7"})
+    ]
+    sleeps = Sleeps()
+    outcome = await deliver_with_retry(sink, make_request(), department="public-works", delivery_id="d1",
+                                       attempts=3, backoff_s=0.01, sleep=sleeps)
+    assert outcome.delivered and outcome.attempts == 2
+    assert sleeps.delays == [7.0]
+    assert len(slack.of("chat.postMessage")) == 2
+
+
+async def test_retry_after_is_capped(slack: FakeSlack, tmp_path: Path) -> None:
+    slack.script["chat.postMessage"] = [
+        JSONResponse({"ok": False, "error": "ratelimited"}, status_code=429, headers={"Retry-After": "3600"})
+    ]
+    sink = config(slack.base_url, max_retry_after_s=30).build(SinkContext(data_dir=tmp_path))
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    finally:
+        await sink.close()
+    assert caught.value.retryable and caught.value.retry_after_s == 30
+    assert "429" in caught.value.reason and TOKEN not in caught.value.reason
+
+
+async def test_server_errors_are_retryable(slack: FakeSlack, sink: SlackSink) -> None:
+    slack.script["chat.postMessage"] = [PlainTextResponse("<html>bad gateway</html>", status_code=502)]
+    with pytest.raises(DeliveryError) as caught:
+        await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    assert caught.value.retryable
+    assert "HTTP 502" in caught.value.reason
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "channel_not_found", "not_in_channel"])
+async def test_auth_and_channel_errors_are_not_retried(slack: FakeSlack, sink: SlackSink, error: str) -> None:
+    slack.script["chat.postMessage"] = [JSONResponse({"ok": False, "error": error})]
+    outcome = await deliver_with_retry(sink, make_request(), department="public-works", delivery_id="d1",
+                                       attempts=5, backoff_s=0.01, sleep=Sleeps())
+    assert not outcome.delivered and not outcome.retryable and outcome.attempts == 1
+    assert error in (outcome.reason or "")
+    assert await sink.messages.get("K7M4-QPXA") == []
+
+
+async def test_a_deleted_message_is_posted_again(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    slack.script["chat.update"] = [JSONResponse({"ok": False, "error": "message_not_found"})]
+    await sink.deliver(make_request(description="again"), department="public-works", delivery_id="d2")
+    assert [c.method for c in slack.calls] == ["chat.postMessage", "chat.update", "chat.postMessage"]
+    [ref] = await sink.messages.get("K7M4-QPXA")
+    assert (ref.ts, ref.delivery_id) == ("1767000000.000002", "d2")
+
+
+async def test_connection_refused_is_retryable(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sink = config(f"http://127.0.0.1:{port}/api/").build(SinkContext(data_dir=tmp_path))
+    await sink.start()
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    finally:
+        await sink.close()
+        await sink.close()
+    assert caught.value.retryable
+
+
+def test_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PW_SLACK_TOKEN", "xoxb-env")
+    cfg = parse_sink_config({"name": "s", "type": "slack", "token_env": "PW_SLACK_TOKEN", "channel": "C1"})
+    assert isinstance(cfg, SlackSinkConfig)
+    assert cfg.bot_token.get_secret_value() == "xoxb-env"
+    assert "xoxb-env" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"token": "x", "token_env": "X"}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"token_env": "INTAKE311_TEST_UNSET_VAR"}, "not set"),
+        ({"token": "x", "base_url": "ftp://x"}, "base_url"),
+        ({"token": "x", "map_url": "https://maps.example/?q=1"}, "map_url"),
+        ({"token": "x", "colour": "red"}, "colour"),
+    ],
+)
+def test_config_errors(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_sink_config({"name": "s", "type": "slack", "channel": "C1", **extra})
