@@ -40,13 +40,29 @@ def security_for(kafka: KafkaSettings) -> BaseSecurity | None:
     return None
 
 
-def make_broker(kafka: KafkaSettings, bootstrap: Sequence[str], **options: object) -> KafkaBroker:
+class KafkaBus(KafkaBroker):
+    """A FastStream ``KafkaBroker`` whose subscribers join their consumer groups concurrently.
+
+    FastStream starts subscribers one after another and each waits for its group's first
+    assignment (about a second on the embedded broker, several on a cluster); a sinks process
+    has one group per (department, sink), so sequential joins made start-up take many seconds.
+    """
+
+    async def start(self) -> None:
+        await self.connect()
+        await asyncio.gather(*(subscriber.start() for subscriber in self.subscribers))
+        for publisher in self.publishers:
+            await publisher.start()
+        self.running = True
+
+
+def make_broker(kafka: KafkaSettings, bootstrap: Sequence[str], **options: object) -> KafkaBus:
     """A FastStream Kafka broker for this cluster.
 
     ``acks="all"`` without idempotence: the embedded Tansu build cannot give producer ids, and
     every consumer here dedupes on stable ids anyway.
     """
-    return KafkaBroker(
+    return KafkaBus(
         list(bootstrap),
         acks="all",
         enable_idempotence=False,

@@ -47,11 +47,15 @@ class SeenStore:
 
     def mark(self, namespace: str, keys: Iterable[str]) -> None:
         now = time.time()
+        rows = [(namespace, key, now) for key in keys]
         with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)",
-                [(namespace, key, now) for key in keys],
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -95,6 +95,7 @@ class Runtime:
     broker: KafkaBroker
     channels: ChannelSet | None
     settings: Settings
+    case_store: Any = None  # sinks.postgres.CaseStore when settings.case_store_dsn is set
 
 
 @contextlib.asynccontextmanager
@@ -130,13 +131,20 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
             stack.push_async_callback(broker.stop)
             if channel_set is not None and CHANNELS in stages:
                 await channel_set.start(stack)
+            case_store = None
+            if WEB in stages and settings.case_store_dsn is not None:
+                from sinks.postgres.store import CaseStore
+
+                case_store = await stack.enter_async_context(
+                    CaseStore(settings.case_store_dsn.get_secret_value())
+                )
             log.info(
                 "stages started",
                 stages=list(stages),
                 bootstrap=",".join(servers),
                 channels=channel_set.names if channel_set else [],
             )
-            yield Runtime(broker, channel_set, settings)
+            yield Runtime(broker, channel_set, settings, case_store)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -151,12 +159,24 @@ def web_app(runtime: Runtime) -> Any:
 
     settings = runtime.settings
     spec = asyncapi(runtime.broker)
+    lookup = None
+    if runtime.case_store is not None:
+        from channels.web.lookup import AcceptedRequests
+
+        lookup = StoreFirstLookup(
+            runtime.case_store, AcceptedRequests(settings.data_dir / "web" / "accepted.sqlite3")
+        )
     app = create_app(
         settings,
         KafkaContactPublisher(runtime.broker, settings.topics),
         load_taxonomy(settings.taxonomy_file),
+        lookup=lookup,
         asyncapi=lambda: spec.to_specification().to_jsonable(),
     )
+    if runtime.case_store is not None:
+        from sinks.api import department_routes
+
+        app.include_router(department_routes(settings, runtime.broker, runtime.case_store))
     if runtime.channels is not None:
         channel_set = runtime.channels
         channel_set.mount(app)
@@ -168,6 +188,24 @@ def web_app(runtime: Runtime) -> Any:
             }
 
     return app
+
+
+class StoreFirstLookup:
+    """Open311 lookups from the case store; a request this web process accepted a moment ago and
+    the pipeline has not stored yet is still found (as "open") instead of a 404."""
+
+    def __init__(self, store: Any, accepted: Any) -> None:
+        self.store = store
+        self.accepted = accepted
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        return await self.store.get(request_id) or await self.accepted.get(request_id)
+
+    async def search(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self.store.search(**filters)
+
+    async def record(self, contact: Any, service_name: str | None) -> None:
+        await self.accepted.record(contact, service_name)
 
 
 async def channel_report(settings: Settings) -> list[dict[str, str]]:

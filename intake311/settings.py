@@ -118,6 +118,18 @@ class Settings(BaseSettings):
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")
     subscriptions_file: Path | None = Field(default=None, description="None: the packaged default")
+    case_store_dsn: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL case store (libpq DSN): enables status changes, Open311 GET "
+        "from the store and `intake311 report`; postgres sinks may use dsn_env: INTAKE311_CASE_STORE_DSN",
+    )
+    department_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="department -> bearer token for the status API and Open311 updates",
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None, description="Slack app signing secret: verifies button clicks (interactivity)"
+    )
     channels: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="channel name -> its config; a channel runs when it has an entry here",

@@ -5,6 +5,7 @@ Runs as consumer group ``intake311.normalizer``: start more processes to scale o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 
@@ -82,4 +83,4 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
-        state.put_many(emitted)
+        await asyncio.to_thread(state.put_many, emitted)

@@ -10,12 +10,16 @@ from pydantic import BaseModel
 
 from schemas.contact import RawContact
 from schemas.deadletter import DeadLetter
+from schemas.outbound import OutboundMessage
 from schemas.request import ServiceRequest
+from schemas.status import StatusChange
 
 EVENTS: dict[str, type[BaseModel]] = {
     "raw-contact": RawContact,
     "service-request": ServiceRequest,
     "dead-letter": DeadLetter,
+    "status-change": StatusChange,
+    "outbound-message": OutboundMessage,
 }
 
 

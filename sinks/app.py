@@ -6,8 +6,10 @@ never the department's file or another department's webhook.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker
@@ -28,12 +30,15 @@ from intake311.stage import (
 )
 from schemas.ids import delivery_id_for
 from schemas.request import ServiceRequest
+from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
 from sinks.base import Delivery, Sink, SinkConfig, SinkContext
 from sinks.retry import deliver_all
+from sinks.status import register as record_status_changes
 from sinks.subscriptions import Subscriptions, load_subscriptions
 
 RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows
+StatusRecords = raw_batch(StatusChange)
 STAGE = "sinks"
 log = get_logger(__name__)
 
@@ -130,6 +135,53 @@ def _subscribe(
         )
 
 
+async def status_batch(records: Sequence[Record], sink: Any, settings: Settings) -> list[Outgoing]:
+    """Let a status-aware sink show each change (e.g. update its Slack message)."""
+    letters: list[Outgoing] = []
+    for record in records:
+        try:
+            change = StatusChange.model_validate_json(record.value)
+        except ValueError as exc:
+            letters.append(
+                dead_letter(record, STAGE, settings.topics.deadletter, explain(exc), type(exc).__name__)
+            )
+            continue
+        for attempt in range(1, settings.retry_attempts + 1):
+            try:
+                await sink.on_status(change)
+                break
+            except Exception as exc:  # retried like deliveries, then dead-lettered
+                retryable = getattr(exc, "retryable", True)
+                if attempt == settings.retry_attempts or not retryable:
+                    reason = f"sink {sink.name} could not show status after {attempt} attempt(s): {exc}"
+                    letters.append(
+                        dead_letter(
+                            record, STAGE, settings.topics.deadletter, reason, type(exc).__name__, attempt
+                        )
+                    )
+                    break
+                await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
+    return letters
+
+
+def _subscribe_status(
+    broker: KafkaBroker, settings: Settings, department: str, config: SinkConfig, sink: Any
+) -> None:
+    @batch_subscriber(
+        broker,
+        settings.topics.status,
+        group_id=group_id(department, config.name) + ".status",
+        settings=settings,
+        title=f"sink {department}/{config.name} status",
+        description=f"Shows status changes on {department}'s '{config.name}' sink ({config.type}).",
+    )
+    async def show_status(records: StatusRecords, msg: KafkaMessage) -> None:
+        letters = await status_batch(records_from(msg.raw_message), sink, settings)
+        await publish_with_retry(
+            broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+        )
+
+
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """Build, start and subscribe every (department, sink) pair; closing ``stack`` closes them."""
     subscriptions = load_subscriptions(settings.subscriptions_file)
@@ -142,3 +194,6 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await sink.start()
         stack.push_async_callback(sink.close)
         _subscribe(broker, settings, department, config, sink, seen)
+        if hasattr(sink, "on_status"):
+            _subscribe_status(broker, settings, department, config, sink)
+    await record_status_changes(broker, settings, stack)

@@ -32,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from intake311.logging import get_logger
 from schemas.request import ServiceRequest
+from schemas.status import StatusChange
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 from sinks.email import redact_contact_details
 from sinks.webhook import parse_retry_after
@@ -53,23 +54,52 @@ BUTTONS: tuple[tuple[str, str, str | None], ...] = (
     ("closed", "Close", "primary"),
 )
 STATE_LABELS = {
-    "new": "New", "acknowledged": "Acknowledged", "in_progress": "In progress", "closed": "Closed",
+    "new": "New",
+    "acknowledged": "Acknowledged",
+    "in_progress": "In progress",
+    "closed": "Closed",
 }
 _STATE_ORDER = ["new", "acknowledged", "in_progress", "closed"]
 
 # Slack "ok": false errors that retrying cannot fix (credentials, channel, message shape).
-PERMANENT_ERRORS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
-    "no_permission", "missing_scope", "channel_not_found", "not_in_channel", "is_archived",
-    "restricted_action", "invalid_blocks", "invalid_blocks_format", "msg_too_long", "no_text",
-    "too_many_attachments", "invalid_arguments", "message_not_found", "cant_update_message",
-    "edit_window_closed", "ekm_access_denied", "team_access_not_granted",
-})
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "restricted_action",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "no_text",
+        "too_many_attachments",
+        "invalid_arguments",
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "ekm_access_denied",
+        "team_access_not_granted",
+    }
+)
 # And those that may pass; any other "ok": false error counts as permanent.
-TRANSIENT_ERRORS = frozenset({
-    "ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable",
-    "request_timeout", "team_added_to_org",
-})
+TRANSIENT_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+    }
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
@@ -208,8 +238,13 @@ class SlackMessages:
         rows = await asyncio.to_thread(self._run, sql, params)
         return [
             SlackMessageRef(
-                request_id=r["request_id"], channel=r["channel"], ts=r["ts"], target=r["target"],
-                delivery_id=r["delivery_id"], state=r["state"], blocks=json.loads(r["blocks"]),
+                request_id=r["request_id"],
+                channel=r["channel"],
+                ts=r["ts"],
+                target=r["target"],
+                delivery_id=r["delivery_id"],
+                state=r["state"],
+                blocks=json.loads(r["blocks"]),
                 text=r["text"],
             )
             for r in rows
@@ -221,8 +256,9 @@ class SlackMessages:
             "SELECT * FROM slack_messages WHERE request_id = ? ORDER BY rowid", request_id
         )
 
-    async def find(self, request_id: str, *, channel: str | None = None, target: str | None = None
-                   ) -> SlackMessageRef | None:
+    async def find(
+        self, request_id: str, *, channel: str | None = None, target: str | None = None
+    ) -> SlackMessageRef | None:
         """The message for a request in one channel (by id) or configured target."""
         column, value = ("channel", channel) if channel is not None else ("target", target)
         found = await self._query(
@@ -239,8 +275,17 @@ class SlackMessages:
             " ts = excluded.ts, target = excluded.target, delivery_id = excluded.delivery_id,"
             " state = excluded.state, blocks = excluded.blocks, text = excluded.text,"
             " updated_at = excluded.updated_at",
-            (ref.request_id, ref.channel, ref.ts, ref.target, ref.delivery_id, ref.state,
-             json.dumps(ref.blocks, ensure_ascii=False), ref.text, time.time()),
+            (
+                ref.request_id,
+                ref.channel,
+                ref.ts,
+                ref.target,
+                ref.delivery_id,
+                ref.state,
+                json.dumps(ref.blocks, ensure_ascii=False),
+                ref.text,
+                time.time(),
+            ),
         )
 
 
@@ -308,15 +353,19 @@ def actions_block(request_id: str, state: str) -> dict[str, Any] | None:
     return {"type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": elements}
 
 
-def build_blocks(request: ServiceRequest, *, department: str, map_url: str = DEFAULT_MAP_URL,
-                 state: str = "new") -> tuple[list[dict[str, Any]], str]:
+def build_blocks(
+    request: ServiceRequest, *, department: str, map_url: str = DEFAULT_MAP_URL, state: str = "new"
+) -> tuple[list[dict[str, Any]], str]:
     """The Block Kit blocks and the notification text for one request; no personal data."""
     fields = [
         {"type": "mrkdwn", "text": f"*Ticket*\n{request.request_id}"},
         {"type": "mrkdwn", "text": f"*Service*\n{escape(request.service_name)} (`{request.service_code}`)"},
         {"type": "mrkdwn", "text": f"*Address*\n{escape(request.address_string or '—')}"},
-        {"type": "mrkdwn", "text": "*Due*\n" + (_date(request.expected_datetime) if request.expected_datetime
-                                                 else "no service level")},
+        {
+            "type": "mrkdwn",
+            "text": "*Due*\n"
+            + (_date(request.expected_datetime) if request.expected_datetime else "no service level"),
+        },
     ]
     if request.lat is not None and request.long is not None:
         url = _link_url(map_url.format(lat=f"{request.lat:.6f}", long=f"{request.long:.6f}"))
@@ -328,8 +377,10 @@ def build_blocks(request: ServiceRequest, *, department: str, map_url: str = DEF
     if request.triage:
         context += f" · :warning: low classifier confidence ({request.confidence:.2f}): check the service"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text",
-                                     "text": f"{request.service_name} · {request.request_id}"[:150]}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"{request.service_name} · {request.request_id}"[:150]},
+        },
         {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
         {"type": "section", "fields": fields},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
@@ -343,8 +394,9 @@ def build_blocks(request: ServiceRequest, *, department: str, map_url: str = DEF
     return blocks, escape(text)
 
 
-def with_state(blocks: list[dict[str, Any]], request_id: str, state: str, by: str | None,
-               at: datetime | None) -> list[dict[str, Any]]:
+def with_state(
+    blocks: list[dict[str, Any]], request_id: str, state: str, by: str | None, at: datetime | None
+) -> list[dict[str, Any]]:
     """The same message with a new status line and the buttons that still apply."""
     kept = [b for b in blocks if b.get("block_id") not in (STATE_BLOCK_ID, ACTIONS_BLOCK_ID)]
     kept.append(state_block(state, by, at))
@@ -381,8 +433,9 @@ def slack_error(prefix: str, exc: Exception, *, max_retry_after_s: float = 60.0)
 class SlackSink:
     """Posts (or, for a request already posted, updates) one message per request."""
 
-    def __init__(self, config: SlackSinkConfig, messages: SlackMessages,
-                 client: AsyncWebClient | None = None) -> None:
+    def __init__(
+        self, config: SlackSinkConfig, messages: SlackMessages, client: AsyncWebClient | None = None
+    ) -> None:
         self.name = config.name
         self.config = config
         self.messages = messages
@@ -415,8 +468,9 @@ class SlackSink:
         try:
             response = await self._client.api_call(method, json=payload)
         except Exception as exc:
-            raise slack_error(f"{self._prefix} {method}", exc,
-                              max_retry_after_s=self.config.max_retry_after_s) from exc
+            raise slack_error(
+                f"{self._prefix} {method}", exc, max_retry_after_s=self.config.max_retry_after_s
+            ) from exc
         data = response.data
         return data if isinstance(data, dict) else {}
 
@@ -432,19 +486,29 @@ class SlackSink:
             if keep_status:
                 blocks = [b if b.get("block_id") != STATE_BLOCK_ID else keep_status[0] for b in blocks]
             try:
-                data = await self._call("chat.update", channel=existing.channel, ts=existing.ts,
-                                        text=text, blocks=blocks)
-                await self.messages.put(SlackMessageRef(
-                    request.request_id, existing.channel, str(data.get("ts") or existing.ts),
-                    self.config.channel, delivery_id, state, blocks, text,
-                ))
+                data = await self._call(
+                    "chat.update", channel=existing.channel, ts=existing.ts, text=text, blocks=blocks
+                )
+                await self.messages.put(
+                    SlackMessageRef(
+                        request.request_id,
+                        existing.channel,
+                        str(data.get("ts") or existing.ts),
+                        self.config.channel,
+                        delivery_id,
+                        state,
+                        blocks,
+                        text,
+                    )
+                )
                 return
             except DeliveryError as exc:
                 if "message_not_found" not in exc.reason and "cant_update_message" not in exc.reason:
                     raise
                 log.info("slack message gone, posting again", sink=self.name, request_id=request.request_id)
-                blocks, text = build_blocks(request, department=department, map_url=self.config.map_url,
-                                            state=state)
+                blocks, text = build_blocks(
+                    request, department=department, map_url=self.config.map_url, state=state
+                )
         data = await self._call(
             "chat.postMessage",
             channel=self.config.channel,
@@ -452,20 +516,39 @@ class SlackSink:
             blocks=blocks,
             unfurl_links=False,
             unfurl_media=False,
-            metadata={"event_type": METADATA_EVENT,
-                      "event_payload": {"request_id": request.request_id, "department": department}},
+            metadata={
+                "event_type": METADATA_EVENT,
+                "event_payload": {"request_id": request.request_id, "department": department},
+            },
         )
         channel, ts = data.get("channel"), data.get("ts")
         if not channel or not ts:
             raise DeliveryError(
                 f"{self._prefix}: chat.postMessage answered without channel/ts", retryable=False
             )
-        await self.messages.put(SlackMessageRef(
-            request.request_id, str(channel), str(ts), self.config.channel, delivery_id, state, blocks, text,
-        ))
+        await self.messages.put(
+            SlackMessageRef(
+                request.request_id,
+                str(channel),
+                str(ts),
+                self.config.channel,
+                delivery_id,
+                state,
+                blocks,
+                text,
+            )
+        )
 
-    async def update_message(self, request_id: str, channel: str, ts: str, status: str,
-                             by: str | None = None, *, at: datetime | None = None) -> None:
+    async def update_message(
+        self,
+        request_id: str,
+        channel: str,
+        ts: str,
+        status: str,
+        by: str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> None:
         """Show a status change on the request's message (``chat.update``) and remember it.
 
         ``status`` is a state (``new``, ``acknowledged``, ``in_progress``, ``closed``; Open311
@@ -481,9 +564,28 @@ class SlackSink:
             raise LookupError(f"no Slack message {channel}/{ts} recorded for request {request_id}")
         blocks = with_state(existing.blocks, request_id, state, by, at or datetime.now(UTC))
         await self._call("chat.update", channel=channel, ts=ts, text=existing.text, blocks=blocks)
-        await self.messages.put(SlackMessageRef(
-            request_id, channel, ts, existing.target, existing.delivery_id, state, blocks, existing.text,
-        ))
+        await self.messages.put(
+            SlackMessageRef(
+                request_id,
+                channel,
+                ts,
+                existing.target,
+                existing.delivery_id,
+                state,
+                blocks,
+                existing.text,
+            )
+        )
+
+    async def on_status(self, change: StatusChange) -> None:
+        """Show a status change (from any source) on this sink's message for the request."""
+        ref = await self.messages.find(change.request_id, target=self.config.channel)
+        if ref is None or ref.state == change.state.value:
+            return  # never posted here, or already showing it (a replay)
+        kind, _, who = change.source.partition(":")
+        await self.update_message(
+            change.request_id, ref.channel, ref.ts, change.state.value, by=who or kind, at=change.at
+        )
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -10,11 +10,9 @@ and the budget office's figures (``report``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -24,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from intake311.logging import get_logger
 from schemas.request import ServiceRequest, Status
+from schemas.status import State, parse_state, status_event_id
 from schemas.taxonomy import Taxonomy, load_taxonomy
 from sinks.postgres.migrations import migrate
 
@@ -50,37 +49,6 @@ OPEN311_FIELDS = (
     "long",
     "media_url",
 )
-
-
-class State(StrEnum):
-    """The finer workflow state behind Open311's open/closed."""
-
-    NEW = "new"
-    ACKNOWLEDGED = "acknowledged"
-    IN_PROGRESS = "in_progress"
-    CLOSED = "closed"
-
-    @property
-    def status(self) -> Status:
-        return Status.CLOSED if self is State.CLOSED else Status.OPEN
-
-
-def parse_state(value: State | Status | str) -> State:
-    """A state from a state name or an Open311 status; ``open`` means reopen (state ``new``)."""
-    text = str(value).strip().lower().replace("-", "_").replace(" ", "_")
-    if text == Status.OPEN:
-        return State.NEW
-    try:
-        return State(text)
-    except ValueError:
-        allowed = ", ".join([*(s.value for s in State), "open"])
-        raise ValueError(f"unknown status {value!r}; use one of {allowed}") from None
-
-
-def status_event_id(request_id: str, state: State, at: datetime, source: str) -> str:
-    """A stable id for a status change whose producer has none: same change -> same id."""
-    parts = ("status", request_id, state.value, at.astimezone(UTC).isoformat(), source)
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def _clean(value: Any) -> Any:

@@ -7,6 +7,7 @@ gets its own topic prefix and data directory, so tests never see each other's ev
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import time
@@ -102,10 +103,12 @@ class Pipeline:
 
 
 async def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         await asyncio.sleep(0.1)

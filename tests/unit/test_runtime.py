@@ -111,6 +111,12 @@ def test_topic_names_are_defined_once() -> None:
 def test_schema_export(tmp_path: Path) -> None:
     written = export_json_schemas(tmp_path)
     names = sorted(p.name for p in written)
-    assert names == ["dead-letter.schema.json", "raw-contact.schema.json", "service-request.schema.json"]
+    assert names == [
+        "dead-letter.schema.json",
+        "outbound-message.schema.json",
+        "raw-contact.schema.json",
+        "service-request.schema.json",
+        "status-change.schema.json",
+    ]
     schema = json.loads((tmp_path / "service-request.schema.json").read_text())
     assert "request_id" in schema["required"] and "service_code" in schema["properties"]

@@ -1,0 +1,150 @@
+"""Status changes on the department side: recorded in the case store, told to the resident.
+
+One consumer group (``intake311.casestore.status``) records every ``StatusChange`` in the case
+store and, for each change that is the request's current state, queues one message to the
+resident on the channel they used (``intake311.outbound.<channel>``). The message id is derived
+from the request and the state, so a replay (or a double click) re-queues the same message and
+the channel sends it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from intake311.bus import Outgoing
+from intake311.logging import get_logger
+from intake311.settings import Settings
+from intake311.stage import (
+    Record,
+    batch_subscriber,
+    dead_letter,
+    explain,
+    publish_with_retry,
+    raw_batch,
+    records_from,
+)
+from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
+from schemas.status import State, StatusChange
+from schemas.topics import Topics
+from sinks.postgres.store import Case, CaseStore
+
+StatusRecords = raw_batch(StatusChange)  # what the AsyncAPI document shows
+STAGE = "status"
+GROUP_ID = "intake311.casestore.status"
+log = get_logger(__name__)
+
+# Public channels get no staff notes: a note may name a person or a place.
+PUBLIC_CHANNELS = frozenset({"x", "mastodon"})
+
+_EN = "311 update, ticket {ticket}: "
+_ES = "Actualización 311, caso {ticket}: "
+TEMPLATES: dict[str, dict[State, str]] = {
+    "en": {
+        State.NEW: _EN + "your {service} report has been reopened.{notes}",
+        State.ACKNOWLEDGED: _EN + "{agency} has received your {service} report.{notes}",
+        State.IN_PROGRESS: _EN + "work on your {service} report has started.{notes}",
+        State.CLOSED: _EN + "your {service} report is closed.{notes} Thank you.",
+    },
+    "es": {
+        State.NEW: _ES + "su reporte de {service} se ha reabierto.{notes}",
+        State.ACKNOWLEDGED: _ES + "{agency} recibió su reporte de {service}.{notes}",
+        State.IN_PROGRESS: _ES + "comenzó el trabajo en su reporte de {service}.{notes}",
+        State.CLOSED: _ES + "su reporte de {service} está cerrado.{notes} Gracias.",
+    },
+}
+SUBJECTS = {"en": "Update on your 311 request {ticket}", "es": "Actualización de su solicitud 311 {ticket}"}
+NOTE_PREFIX = {"en": " Note: ", "es": " Nota: "}
+
+
+def notification_for(case: Case, change: StatusChange) -> OutboundMessage | None:
+    """The message telling the resident about ``change``, or None when we cannot reach them."""
+    reply = case.reply or {}
+    channel, address = reply.get("channel"), reply.get("address")
+    if not channel or not address:
+        return None
+    language = str(reply.get("language") or case.language or "en")[:2]
+    if language not in TEMPLATES:
+        language = "en"
+    notes = ""
+    if change.notes and channel not in PUBLIC_CHANNELS:
+        notes = NOTE_PREFIX[language] + change.notes.strip()[:300]
+    text = TEMPLATES[language][change.state].format(
+        ticket=case.request_id,
+        service=case.service_name.lower() if language == "en" else case.service_name,
+        agency=(case.agency_responsible or "the city").replace("-", " "),
+        notes=notes,
+    )
+    return OutboundMessage(
+        # Keyed by state, not by event: a double click on "Close" tells the resident once.
+        message_id=outbound_message_id(channel, address, "status", case.request_id, change.state.value),
+        request_id=case.request_id,
+        channel=channel,
+        to=address,
+        thread=reply.get("thread"),
+        language=language,
+        kind=MessageKind.STATUS,
+        subject=SUBJECTS[language].format(ticket=case.request_id),
+        text=text,
+        created_at=change.at,
+    )
+
+
+async def apply_status_batch(records: Sequence[Record], store: CaseStore, topics: Topics) -> list[Outgoing]:
+    """Record each change; queue the resident's message for changes that are now current."""
+    out: list[Outgoing] = []
+    for record in records:
+        try:
+            change = StatusChange.model_validate_json(record.value)
+            changed = await store.record_status(
+                change.request_id, change.state, change.notes, change.at, change.source, change.event_id
+            )
+        except (ValueError, LookupError) as exc:
+            out.append(dead_letter(record, STAGE, topics.deadletter, explain(exc), type(exc).__name__))
+            continue
+        case = await store.get_case(change.request_id)
+        # A replay finds the change already recorded (changed is False) but still current: queue
+        # the same message again, in case the first attempt died before publishing it.
+        if case is None or (not changed and case.state != change.state):
+            continue
+        message = notification_for(case, change)
+        if message is not None:
+            log.info(
+                "resident notified",
+                request_id=case.request_id,
+                channel=message.channel,
+                state=change.state.value,
+            )
+            out.append(
+                Outgoing(
+                    topics.outbound(message.channel),
+                    message.model_dump_json().encode(),
+                    key=message.request_id,
+                )
+            )
+    return out
+
+
+async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
+    """Attach the status consumer (needs ``settings.case_store_dsn``)."""
+    if settings.case_store_dsn is None:
+        return
+    store = await stack.enter_async_context(CaseStore(settings.case_store_dsn.get_secret_value()))
+    topics = settings.topics
+
+    @batch_subscriber(
+        broker,
+        topics.status,
+        group_id=GROUP_ID,
+        settings=settings,
+        title="case store status",
+        description="Status changes -> case store history -> one message to the resident per change.",
+    )
+    async def record_changes(records: StatusRecords, msg: KafkaMessage) -> None:
+        out = await apply_status_batch(records_from(msg.raw_message), store, topics)
+        await publish_with_retry(
+            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+        )
