@@ -75,8 +75,10 @@ def server() -> None:
         with _admin() as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres ({exc}); "
-                    "start it (.ci/run does) to run the case store tests")
+        pytest.skip(
+            f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres ({exc}); "
+            "start it (.ci/run does) to run the case store tests"
+        )
 
 
 @pytest.fixture
@@ -210,13 +212,18 @@ async def test_the_same_event_twice_changes_nothing(store: CaseStore) -> None:
     assert await _scalar(store, "SELECT count(*) FROM request_events") == 1
     [event] = await store.history("K7M4-QPXA")
     assert (event.event_id, event.status, event.state, event.at, event.source) == (
-        "e1", "open", "new", T0, "pipeline:public-works"
+        "e1",
+        "open",
+        "new",
+        T0,
+        "pipeline:public-works",
     )
 
 
 async def test_an_older_event_never_overwrites_a_newer_one(store: CaseStore) -> None:
-    newer = make_request(event_id="e2", updated_datetime=T0 + timedelta(hours=2),
-                         description="Now a sinkhole")
+    newer = make_request(
+        event_id="e2", updated_datetime=T0 + timedelta(hours=2), description="Now a sinkhole"
+    )
     older = make_request(event_id="e0", updated_datetime=T0 + timedelta(hours=1), description="stale")
     assert await store.upsert_requests([make_request()], "public-works") == 1
     assert await store.upsert_requests([newer], "public-works") == 1
@@ -234,8 +241,12 @@ async def test_an_older_event_never_overwrites_a_newer_one(store: CaseStore) -> 
 
 async def test_any_arrival_order_ends_in_the_same_row(store: CaseStore) -> None:
     events = [
-        make_request(request_id=rid, event_id=f"{rid}-{n}", updated_datetime=T0 + timedelta(hours=n),
-                     description=f"version {n}")
+        make_request(
+            request_id=rid,
+            event_id=f"{rid}-{n}",
+            updated_datetime=T0 + timedelta(hours=n),
+            description=f"version {n}",
+        )
         for rid in ("AAAA-1111", "BBBB-2222")
         for n in (1, 2, 3)
     ]
@@ -277,8 +288,12 @@ async def test_a_stale_copy_does_not_reopen_a_closed_request(store: CaseStore) -
     assert found is not None
     assert (found["status"], found["status_notes"], found["description"]) == ("closed", "Filled", "bigger")
     # A newer request event whose status differs (a follow-up reopening it) does change it.
-    reopening = make_request(event_id="e3", updated_datetime=T0 + timedelta(hours=6), status=Status.OPEN,
-                           status_notes="Reopened by resident follow-up")
+    reopening = make_request(
+        event_id="e3",
+        updated_datetime=T0 + timedelta(hours=6),
+        status=Status.OPEN,
+        status_notes="Reopened by resident follow-up",
+    )
     await store.upsert_requests([reopening], "public-works")
     case = await store.get_case("K7M4-QPXA")
     assert case is not None
@@ -294,11 +309,13 @@ async def test_status_changes_and_their_history(store: CaseStore) -> None:
     t = T0 + timedelta(hours=1)
     assert await store.record_status("K7M4-QPXA", State.ACKNOWLEDGED, None, t, "slack:U1", "s1")
     assert not await store.record_status("K7M4-QPXA", State.ACKNOWLEDGED, None, t, "slack:U1", "s1")  # dup
-    assert await store.record_status("K7M4-QPXA", "in_progress", "Crew on the way",
-                                     t + timedelta(hours=1), "slack:U2", "s2")
+    assert await store.record_status(
+        "K7M4-QPXA", "in_progress", "Crew on the way", t + timedelta(hours=1), "slack:U2", "s2"
+    )
     # Older than the current status: kept in the history, does not rewind the request.
-    assert not await store.record_status("K7M4-QPXA", "acknowledged", None, t + timedelta(minutes=30),
-                                         "email", "s-late")
+    assert not await store.record_status(
+        "K7M4-QPXA", "acknowledged", None, t + timedelta(minutes=30), "email", "s-late"
+    )
     case = await store.get_case("K7M4-QPXA")
     assert case is not None and (case.state, case.status) == (State.IN_PROGRESS, Status.OPEN)
     assert case.status_notes == "Crew on the way"
@@ -308,7 +325,10 @@ async def test_status_changes_and_their_history(store: CaseStore) -> None:
     case = await store.get_case("K7M4-QPXA")
     assert case is not None
     assert (case.state, case.status, case.closed_datetime, case.updated_datetime) == (
-        State.CLOSED, Status.CLOSED, closed_at, closed_at
+        State.CLOSED,
+        Status.CLOSED,
+        closed_at,
+        closed_at,
     )
     # Without an event id, the same change derives the same id: a retried call is a duplicate.
     assert not await store.record_status("K7M4-QPXA", Status.CLOSED, "Filled", closed_at, "slack:U2")
@@ -375,8 +395,13 @@ async def test_get_returns_exactly_the_open311_fields_and_no_personal_data(store
 async def test_search_filters(store: CaseStore) -> None:
     rows = [
         make_request("AAAA-0001", "a", requested_datetime=T0),
-        make_request("AAAA-0002", "b", requested_datetime=T0 + timedelta(days=1), service_code="graffiti",
-                     service_name="Graffiti"),
+        make_request(
+            "AAAA-0002",
+            "b",
+            requested_datetime=T0 + timedelta(days=1),
+            service_code="graffiti",
+            service_name="Graffiti",
+        ),
         make_request("AAAA-0003", "c", requested_datetime=T0 + timedelta(days=2)),
         make_request("AAAA-0004", "d", requested_datetime=T0 + timedelta(days=3)),
     ]
@@ -384,8 +409,14 @@ async def test_search_filters(store: CaseStore) -> None:
     await store.record_status("AAAA-0003", "closed", at=T0 + timedelta(days=4), source="t")
 
     async def ids(**query: Any) -> list[str]:
-        base: dict[str, Any] = {"service_request_ids": [], "service_code": [], "status": [],
-                                "start_date": None, "end_date": None, "limit": 100}
+        base: dict[str, Any] = {
+            "service_request_ids": [],
+            "service_code": [],
+            "status": [],
+            "start_date": None,
+            "end_date": None,
+            "limit": 100,
+        }
         return [r["service_request_id"] for r in await store.search(**{**base, **query})]
 
     assert await ids() == ["AAAA-0004", "AAAA-0003", "AAAA-0002", "AAAA-0001"]  # newest first
@@ -396,7 +427,8 @@ async def test_search_filters(store: CaseStore) -> None:
     assert await ids(status=["closed"]) == ["AAAA-0003"]
     # Dates bound requested_datetime inclusively.
     assert await ids(start_date=T0 + timedelta(days=1), end_date=T0 + timedelta(days=2)) == [
-        "AAAA-0003", "AAAA-0002"
+        "AAAA-0003",
+        "AAAA-0002",
     ]
     assert await ids(limit=2) == ["AAAA-0004", "AAAA-0003"]
     assert await ids(service_code=["nothing"]) == []
@@ -421,7 +453,9 @@ async def test_the_open311_endpoints_read_the_case_store(store: CaseStore) -> No
     assert one.status_code == 200, one.text
     [body] = one.json()
     assert (body["service_request_id"], body["status"], body["status_notes"]) == (
-        "K7M4-QPXA", "closed", "Filled"
+        "K7M4-QPXA",
+        "closed",
+        "Filled",
     )
     assert body["agency_responsible"] == "public-works"
     assert [r["service_request_id"] for r in listed.json()] == ["K7M4-QPXA"]
@@ -440,24 +474,31 @@ async def test_report_figures_on_a_known_data_set(store: CaseStore) -> None:
     def req(rid: str, code: str, channel: str, requested: datetime, due: datetime | None) -> ServiceRequest:
         service = TAXONOMY.get(code)
         assert service is not None
-        return make_request(rid, f"ev-{rid}", service_code=code, service_name=service.name, channel=channel,
-                            requested_datetime=requested, expected_datetime=due,
-                            agency_responsible=service.department)
+        return make_request(
+            rid,
+            f"ev-{rid}",
+            service_code=code,
+            service_name=service.name,
+            channel=channel,
+            requested_datetime=requested,
+            expected_datetime=due,
+            agency_responsible=service.department,
+        )
 
     requests = [
         # public-works, reported in the window
-        req("PWPW-0001", "pothole", "web", T0, T0 + 3 * d),             # closed after 24 h: within 72
-        req("PWPW-0002", "pothole", "sms", T0, T0 + 3 * d),             # closed after 96 h: late
-        req("PWPW-0003", "pothole", "web", T0 + d, T0 + 4 * d),         # closed after 36 h: within
-        req("PWPW-0004", "graffiti", "email", T0 + d, None),            # closed after 10 h: no SLA
-        req("PWPW-0005", "pothole", "web", T0 + 2 * d, T0 + 5 * d),     # open, overdue at T0+8d
+        req("PWPW-0001", "pothole", "web", T0, T0 + 3 * d),  # closed after 24 h: within 72
+        req("PWPW-0002", "pothole", "sms", T0, T0 + 3 * d),  # closed after 96 h: late
+        req("PWPW-0003", "pothole", "web", T0 + d, T0 + 4 * d),  # closed after 36 h: within
+        req("PWPW-0004", "graffiti", "email", T0 + d, None),  # closed after 10 h: no SLA
+        req("PWPW-0005", "pothole", "web", T0 + 2 * d, T0 + 5 * d),  # open, overdue at T0+8d
         # transportation
-        req("TRTR-0001", "streetlight", "sms", T0, T0 + 5 * d),         # closed after 144 h: late
+        req("TRTR-0001", "streetlight", "sms", T0, T0 + 5 * d),  # closed after 144 h: late
         req("TRTR-0002", "streetlight", "web", T0 + 3 * d, T0 + 8 * d),  # closed after 24 h: within
         req("TRTR-0003", "streetlight", "web", T0 + 3 * d, T0 + 8 * d + 12 * h),  # open, not yet due
         # reported before the window
         req("TRTR-0004", "streetlight", "sms", T0 - 9 * d, T0 - 4 * d),  # open, overdue
-        req("TRTR-0005", "streetlight", "web", T0 - 4 * d, T0 + d),     # closed in window after 120 h: within
+        req("TRTR-0005", "streetlight", "web", T0 - 4 * d, T0 + d),  # closed in window after 120 h: within
         # reported and closed after the window
         req("PWPW-0009", "pothole", "web", T0 + 8 * d, T0 + 11 * d),
     ]
@@ -536,8 +577,14 @@ async def test_postgres_sink_unreachable_database_is_retryable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = parse_sink_config({"name": "cases", "type": "postgres",
-                                "dsn": f"postgresql://postgres@127.0.0.1:{port}/x", "connect_timeout_s": 2})
+    config = parse_sink_config(
+        {
+            "name": "cases",
+            "type": "postgres",
+            "dsn": f"postgresql://postgres@127.0.0.1:{port}/x",
+            "connect_timeout_s": 2,
+        }
+    )
     sink = config.build(SinkContext(data_dir=Path(".")))
     with pytest.raises(DeliveryError) as caught:
         await sink.deliver(make_request(), department="public-works", delivery_id="d1")
