@@ -36,6 +36,16 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
+def _utc(value: datetime) -> datetime:
+    """Dates typed on the command line are UTC unless they say otherwise."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _embedded_if_running(settings: Settings) -> list[str]:
+    file = embedded_bootstrap_file(settings)
+    return file.read_text().split() if file.is_file() else []
+
+
 def _client_bootstrap(settings: Settings) -> list[str]:
     """The cluster for client commands: configured, or the embedded one ``up`` announced."""
     if settings.kafka.bootstrap_servers:
@@ -210,6 +220,57 @@ def channels(config: ConfigOpt = None) -> None:
         typer.echo(f"{row['channel']:<{width}}  {row['status']:<14}  {row['detail']}")
     if any(r["status"] in ("invalid", "unhealthy", "broken") for r in rows):
         raise typer.Exit(1)
+
+
+@app.command()
+def departments(
+    config: ConfigOpt = None,
+    backlog: Annotated[bool, typer.Option(help="ask the broker how far behind each sink is")] = True,
+) -> None:
+    """Departments, their topics, their sinks and each sink's backlog."""
+    from intake311.ops import add_backlog, department_rows
+
+    settings = _settings(config)
+    rows = department_rows(settings)
+    if backlog:
+        servers = settings.kafka.bootstrap_servers or _embedded_if_running(settings)
+        if servers:
+            asyncio.run(add_backlog(settings, servers, rows))
+    for row in rows:
+        typer.echo(f"{row['department']}  ({row['topic']})")
+        for sink in row["sinks"]:
+            lag = sink.get("backlog")
+            typer.echo(
+                f"    {sink['name']:<16}{sink['type']:<10}backlog {lag if lag is not None else '-':>6}"
+                f"   group {sink['group']}"
+            )
+
+
+@app.command()
+def report(
+    since: Annotated[datetime | None, typer.Option(help="start (ISO date); default 30 days ago")] = None,
+    until: Annotated[datetime | None, typer.Option(help="end (ISO date); default now")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Volume by channel and service, median time to close, share within the service level."""
+    from datetime import timedelta
+
+    from intake311.ops import format_report, service_report
+
+    settings = _settings(config)
+    end = (
+        (until or datetime.now(UTC)).astimezone(UTC)
+        if (until and until.tzinfo)
+        else (until.replace(tzinfo=UTC) if until else datetime.now(UTC))
+    )
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else end - timedelta(days=30)
+    try:
+        figures = asyncio.run(service_report(settings, start, end))
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(figures, indent=2) if as_json else format_report(figures))
 
 
 @app.command()

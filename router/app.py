@@ -18,7 +18,7 @@ from intake311.stage import (
     raw_batch,
     records_from,
 )
-from router.routing import Router, load_routing
+from router.routing import Router, load_interests, load_routing
 from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
 
@@ -45,7 +45,12 @@ def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str
 
 
 def build_router(settings: Settings) -> Router:
-    return Router(load_routing(settings.routing_file), load_taxonomy(settings.taxonomy_file), settings.topics)
+    return Router(
+        load_routing(settings.routing_file),
+        load_taxonomy(settings.taxonomy_file),
+        settings.topics,
+        load_interests(settings.subscriptions_file),
+    )
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

@@ -94,6 +94,40 @@ class RoutingTable(BaseModel):
         return self
 
 
+class Interest(BaseModel):
+    """What a department subscribes to beyond its own services (from the subscriptions file).
+
+    ``services: [noise]`` makes the department receive every noise request as well as whoever
+    owns it; ``within`` narrows that to an area. Both unset: nothing extra.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)  # the sinks stage reads the rest
+    services: tuple[str, ...] | None = None
+    within: Box | None = None
+
+    def matches(self, request: ServiceRequest) -> bool:
+        if self.services is None and self.within is None:
+            return False
+        return (self.services is None or request.service_code in self.services) and (
+            self.within is None or self.within.contains(request.lat, request.long)
+        )
+
+
+def load_interests(path: str | Path | None) -> dict[str, Interest]:
+    """Departments' declared interests from the subscriptions file (None: the packaged default)."""
+    file = Path(path) if path else Path(__file__).resolve().parents[1] / "sinks" / "subscriptions.yaml"
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+        departments = data.get("departments") or {}
+        return {
+            d: Interest.model_validate(entry or {})
+            for d, entry in departments.items()
+            if d != "*" and _departments(d)
+        }
+    except (OSError, yaml.YAMLError, ValidationError, ValueError, AttributeError) as exc:
+        raise ValueError(f"subscriptions {file}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One request for one department's topic, keyed by request_id so its updates stay in order."""
@@ -106,19 +140,33 @@ class Delivery:
 class Router:
     """A routing table bound to the taxonomy that supplies each service's default department."""
 
-    def __init__(self, table: RoutingTable, taxonomy: Taxonomy, topics: Topics) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        taxonomy: Taxonomy,
+        topics: Topics,
+        interests: dict[str, Interest] | None = None,
+    ) -> None:
         self.table = table
         self.taxonomy = taxonomy
         self.topics = topics
+        self.interests = interests or {}
         unknown = sorted(set(table.routes) - set(taxonomy.codes))
         for rule in table.rules:
             unknown += sorted(set(rule.services or ()) - set(taxonomy.codes))
+        for interest in self.interests.values():
+            unknown += sorted(set(interest.services or ()) - set(taxonomy.codes))
         if unknown:
             raise ValueError(f"routing table names services the taxonomy does not have: {', '.join(unknown)}")
 
     def departments_for(self, request: ServiceRequest) -> list[str]:
+        """The owner first (rules, routes, taxonomy), then every department subscribed to it."""
         if request.triage:
             return [self.table.triage_department]
+        owners = self._owners(request)
+        return owners + [d for d, i in self.interests.items() if d not in owners and i.matches(request)]
+
+    def _owners(self, request: ServiceRequest) -> list[str]:
         chosen: list[str] = []
         for rule in self.table.rules:
             if rule.matches(request):
@@ -145,6 +193,7 @@ class Router:
             found.update(deps)
         for rule in self.table.rules:
             found.update(rule.departments)
+        found.update(self.interests)
         return sorted(found)
 
 

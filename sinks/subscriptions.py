@@ -21,7 +21,8 @@ from sinks.base import SinkConfig, parse_sink_config
 
 DEFAULT_SUBSCRIPTIONS_PATH = Path(__file__).with_name("subscriptions.yaml")
 ALL = "*"
-_DEPARTMENT_KEYS = {"sinks", "inherit"}
+# services/within say what the department subscribes to: the router reads them (router/routing.py).
+_DEPARTMENT_KEYS = frozenset({"inherit", "sinks", "services", "within"})
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _describe(exc: ValidationError) -> str:
 
 def _parse_department(department: Any, entry: Any) -> DepartmentSubscription:
     if not isinstance(department, str) or not (department == ALL or is_slug(department)):
-        raise ValueError(f"department {department!r} must be a lowercase slug or \"*\"")
+        raise ValueError(f'department {department!r} must be a lowercase slug or "*"')
     where = f"department {department!r}"
     if entry is None:
         entry = {}
@@ -88,7 +89,9 @@ def _parse_department(department: Any, entry: Any) -> DepartmentSubscription:
         raise ValueError(f"{where}: expected a mapping with a 'sinks' list, got {type(entry).__name__}")
     unknown = set(entry) - _DEPARTMENT_KEYS
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(map(str, unknown))} (allowed: inherit, sinks)")
+        raise ValueError(
+            f"{where}: unknown keys {sorted(map(str, unknown))} (allowed: inherit, sinks, services, within)"
+        )
     inherit = entry.get("inherit", True)
     if not isinstance(inherit, bool) or (department == ALL and not inherit):
         raise ValueError(f"{where}: 'inherit' must be true or false (and only departments can set it)")

@@ -226,3 +226,35 @@ async def _closed(store: CaseStore, ticket: str) -> dict[str, Any] | None:
 async def _state(store: CaseStore, ticket: str, state: str) -> Any:
     case = await store.get_case(ticket)
     return case if case and case.state == state else None
+
+
+async def test_report_and_departments_views(departments: Departments) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from intake311.ops import add_backlog, department_rows, format_report, service_report
+
+    d = departments
+    ticket = await report_pothole(d, "7 Orange Street")
+    await wait_for(lambda: d.store.get_case(ticket), what="the request in the case store")
+    now = datetime.now(UTC)
+    report = await service_report(d.settings, now - timedelta(days=1), now + timedelta(minutes=1))
+    stored = await d.store.search(
+        service_request_ids=[], service_code=[], status=[], start_date=None, end_date=None, limit=1000
+    )
+    assert report["received"] == len(stored) >= 3
+    assert report["by_channel"]["web"] == report["received"]
+    assert report["by_service"]["pothole"] == report["received"]
+    works = report["departments"]["public-works"]
+    assert works["received"] == report["received"]
+    assert works["closed"] >= 1 and works["median_hours_to_close"] is not None
+    assert works["share_within_sla"] == 1.0  # closed within seconds of a 72 h service level
+    text = format_report(report)
+    assert "public-works" in text and "100%" in text
+
+    rows = {r["department"]: r for r in department_rows(d.settings)}
+    assert [s["name"] for s in rows["public-works"]["sinks"]] == ["file", "cases", "slack"]
+    assert [s["name"] for s in rows["parks"]["sinks"]] == ["file", "cases"]
+    await add_backlog(d.settings, d.settings.kafka.bootstrap_servers, list(rows.values()))
+    backlog = {s["name"]: s["backlog"] for s in rows["public-works"]["sinks"]}
+    assert set(backlog) == {"file", "cases", "slack"}
+    assert all(isinstance(v, int) and v >= 0 for v in backlog.values())

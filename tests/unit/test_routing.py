@@ -84,3 +84,32 @@ def test_route_batch_keys_by_request_and_dead_letters_garbage(taxonomy) -> None:
     assert out[0].topic == TOPICS.deadletter
     assert out[1].key == request.request_id
     assert out[1].topic == TOPICS.department(router.departments_for(request)[0])
+
+
+def test_departments_subscribe_to_services_and_areas(taxonomy, tmp_path) -> None:
+    from router.routing import load_interests
+    from schemas import Location
+
+    file = tmp_path / "subscriptions.yaml"
+    file.write_text(
+        "departments:\n"
+        '  "*": {sinks: [{name: file, type: jsonl}]}\n'
+        "  code-enforcement: {services: [noise]}\n"
+        "  downtown-district:\n"
+        "    services: [graffiti, illegal-dumping]\n"
+        "    within: {min_lat: 41.30, max_lat: 41.32, min_long: -72.94, max_long: -72.90}\n"
+        "  parks: {sinks: []}\n"
+    )
+    router = Router(load_routing(), taxonomy, TOPICS, load_interests(file))
+    noise = request_for("Loud party music all night at 10 Howe Street")
+    assert router.departments_for(noise) == ["police-nonemergency", "code-enforcement"]
+    inside = request_for("graffiti tag on the wall", location=Location(lat=41.31, long=-72.92))
+    outside = request_for("graffiti tag on the wall", location=Location(lat=41.35, long=-72.92))
+    assert router.departments_for(inside) == ["public-works", "downtown-district"]
+    assert router.departments_for(outside) == ["public-works"]
+    assert "downtown-district" in router.all_departments()
+    deliveries = router.route(noise)
+    assert [d.request.agency_responsible for d in deliveries] == ["police-nonemergency"] * 2
+    file.write_text("departments:\n  parks: {services: [no-such-service]}\n")
+    with pytest.raises(ValueError, match="no-such-service"):
+        Router(load_routing(), taxonomy, TOPICS, load_interests(file))

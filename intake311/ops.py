@@ -1,0 +1,104 @@
+"""Operator views: which departments exist, where their requests go, and how far behind each
+sink is; the service-level report from the case store. Used by the CLI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from intake311.settings import Settings
+
+
+def department_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Every department the router can send to, its topic and its (sink, consumer group) pairs."""
+    from router.app import build_router
+    from sinks.app import departments as sink_departments
+    from sinks.app import group_id
+    from sinks.subscriptions import load_subscriptions
+
+    subscriptions = load_subscriptions(settings.subscriptions_file)
+    router = build_router(settings)
+    names = sorted(set(router.all_departments()) | set(sink_departments(settings, subscriptions)))
+    return [
+        {
+            "department": name,
+            "topic": settings.topics.department(name),
+            "sinks": [
+                {"name": s.name, "type": s.type, "group": group_id(name, s.name)}
+                for s in subscriptions.sinks_for(name)
+            ],
+        }
+        for name in names
+    ]
+
+
+async def add_backlog(settings: Settings, bootstrap: list[str], rows: list[dict[str, Any]]) -> None:
+    """Set ``backlog`` on each sink: records on the department topic its group has not committed.
+
+    Reads end offsets from the broker, so the figure is only as good as the broker's answer
+    (the embedded Tansu build's end offsets are approximate).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="intake311-ops")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="intake311-ops", group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        for row in rows:
+            partitions = consumer.partitions_for_topic(row["topic"]) or set()
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(row["topic"]) or set()
+            tps = [TopicPartition(row["topic"], p) for p in sorted(partitions)]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            for sink in row["sinks"]:
+                committed = (
+                    await admin.list_consumer_group_offsets(sink["group"], partitions=tps) if tps else {}
+                )
+                sink["backlog"] = sum(
+                    max(
+                        0,
+                        ends.get(tp, 0)
+                        - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0),
+                    )
+                    for tp in tps
+                )
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def service_report(settings: Settings, since: datetime, until: datetime) -> dict[str, Any]:
+    """Volume by channel and service, median time to close and share within the service level."""
+    from schemas.taxonomy import load_taxonomy
+    from sinks.postgres.store import CaseStore
+
+    if settings.case_store_dsn is None:
+        raise ValueError("no case store configured: set INTAKE311_CASE_STORE_DSN")
+    taxonomy = load_taxonomy(settings.taxonomy_file)
+    async with CaseStore(settings.case_store_dsn.get_secret_value(), taxonomy=taxonomy) as store:
+        return (await store.report(since, until)).as_dict()
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text a budget office can paste into an email."""
+    lines = [
+        f"311 service report {report['since'][:10]} .. {report['until'][:10]} (as of {report['as_of'][:16]})",
+        f"requests received: {report['received']}   open and overdue: {report['open_overdue']}",
+        "",
+        "by channel:",
+        *(f"  {k:<24}{v:>8}" for k, v in sorted(report["by_channel"].items(), key=lambda kv: -kv[1])),
+        "by service:",
+        *(f"  {k:<24}{v:>8}" for k, v in sorted(report["by_service"].items(), key=lambda kv: -kv[1])),
+        "",
+        f"  {'department':<22}{'received':>9}{'closed':>8}{'median h':>10}{'within SLA':>12}{'overdue':>9}",
+    ]
+    for name, d in sorted(report["departments"].items()):
+        median = f"{d['median_hours_to_close']:.1f}" if d["median_hours_to_close"] is not None else "-"
+        share = f"{d['share_within_sla']:.0%}" if d["share_within_sla"] is not None else "-"
+        lines.append(
+            f"  {name:<22}{d['received']:>9}{d['closed']:>8}{median:>10}{share:>12}{d['open_overdue']:>9}"
+        )
+    return "\n".join(lines)
