@@ -69,7 +69,10 @@ class ChannelSet:
                 http=http,
                 data_dir=settings.data_dir / "channels" / plugin_cls.name,
             )
-            plugins.append(plugin_cls(config, context))
+            plugin = plugin_cls(config, context)
+            # Stopped at exit whichever stages run: a web-only process opens resources lazily.
+            stack.push_async_callback(plugin.stop)
+            plugins.append(plugin)
         return cls(plugins, settings)
 
     @property
@@ -97,10 +100,10 @@ class ChannelSet:
                 out[plugin.name] = ChannelHealth(False, f"health check failed: {type(exc).__name__}: {exc}")
         return out
 
-    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+    async def start(self) -> None:
+        """Start background work (pollers, listeners); ``open`` already arranged the stops."""
         for plugin in self.plugins:
             await plugin.start()
-            stack.push_async_callback(plugin.stop)
 
     def register_outbound(self, broker: KafkaBroker, stack: contextlib.AsyncExitStack) -> None:
         """One consumer group per channel sending what the outbox queued for it."""

@@ -130,7 +130,7 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
             # Stop consuming before the stages' resources close (the stack unwinds last-in first).
             stack.push_async_callback(broker.stop)
             if channel_set is not None and CHANNELS in stages:
-                await channel_set.start(stack)
+                await channel_set.start()
             case_store = None
             if WEB in stages and settings.case_store_dsn is not None:
                 from sinks.postgres.store import CaseStore

@@ -1,0 +1,109 @@
+"""The TwiML a caller hears: welcome in English and Spanish, then record or gather the report.
+
+Pure functions of the config and the callback URLs, so what the caller hears is testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from channels.sms.language import render, spoken_ticket
+from channels.voice.config import VoiceConfig
+from channels.voice.parse import LOCALES
+
+Urls = Callable[..., str]
+
+
+def urls_under(base: str) -> Urls:
+    """``urls("speech", lang="es")`` -> ``{base}/speech?lang=es`` (absolute: Twilio needs them)."""
+
+    def url(endpoint: str, **query: str) -> str:
+        return f"{base.rstrip('/')}/{endpoint}" + (f"?{urlencode(query)}" if query else "")
+
+    return url
+
+
+def _say(target: VoiceResponse, text: str, language: str) -> None:
+    target.say(text, language=LOCALES.get(language, "en-US"))
+
+
+def _capture(
+    response: VoiceResponse, config: VoiceConfig, urls: Urls, language: str, attempt: int, mode: str
+) -> None:
+    if mode == "record":
+        _say(response, render("voice_prompt", language), language)
+        response.record(
+            max_length=config.max_recording_seconds,
+            finish_on_key="#",
+            play_beep=True,
+            timeout=5,
+            transcribe=True,
+            transcribe_callback=urls("transcription", lang=language),
+            action=urls("recorded", lang=language),
+            method="POST",
+        )
+        # Reached only when nothing was recorded.
+        _say(response, render("voice_not_heard", language), language)
+        _say(response, render("voice_goodbye", language), language)
+        response.hangup()
+        return
+    gather = response.gather(
+        input="speech",
+        language=LOCALES[language],
+        speech_timeout="auto",
+        timeout=6,
+        action=urls("speech", lang=language, attempt=str(attempt)),
+        method="POST",
+        action_on_empty_result=True,
+    )
+    _say(gather, render("voice_prompt_gather", language), language)
+
+
+def incoming(config: VoiceConfig, urls: Urls) -> str:
+    """Answering the call: pressing 2 switches to Spanish; otherwise English follows at once."""
+    response = VoiceResponse()
+    menu = response.gather(input="dtmf", num_digits=1, timeout=3, action=urls("language"), method="POST")
+    _say(menu, render("voice_welcome", "en", brand=config.brand), "en")
+    _say(menu, render("voice_welcome", "es", brand=config.brand), "es")
+    _capture(response, config, urls, "en", 1, config.mode)
+    return str(response)
+
+
+def capture(config: VoiceConfig, urls: Urls, language: str, attempt: int = 1, mode: str | None = None) -> str:
+    """Ask for the report in ``language`` (``mode`` overrides the config: a speech retry)."""
+    response = VoiceResponse()
+    _capture(response, config, urls, language, attempt, mode or config.mode)
+    return str(response)
+
+
+def recorded(language: str, *, will_text: bool) -> str:
+    """After ``<Record>``: the transcript comes later, so the ticket travels by SMS, not here."""
+    response = VoiceResponse()
+    _say(response, render("voice_thanks_recorded", language), language)
+    if will_text:
+        _say(response, render("voice_will_text", language), language)
+    _say(response, render("voice_goodbye", language), language)
+    response.hangup()
+    return str(response)
+
+
+def ticket(language: str, request_id: str, *, will_text: bool) -> str:
+    """After a published speech report: the caller hears the ticket (and gets it by text)."""
+    response = VoiceResponse()
+    _say(response, render("voice_ticket", language, spoken=spoken_ticket(request_id)), language)
+    if will_text:
+        _say(response, render("voice_will_text", language), language)
+    _say(response, render("voice_goodbye", language), language)
+    response.hangup()
+    return str(response)
+
+
+def apology(language: str, key: str = "voice_try_later") -> str:
+    response = VoiceResponse()
+    _say(response, render(key, language), language)
+    _say(response, render("voice_goodbye", language), language)
+    response.hangup()
+    return str(response)

@@ -1,0 +1,213 @@
+"""Shared by the SMS/voice tests: a fake Twilio REST API on a real port, and signed requests.
+
+Named ``test_*`` only so it lives beside the tests that use it; the one test here checks the
+fake itself answers like Twilio (so the SDK parses its errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+
+from channels.plugin import ChannelContext, ChannelPlugin
+from intake311.settings import Settings
+from schemas import RawContact
+from schemas.outbound import OutboundMessage
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+SERVICE_SID = "MG" + "fedcba9876543210" * 2
+CITY_NUMBER = "+12035550100"
+POOL_NUMBER = "+12035550199"
+PUBLIC = "https://311.example.gov"
+RESIDENT = "+12035551234"
+
+
+class FakePublisher:
+    """Records published contacts; ``fail`` makes the next publishes raise (broker down)."""
+
+    def __init__(self) -> None:
+        self.contacts: list[RawContact] = []
+        self.fail: Exception | None = None
+
+    async def publish(self, contact: RawContact) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.contacts.append(contact)
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.messages: list[OutboundMessage] = []
+
+    async def send(self, *messages: OutboundMessage) -> None:
+        self.messages.extend(messages)
+
+
+@dataclass
+class FakeTwilio:
+    """Stands in for api.twilio.com: records each Messages.json POST, fails on request."""
+
+    account_sid: str = ACCOUNT_SID
+    token: str = AUTH_TOKEN
+    sent: list[dict[str, str]] = field(default_factory=list)
+    failures: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # To -> (status, code)
+    unauthorised: int = 0
+    url: str = ""
+
+    async def messages(self, request: Request) -> Response:
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.token}".encode()).decode()
+        if request.headers.get("authorization") != expected or request.path_params["sid"] != self.account_sid:
+            self.unauthorised += 1
+            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        to = form.get("To", "")
+        if to in self.failures:
+            status, code = self.failures[to]
+            return JSONResponse(
+                {"code": code, "message": f"fake failure {code}", "more_info": "", "status": status},
+                status_code=status,
+            )
+        self.sent.append(form)
+        sid = "SM" + secrets.token_hex(16)
+        return JSONResponse(
+            {
+                "sid": sid,
+                "account_sid": self.account_sid,
+                "to": to,
+                "from": form.get("From"),
+                "messaging_service_sid": form.get("MessagingServiceSid"),
+                "body": form.get("Body"),
+                "status": "accepted" if form.get("MessagingServiceSid") else "queued",
+                "num_segments": "1",
+                "direction": "outbound-api",
+                "api_version": "2010-04-01",
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+            },
+            status_code=201,
+        )
+
+    def to(self, number: str) -> list[dict[str, str]]:
+        return [m for m in self.sent if m.get("To") == number]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def serve_fake_twilio(fake: FakeTwilio) -> AsyncIterator[FakeTwilio]:
+    app = Starlette(
+        routes=[Route("/2010-04-01/Accounts/{sid}/Messages.json", fake.messages, methods=["POST"])]
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        await task
+
+
+def signed_form(
+    path: str, params: dict[str, str], *, token: str = AUTH_TOKEN, base: str = PUBLIC
+) -> tuple[str, dict[str, str]]:
+    """The body and headers Twilio would send to ``base + path`` (path may carry a query)."""
+    signature = RequestValidator(token).compute_signature(base + path, params)
+    return urlencode(params), {
+        "X-Twilio-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+async def post_signed(
+    client: httpx.AsyncClient, path: str, params: dict[str, str], *, token: str = AUTH_TOKEN
+) -> httpx.Response:
+    body, headers = signed_form(path, params, token=token)
+    return await client.post(path, content=body, headers=headers)
+
+
+def sms_params(body: str, *, sid: str | None = None, sender: str = RESIDENT, **extra: str) -> dict[str, str]:
+    params = {
+        "AccountSid": ACCOUNT_SID,
+        "MessageSid": sid or "SM" + secrets.token_hex(16),
+        "From": sender,
+        "To": CITY_NUMBER,
+        "Body": body,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "ApiVersion": "2010-04-01",
+    }
+    params.update(extra)
+    return params
+
+
+def make_context(tmp_path: Path, *, channels: dict[str, Any] | None = None) -> ChannelContext:
+    settings = Settings(
+        data_dir=tmp_path, channels=channels or {}, kafka={"topic_prefix": "t" + secrets.token_hex(4)}
+    )
+    return ChannelContext(
+        settings=settings,
+        publisher=FakePublisher(),
+        outbox=FakeOutbox(),  # type: ignore[arg-type]
+        http=httpx.AsyncClient(timeout=5),
+        data_dir=tmp_path / "channels",
+    )
+
+
+def app_for(*plugins: ChannelPlugin) -> FastAPI:
+    app = FastAPI()
+    for plugin in plugins:
+        router = plugin.http_routes()
+        assert router is not None
+        app.include_router(router, prefix=f"/channels/{plugin.name}")
+    return app
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture
+async def fake_twilio() -> AsyncIterator[FakeTwilio]:
+    async for fake in serve_fake_twilio(FakeTwilio()):
+        yield fake
+
+
+async def test_fake_twilio_speaks_twilio_errors(fake_twilio: FakeTwilio) -> None:
+    from twilio.base.exceptions import TwilioRestException
+
+    from channels.sms.rest import make_client
+
+    fake_twilio.failures["+15005550009"] = (400, 21610)
+    async with httpx.AsyncClient() as http:
+        client = make_client(http, ACCOUNT_SID, AUTH_TOKEN, fake_twilio.url)
+        sent = await client.messages.create_async(to=RESIDENT, from_=CITY_NUMBER, body="hello")
+        assert sent.sid and sent.sid.startswith("SM")
+        assert sent.status == "queued"
+        with pytest.raises(TwilioRestException) as caught:
+            await client.messages.create_async(to="+15005550009", from_=CITY_NUMBER, body="hello")
+    assert caught.value.code == 21610
+    assert fake_twilio.sent == [{"To": RESIDENT, "From": CITY_NUMBER, "Body": "hello"}]
