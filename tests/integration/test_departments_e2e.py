@@ -28,6 +28,14 @@ from tests.integration.test_case_store import _create_database, _drop_database, 
 from tests.integration.test_case_store import server as postgres  # noqa: F401  (fixture)
 from tests.unit.test_sinks_slack import FakeSlack
 from tests.unit.test_sinks_slack import server as slack_server  # noqa: F401  (fixture)
+from tests.unit.test_sms_support import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    CITY_NUMBER,
+    PUBLIC,
+    FakeTwilio,
+    serve_fake_twilio,
+)
 
 pytestmark = pytest.mark.integration
 SIGNING_SECRET = "slack-signing-secret-for-tests"
@@ -42,12 +50,20 @@ class Departments:
     store: CaseStore
     slack: FakeSlack
     settings: Settings
+    twilio: FakeTwilio
+
+
+@pytest.fixture(scope="module")
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async for fake in serve_fake_twilio(FakeTwilio()):
+        yield fake
 
 
 @pytest.fixture(scope="module")
 async def departments(
     postgres: None,  # noqa: F811
     slack_server: FakeSlack,  # noqa: F811
+    twilio: FakeTwilio,
     kafka_bootstrap: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Departments]:
@@ -79,12 +95,22 @@ async def departments(
             "session_timeout_ms": 2000,
         },
         retry_backoff_s=0.05,
+        # The resident's channel: their status texts go out through it (to a fake Twilio).
+        channels={
+            "sms": {
+                "account_sid": ACCOUNT_SID,
+                "auth_token": AUTH_TOKEN,
+                "public_base_url": PUBLIC,
+                "phone_numbers": [CITY_NUMBER],
+                "api_base_url": twilio.url,
+            }
+        },
     )
     try:
-        async with running(settings, ["web", "normalizer", "router", "sinks"]) as runtime:
+        async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
             transport = httpx.ASGITransport(app=web_app(runtime))
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
-                yield Departments(runtime, web, runtime.case_store, slack_server, settings)
+                yield Departments(runtime, web, runtime.case_store, slack_server, settings, twilio)
     finally:
         os.environ.pop("INTAKE311_TEST_CASE_STORE_DSN", None)
         _drop_database(database)
@@ -174,6 +200,11 @@ async def test_close_click_updates_store_resident_and_open311(departments: Depar
     assert len(messages) == 1
     assert messages[0].to == PHONE and messages[0].kind == "status"
     assert ticket in messages[0].text and "closed" in messages[0].text
+    texts = await wait_for(
+        lambda: [m for m in d.twilio.sent if m.get("To") == PHONE and ticket in m.get("Body", "")],
+        what="the status text at (fake) Twilio",
+    )
+    assert len(texts) == 1 and "closed" in texts[0]["Body"]
 
     got = await d.web.get(f"/open311/v2/requests/{ticket}.json")
     assert got.status_code == 200
