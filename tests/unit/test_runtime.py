@@ -120,3 +120,16 @@ def test_schema_export(tmp_path: Path) -> None:
     ]
     schema = json.loads((tmp_path / "service-request.schema.json").read_text())
     assert "request_id" in schema["required"] and "service_code" in schema["properties"]
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/intake311.example.yaml loads, and its channels validate (docs that stay true)."""
+    from channels.plugin import configured_channels
+
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token-0123456789abcdef0123456789ab")
+    monkeypatch.setenv("CALL_CENTRE_SECRET", "call-centre-secret-0123456789")
+    example = Path(__file__).resolve().parents[2] / "deploy" / "intake311.example.yaml"
+    settings = load_settings(example)
+    assert settings.kafka.security_protocol == "SASL_SSL" and settings.kafka.partitions == 6
+    assert [plugin.name for plugin, _ in configured_channels(settings)] == ["sms", "voice"]
