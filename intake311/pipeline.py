@@ -59,7 +59,8 @@ def topic_names(settings: Settings) -> list[str]:
 
     topics = settings.topics
     names = [topics.requests, topics.deadletter, topics.status]
-    names += [topics.contacts(c) for c in BUILTIN_CHANNELS]
+    names += [topics.contacts(c) for c in (*BUILTIN_CHANNELS, *settings.channels)]
+    names += [topics.outbound(c) for c in settings.channels]
     names += [topics.department(d) for d in build_router(settings).all_departments()]
     return names
 

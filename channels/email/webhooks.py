@@ -1,0 +1,380 @@
+"""Inbound-parse webhooks of hosted mail providers, and the route that serves stored photos.
+
+* Mailgun (``POST /channels/email/mailgun``): a route's ``forward()`` posts the parsed message
+  (or, for a URL ending in ``mime``, the raw MIME as ``body-mime``). Every post is signed:
+  HMAC-SHA256(signing key, timestamp + token). We refuse forged signatures (403), and stale
+  timestamps and reused tokens (406, which tells Mailgun not to retry).
+* Postmark (``POST /channels/email/postmark``): JSON, unsigned, so the URL carries a secret
+  token or basic-auth credentials.
+
+Both answer 200 only once the contact is on Kafka, and 503 otherwise so the provider retries.
+Both rebuild a MIME message from the provider's fields and go through the same parser as the
+SMTP listener, so the same email reads the same whichever way it came in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from channels.email.config import EmailConfig
+from channels.email.intake import EmailIntake, IngestResult, Outcome, TemporaryFailure
+from channels.email.media import MediaStore
+from channels.email.parse import parse_email
+from channels.email.state import EmailState
+from intake311.logging import get_logger
+
+log = get_logger("channels.email.webhooks")
+
+# Headers the rebuilt message's own MIME structure defines; the provider's copies would lie.
+_STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version", "content-disposition"}
+_FORM_OVERHEAD = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+def verify_mailgun(
+    key: bytes, timestamp: str, token: str, signature: str, *, now: float, max_age_s: float
+) -> str | None:
+    """None if the post is Mailgun's and fresh; else why not ("forged", "stale")."""
+    expected = hmac.new(key, f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
+    if not (timestamp and token and signature) or not hmac.compare_digest(expected, signature.lower()):
+        return "forged"
+    try:
+        age = now - float(timestamp)
+    except ValueError:
+        return "forged"
+    if abs(age) > max_age_s:
+        return "stale"
+    return None
+
+
+def build_message(
+    headers: Iterable[tuple[str, str]],
+    *,
+    text: str | None,
+    html: str | None,
+    attachments: Iterable[Upload] = (),
+) -> EmailMessage:
+    """A MIME message from a provider's parsed fields (headers, bodies, attachments)."""
+    message = EmailMessage(policy=policy.default)
+    for name, value in headers:
+        if not name or name.lower() in _STRUCTURAL:
+            continue
+        try:
+            message[name] = " ".join(str(value).split())
+        except (ValueError, TypeError):
+            continue  # a header we cannot represent is not worth refusing the report for
+    if text is not None:
+        message.set_content(text)
+        if html:
+            message.add_alternative(html, subtype="html")
+    elif html is not None:
+        message.set_content(html, subtype="html")
+    else:
+        message.set_content("")
+    for upload in attachments:
+        maintype, _, subtype = upload.content_type.partition("/")
+        message.add_attachment(
+            upload.data,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=upload.filename or upload.name,
+        )
+    return message
+
+
+def parse_form(body: bytes, content_type: str) -> tuple[dict[str, str], list[Upload]]:
+    """Fields and files of a form post; file parts (and ``body-mime``) keep their exact bytes."""
+    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+        return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)), []
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ValueError(f"unsupported content type {content_type.split(';')[0]!r}")
+    header = Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise ValueError("multipart body without a boundary")
+    fields: dict[str, str] = {}
+    files: list[Upload] = []
+    sections = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))
+    for section in sections[1:]:
+        if section.startswith(b"--"):
+            break  # the closing delimiter
+        _, _, rest = section.partition(b"\r\n")  # the rest of the delimiter line (padding)
+        if rest.startswith(b"\r\n"):
+            head, data = b"", rest[2:]  # a part without headers
+        else:
+            head, sep, data = rest.partition(b"\r\n\r\n")
+            if not sep:
+                raise ValueError("malformed multipart part")
+        part = BytesHeaderParser(policy=policy.HTTP).parsebytes(head + b"\r\n\r\n")
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            continue
+        filename = part.get_param("filename", header="content-disposition")
+        ctype = part.get_content_type()
+        if name == "body-mime" or isinstance(filename, str):
+            files.append(Upload(name, filename if isinstance(filename, str) else None, ctype, data))
+        else:
+            fields[name] = data.decode(part.get_content_charset() or "utf-8", errors="replace")
+    return fields, files
+
+
+def mailgun_message(fields: dict[str, str], files: list[Upload]) -> tuple[EmailMessage | bytes, str | None]:
+    """The message in a Mailgun post (raw MIME if it sent ``body-mime``) and the envelope sender."""
+    envelope_from = fields.get("sender")
+    if "body-mime" in fields:
+        return fields["body-mime"].encode("utf-8", errors="surrogateescape"), envelope_from
+    mime = next((f for f in files if f.name == "body-mime"), None)
+    if mime is not None:
+        return mime.data, envelope_from
+    try:
+        headers = [(str(h[0]), str(h[1])) for h in json.loads(fields.get("message-headers") or "[]")]
+    except (ValueError, TypeError, IndexError):
+        headers = []
+    present = {name.lower() for name, _ in headers}
+    for header, key in (
+        ("From", "from"),
+        ("Subject", "subject"),
+        ("To", "recipient"),
+        ("Message-Id", "Message-Id"),
+    ):
+        if header.lower() not in present and fields.get(key):
+            headers.append((header, fields[key]))
+    attachments = [f for f in files if f.name.startswith("attachment")]
+    message = build_message(
+        headers, text=fields.get("body-plain"), html=fields.get("body-html"), attachments=attachments
+    )
+    return message, envelope_from
+
+
+def postmark_message(payload: dict[str, Any]) -> EmailMessage | bytes:
+    """The message in a Postmark inbound post (raw MIME if "include raw email" is on)."""
+    raw = payload.get("RawEmail")
+    if isinstance(raw, str) and raw:
+        return raw.encode("utf-8", errors="surrogateescape")
+    headers: list[tuple[str, str]] = []
+    for key, header in (
+        ("From", "From"),
+        ("To", "To"),
+        ("Cc", "Cc"),
+        ("Subject", "Subject"),
+        ("Date", "Date"),
+    ):
+        if payload.get(key):
+            headers.append((header, str(payload[key])))
+    for item in payload.get("Headers") or []:
+        if isinstance(item, dict) and item.get("Name"):
+            if item["Name"].lower() in {"from", "to", "cc", "subject", "date"}:
+                continue
+            headers.append((str(item["Name"]), str(item.get("Value", ""))))
+    if not any(name.lower() == "message-id" for name, _ in headers) and payload.get("MessageID"):
+        headers.append(("Message-ID", f"<{payload['MessageID']}@inbound.postmarkapp.com>"))
+    attachments = []
+    for item in payload.get("Attachments") or []:
+        if not isinstance(item, dict):
+            continue
+        try:
+            data = base64.b64decode(item.get("Content") or "", validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        attachments.append(
+            Upload(
+                "attachment",
+                item.get("Name"),
+                str(item.get("ContentType") or "application/octet-stream"),
+                data,
+            )
+        )
+    return build_message(
+        headers, text=payload.get("TextBody"), html=payload.get("HtmlBody"), attachments=attachments
+    )
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` (no unbounded buffering)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(result: IngestResult) -> Response:
+    if result.outcome is Outcome.REJECTED:
+        return JSONResponse({"status": "rejected", "reason": result.reason}, status_code=400)
+    body: dict[str, Any] = {"status": result.outcome.value}
+    if result.contact is not None:
+        body["ticket"] = result.contact.request_id
+    return JSONResponse(body)
+
+
+def _retry() -> Response:
+    return JSONResponse({"status": "unavailable", "reason": "try again later"}, status_code=503)
+
+
+def email_routes(
+    config: EmailConfig,
+    intake: EmailIntake,
+    state: EmailState,
+    media: MediaStore,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> APIRouter:
+    """The channel's endpoints, mounted at ``/channels/email``."""
+    router = APIRouter()
+    # Base64 and form encoding make a post bigger than the mail it carries.
+    limit = config.max_message_bytes * 4 // 3 + _FORM_OVERHEAD
+
+    async def ingest(message: EmailMessage | bytes, source: str, envelope_from: str | None) -> IngestResult:
+        if isinstance(message, bytes):
+            return await intake.ingest(parse_email(message, envelope_from=envelope_from), source=source)
+        return await intake.ingest_message(message, source=source, envelope_from=envelope_from)
+
+    if config.mailgun is not None and config.mailgun.enabled:
+        mailgun = config.mailgun
+
+        # Mailgun forwards raw MIME (``body-mime``) to a URL ending in "mime": accept both.
+        @router.post("/mailgun", include_in_schema=False)
+        @router.post("/mailgun/mime", include_in_schema=False)
+        async def mailgun_inbound(request: Request) -> Response:
+            """Mailgun route forward: verify the signature, then publish before answering 200."""
+            body = await read_limited(request, limit)
+            if body is None:
+                intake.stats.rejected += 1
+                return JSONResponse({"status": "rejected", "reason": "too large"}, status_code=413)
+            try:
+                fields, files = parse_form(body, request.headers.get("content-type", ""))
+            except ValueError as exc:
+                return JSONResponse({"status": "rejected", "reason": str(exc)[:200]}, status_code=400)
+            token = fields.get("token", "")
+            problem = verify_mailgun(
+                mailgun.key,
+                fields.get("timestamp", ""),
+                token,
+                fields.get("signature", ""),
+                now=clock(),
+                max_age_s=mailgun.max_age_s,
+            )
+            if problem == "forged":
+                intake.stats.rejected += 1
+                log.warning("mailgun post with a bad signature refused")
+                return JSONResponse({"status": "forbidden"}, status_code=403)
+            if problem == "stale":
+                intake.stats.rejected += 1
+                log.warning("mailgun post with a stale timestamp refused")
+                return JSONResponse({"status": "rejected", "reason": "stale timestamp"}, status_code=406)
+            if not await state.run(state.claim_token, "mailgun", token, 2.0 * mailgun.max_age_s):
+                intake.stats.rejected += 1
+                log.warning("mailgun post with a reused token refused")
+                return JSONResponse({"status": "rejected", "reason": "replayed token"}, status_code=406)
+            try:
+                message, envelope_from = mailgun_message(fields, files)
+                return _answer(await ingest(message, "mailgun", envelope_from))
+            except TemporaryFailure:
+                await state.run(state.release_token, "mailgun", token)
+                return _retry()
+            except Exception:
+                await state.run(state.release_token, "mailgun", token)
+                log.exception("mailgun post failed")
+                return _retry()
+
+    if config.postmark is not None and config.postmark.enabled:
+        postmark = config.postmark
+
+        def authorised(request: Request) -> bool:
+            expected_token = postmark.expected_token
+            if expected_token is not None:
+                given = request.query_params.get("token") or request.headers.get("x-intake311-token") or ""
+                if hmac.compare_digest(given.encode(), expected_token.encode()):
+                    return True
+            if postmark.username is not None and postmark.expected_password is not None:
+                scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() == "basic":
+                    try:
+                        user, _, password = base64.b64decode(encoded).decode().partition(":")
+                    except (binascii.Error, UnicodeDecodeError):
+                        return False
+                    return hmac.compare_digest(
+                        user.encode(), postmark.username.encode()
+                    ) & hmac.compare_digest(password.encode(), postmark.expected_password.encode())
+            return False
+
+        @router.post("/postmark", include_in_schema=False)
+        async def postmark_inbound(request: Request) -> Response:
+            """Postmark inbound JSON: check the shared secret, then publish before answering 200."""
+            if not authorised(request):
+                intake.stats.rejected += 1
+                log.warning("postmark post without valid credentials refused")
+                return JSONResponse(
+                    {"status": "unauthorized"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="intake311 email"'}
+                    if postmark.username
+                    else None,
+                )
+            body = await read_limited(request, limit)
+            if body is None:
+                intake.stats.rejected += 1
+                return JSONResponse({"status": "rejected", "reason": "too large"}, status_code=413)
+            try:
+                payload = json.loads(body)
+                if not isinstance(payload, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                return JSONResponse(
+                    {"status": "rejected", "reason": f"bad JSON: {exc}"[:200]}, status_code=400
+                )
+            try:
+                return _answer(await ingest(postmark_message(payload), "postmark", None))
+            except TemporaryFailure:
+                return _retry()
+            except Exception:
+                log.exception("postmark post failed")
+                return _retry()
+
+    @router.get("/media/{name}", include_in_schema=False)
+    async def media_file(name: str) -> Response:
+        """A resident's photo. Names are content hashes; types were sniffed when stored."""
+        stored = await media.get(name)
+        if stored is None:
+            return Response(status_code=404)
+        return FileResponse(
+            stored.path,
+            media_type=stored.content_type,
+            headers={
+                "Cache-Control": "public, max-age=31536000, immutable",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+            },
+        )
+
+    return router
