@@ -41,6 +41,9 @@ ENTRY_POINT_GROUP = "intake311.channels"
 BUILTIN_CHANNELS: dict[str, str] = {
     "sms": "channels.sms:SmsChannel",
     "voice": "channels.voice:VoiceChannel",
+    "email": "channels.email:EmailChannel",
+    "x": "channels.social.x:XChannel",
+    "mastodon": "channels.social.mastodon:MastodonChannel",
 }
 
 
