@@ -7,22 +7,20 @@ the same event is delivered once to each sink, not once overall.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from intake311.sqlite import connect, transaction
 
 
 class SeenStore:
     """Remembers which keys a consumer has fully processed."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS seen (ns TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,"
             " PRIMARY KEY (ns, key)) WITHOUT ROWID"
@@ -48,14 +46,8 @@ class SeenStore:
     def mark(self, namespace: str, keys: Iterable[str]) -> None:
         now = time.time()
         rows = [(namespace, key, now) for key in keys]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            self._db.executemany("INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)", rows)
 
     def close(self) -> None:
         with self._lock:

@@ -8,10 +8,10 @@ partition, or give them a shared store implementing the same two methods.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
+from intake311.sqlite import connect, transaction
 from schemas.request import ServiceRequest
 
 
@@ -19,12 +19,9 @@ class RequestState:
     """request_id -> latest ServiceRequest the normalizer emitted."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # The topic is the durable record; after a crash a lost last batch is rebuilt on replay.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # synchronous=NORMAL: the topic is the durable record; a lost last batch is replayed.
+        self._db = connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, body TEXT NOT NULL)"
         )
@@ -48,18 +45,12 @@ class RequestState:
     def put_many(self, requests: list[ServiceRequest]) -> None:
         """One transaction per batch: one fsync, not one per request."""
         rows = [(r.request_id, r.model_dump_json()) for r in requests]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO requests (request_id, body) VALUES (?, ?)"
-                    " ON CONFLICT (request_id) DO UPDATE SET body = excluded.body",
-                    rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            self._db.executemany(
+                "INSERT INTO requests (request_id, body) VALUES (?, ?)"
+                " ON CONFLICT (request_id) DO UPDATE SET body = excluded.body",
+                rows,
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.utils
 import html
-import os
 import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -22,13 +21,13 @@ import aiosmtplib
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from intake311.logging import get_logger
+from intake311.secrets import env_value
 from schemas.contact import Sender
 from schemas.request import ServiceRequest
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 
 log = get_logger(__name__)
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 HEADER_DELIVERY = "X-Intake311-Delivery"
 HEADER_REQUEST = "X-Intake311-Request"
@@ -54,15 +53,6 @@ def redact_contact_details(text: str, reporter: Sender | None = None) -> str:
         text = text.replace(reporter.address, REDACTED)
     text = _EMAIL_IN_TEXT.sub(REDACTED, text)
     return _PHONE_IN_TEXT.sub(REDACTED, text)
-
-
-def _from_env(var: str, what: str) -> str:
-    if not _ENV_NAME.match(var):
-        raise ValueError(f"{what}: {var!r} is not an environment variable name")
-    value = os.environ.get(var, "")
-    if not value:
-        raise ValueError(f"{what}: environment variable {var} is not set or is empty")
-    return value
 
 
 def _check_address(value: str, what: str) -> str:
@@ -122,7 +112,7 @@ class EmailSinkConfig(SinkConfig):
         if self.password is not None and self.password_env is not None:
             raise ValueError("give 'password_env' (preferred) or 'password', not both")
         if self.password_env is not None:
-            self._password = SecretStr(_from_env(self.password_env, "password_env"))
+            self._password = SecretStr(env_value(self.password_env, "password_env"))
         else:
             self._password = self.password
         if (self.username is None) != (self._password is None):
@@ -169,7 +159,9 @@ def _facts(request: ServiceRequest, department: str, include_reporter: bool) -> 
     ]
     if request.lat is not None and request.long is not None:
         facts.append(("Coordinates", f"{request.lat:.6f}, {request.long:.6f}"))
-        facts.append(("Map", f"https://www.openstreetmap.org/?mlat={request.lat:.6f}&mlon={request.long:.6f}"))
+        facts.append(
+            ("Map", f"https://www.openstreetmap.org/?mlat={request.lat:.6f}&mlon={request.long:.6f}")
+        )
     if request.media_url:
         facts.append(("Photo", request.media_url))
     facts += [
@@ -219,7 +211,7 @@ def build_message(
     message.set_content("\n".join(text_lines) + "\n")
 
     rows = "".join(
-        f"<tr><th align=\"left\" style=\"padding-right:1em\">{html.escape(label)}</th>"
+        f'<tr><th align="left" style="padding-right:1em">{html.escape(label)}</th>'
         f"<td>{_html_value(value)}</td></tr>"
         for label, value in facts
     )
@@ -246,8 +238,9 @@ def _smtp_error(prefix: str, exc: Exception) -> DeliveryError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         detail = "; ".join(f"{r.code} {r.message}"[:120] for r in exc.recipients)
-        return DeliveryError(f"{prefix}: all recipients refused: {detail}",
-                             retryable=any(400 <= c < 500 for c in codes))
+        return DeliveryError(
+            f"{prefix}: all recipients refused: {detail}", retryable=any(400 <= c < 500 for c in codes)
+        )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         reason = f"{prefix}: SMTP {exc.code} {str(exc.message)[:200]}"
         return DeliveryError(reason, retryable=400 <= exc.code < 500)
@@ -290,8 +283,12 @@ class EmailSink:
             raise _smtp_error(prefix, exc) from exc
         if refused:
             # Some recipients got it: retrying would send them a second copy, so only log.
-            log.warning("email recipients refused", sink=self.name, request_id=request.request_id,
-                        refused=sorted(refused))
+            log.warning(
+                "email recipients refused",
+                sink=self.name,
+                request_id=request.request_id,
+                refused=sorted(refused),
+            )
 
     async def close(self) -> None:
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import sqlite3
 import time
@@ -31,6 +30,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from intake311.logging import get_logger
+from intake311.secrets import env_value
 from schemas.request import ServiceRequest
 from schemas.status import StatusChange
 from sinks.base import DeliveryError, SinkConfig, SinkContext
@@ -100,7 +100,6 @@ TRANSIENT_ERRORS = frozenset(
         "team_added_to_org",
     }
 )
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
@@ -149,12 +148,7 @@ class SlackSinkConfig(SinkConfig):
                 " token, preferred) or 'token'" + (" - both were given" if self.token else "")
             )
         if self.token_env is not None:
-            if not _ENV_NAME.match(self.token_env):
-                raise ValueError(f"token_env: {self.token_env!r} is not an environment variable name")
-            value = os.environ.get(self.token_env, "")
-            if not value:
-                raise ValueError(f"token_env: environment variable {self.token_env} is not set or is empty")
-            self._token = SecretStr(value)
+            self._token = SecretStr(env_value(self.token_env, "token_env"))
         else:
             assert self.token is not None
             if not self.token.get_secret_value():

@@ -13,7 +13,6 @@ import email.utils
 import hashlib
 import hmac
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Literal
 import httpx
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from intake311.secrets import env_value
 from schemas.request import ServiceRequest
 from sinks.base import DeliveryError, SinkConfig, SinkContext, request_payload
 
@@ -35,7 +35,6 @@ DEFAULT_TOLERANCE_S = 300
 
 _RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding"}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RETRYABLE_STATUS = {408, 425, 429}
 
 Secret = str | bytes | SecretStr
@@ -94,14 +93,14 @@ class WebhookSinkConfig(SinkConfig):
                 + (" - both were given" if self.secret is not None else "")
             )
         if self.secret_env is not None:
-            self._secret = SecretStr(_from_env(self.secret_env, "secret_env"))
+            self._secret = SecretStr(env_value(self.secret_env, "secret_env"))
         else:
             assert self.secret is not None
             if not self.secret.get_secret_value():
                 raise ValueError("secret must not be empty")
             self._secret = self.secret
         self._env_headers = {
-            name: _from_env(var, f"headers_env.{name}") for name, var in self.headers_env.items()
+            name: env_value(var, f"headers_env.{name}") for name, var in self.headers_env.items()
         }
         return self
 
@@ -115,15 +114,6 @@ class WebhookSinkConfig(SinkConfig):
 
     def build(self, ctx: SinkContext) -> WebhookSink:
         return WebhookSink(self, client=ctx.http_client)
-
-
-def _from_env(var: str, what: str) -> str:
-    if not _ENV_NAME.match(var):
-        raise ValueError(f"{what}: {var!r} is not an environment variable name")
-    value = os.environ.get(var, "")
-    if not value:
-        raise ValueError(f"{what}: environment variable {var} is not set or is empty")
-    return value
 
 
 def _key(secret: Secret) -> bytes:

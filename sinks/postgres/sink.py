@@ -8,18 +8,15 @@ pair in a process shares one connection pool per DSN: nine departments do not op
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 from typing import Literal
 
 import psycopg
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
+from intake311.secrets import env_value
 from schemas.request import ServiceRequest
 from sinks.base import Delivery, DeliveryError, SinkConfig, SinkContext
 from sinks.postgres.store import CaseStore
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class PostgresSinkConfig(SinkConfig):
@@ -47,11 +44,7 @@ class PostgresSinkConfig(SinkConfig):
                 " connection string, preferred) or 'dsn'" + (" - both were given" if self.dsn else "")
             )
         if self.dsn_env is not None:
-            if not _ENV_NAME.match(self.dsn_env):
-                raise ValueError(f"dsn_env: {self.dsn_env!r} is not an environment variable name")
-            value = os.environ.get(self.dsn_env, "")
-            if not value:
-                raise ValueError(f"dsn_env: environment variable {self.dsn_env} is not set or is empty")
+            value = env_value(self.dsn_env, "dsn_env")
         else:
             assert self.dsn is not None
             value = self.dsn.get_secret_value()

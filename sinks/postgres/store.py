@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from intake311.logging import get_logger
+from schemas.open311 import REQUEST_FIELDS
 from schemas.request import ServiceRequest, Status
 from schemas.status import State, parse_state, status_event_id
 from schemas.taxonomy import Taxonomy, load_taxonomy
@@ -28,27 +29,7 @@ from sinks.postgres.migrations import migrate
 
 log = get_logger(__name__)
 
-# Open311 GeoReport v2 request fields in spec order; equal to channels.web.lookup.REQUEST_FIELDS
-# (not imported: sinks do not import channels).
-OPEN311_FIELDS = (
-    "service_request_id",
-    "status",
-    "status_notes",
-    "service_name",
-    "service_code",
-    "description",
-    "agency_responsible",
-    "service_notice",
-    "requested_datetime",
-    "updated_datetime",
-    "expected_datetime",
-    "address",
-    "address_id",
-    "zipcode",
-    "lat",
-    "long",
-    "media_url",
-)
+OPEN311_FIELDS = REQUEST_FIELDS  # what Open311 GET answers: no personal data
 
 
 def _clean(value: Any) -> Any:
@@ -503,9 +484,7 @@ class CaseStore:
             rows = await cur.fetchall()
         return [StatusEvent(*row) for row in rows]
 
-    async def report(
-        self, since: datetime, until: datetime, *, now: datetime | None = None
-    ) -> CaseReport:
+    async def report(self, since: datetime, until: datetime, *, now: datetime | None = None) -> CaseReport:
         """Volume, time to close, SLA share and overdue count, for a budget office.
 
         Volume counts requests reported in ``[since, until)``; time to close and the SLA share
