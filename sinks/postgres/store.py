@@ -562,12 +562,18 @@ class CaseStore:
         )
 
 
-def _open311(row: dict[str, Any]) -> dict[str, Any]:
+def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     # UTC whatever the server's TimeZone setting, so answers do not depend on the database host.
-    return {
+    out = {
         name: value.astimezone(UTC) if isinstance(value := row.get(name), datetime) else value
         for name in OPEN311_FIELDS
     }
+    expected = out.get("expected_datetime")
+    if out.get("status") == "open" and expected is not None and expected < (now or datetime.now(UTC)):
+        # Flag overdue requests where residents and apps look: Open311's free-text notice.
+        flag = f"Overdue: expected by {expected:%Y-%m-%d %H:%M} UTC."
+        out["service_notice"] = f"{flag} {out['service_notice']}" if out.get("service_notice") else flag
+    return out
 
 
 __all__ = [

@@ -376,7 +376,7 @@ async def test_get_returns_exactly_the_open311_fields_and_no_personal_data(store
         "service_code": "pothole",
         "description": "Deep pothole",
         "agency_responsible": "public-works",
-        "service_notice": None,
+        "service_notice": "Overdue: expected by 2026-03-04 00:00 UTC.",  # open, past its expected time
         "requested_datetime": T0,
         "updated_datetime": T0,
         "expected_datetime": T0 + timedelta(hours=72),
@@ -604,3 +604,29 @@ async def test_postgres_sink_unreachable_database_is_retryable() -> None:
 def test_postgres_config_errors(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_sink_config({"name": "cases", "type": "postgres", **data})
+
+
+async def test_open311_flags_overdue_open_requests(store: CaseStore) -> None:
+    now = datetime.now(UTC)
+    late = make_request(
+        "LATE-0001",
+        "late-1",
+        requested_datetime=now - timedelta(hours=100),
+        updated_datetime=now - timedelta(hours=100),
+        expected_datetime=now - timedelta(hours=28),
+    )
+    on_time = make_request(
+        "ONTM-0002",
+        "ontime-1",
+        requested_datetime=now,
+        updated_datetime=now,
+        expected_datetime=now + timedelta(hours=72),
+    )
+    await store.upsert_requests([late, on_time], "public-works")
+    flagged = await store.get("LATE-0001")
+    assert flagged is not None and flagged["service_notice"].startswith("Overdue: expected by ")
+    fine = await store.get("ONTM-0002")
+    assert fine is not None and not (fine["service_notice"] or "").startswith("Overdue")
+    await store.record_status("LATE-0001", "closed", at=now, source="test")
+    closed = await store.get("LATE-0001")
+    assert closed is not None and not (closed["service_notice"] or "").startswith("Overdue")
