@@ -145,3 +145,12 @@ def test_heldout_accuracy_on_new_haven_data() -> None:
     assert metrics["non_triaged_accuracy"] >= metrics["accuracy"]
     bare = evaluate(load_rows(csv_path, "heldout", keep_default_title=False), clf)
     assert bare["accuracy"] > HELDOUT_FLOOR_NO_TITLE, bare["accuracy"]
+
+
+def test_the_problem_outweighs_the_object_it_is_on() -> None:
+    """Graffiti on a bus shelter is graffiti, not a damaged shelter (seen in a demo run)."""
+    from schemas.taxonomy import load_taxonomy
+
+    classifier = Classifier(load_taxonomy())
+    assert classifier.classify("Graffiti all over the bus shelter").service_code == "graffiti"
+    assert classifier.classify("bus shelter glass broken").service_code == "street-sign"
