@@ -76,8 +76,13 @@ async def deliver_with_retry(
         try:
             await sink.deliver(request, department=department, delivery_id=delivery_id)
             if attempt > 1:
-                log.info("delivered after retry", sink=sink.name, department=department,
-                         delivery_id=delivery_id, attempts=attempt)
+                log.info(
+                    "delivered after retry",
+                    sink=sink.name,
+                    department=department,
+                    delivery_id=delivery_id,
+                    attempts=attempt,
+                )
             return DeliveryOutcome(delivered=True, attempts=attempt)
         except DeliveryError as exc:
             reason, error = exc.reason, "DeliveryError"
@@ -87,8 +92,13 @@ async def deliver_with_retry(
         last = attempt == attempts or not retryable
         log.warning(
             "delivery failed" if last else "delivery failed, retrying",
-            sink=sink.name, department=department, delivery_id=delivery_id, request_id=request.request_id,
-            attempt=attempt, retryable=retryable, reason=(reason or "")[:300],
+            sink=sink.name,
+            department=department,
+            delivery_id=delivery_id,
+            request_id=request.request_id,
+            attempt=attempt,
+            retryable=retryable,
+            reason=(reason or "")[:300],
         )
         if last:
             return DeliveryOutcome(False, attempt, reason, error, retryable)
@@ -119,15 +129,46 @@ async def deliver_all(
             await sink.deliver_many(items)
             return [DeliveryOutcome(delivered=True, attempts=1) for _ in items]
         except Exception as exc:
-            log.warning("batch delivery failed, delivering one by one", sink=sink.name,
-                        size=len(items), reason=str(exc)[:300])
-    return [
-        await deliver_with_retry(
-            sink, d.request, department=d.department, delivery_id=d.delivery_id,
-            attempts=attempts, backoff_s=backoff_s, sleep=sleep,
+            log.warning(
+                "batch delivery failed, delivering one by one",
+                sink=sink.name,
+                size=len(items),
+                reason=str(exc)[:300],
+            )
+    # A circuit breaker keeps an outage from stretching one batch past Kafka's poll interval:
+    # after a delivery exhausts its retries, the next gets one probe attempt, and if that fails
+    # too the rest of the batch is dead-lettered unattempted (with the reason) at once.
+    outcomes: list[DeliveryOutcome] = []
+    tries, down = attempts, None
+    for d in items:
+        if down is not None:
+            outcomes.append(
+                DeliveryOutcome(
+                    delivered=False,
+                    attempts=0,
+                    error="SinkUnavailable",
+                    retryable=True,
+                    reason=f"not attempted: sink unavailable ({down})",
+                )
+            )
+            continue
+        outcome = await deliver_with_retry(
+            sink,
+            d.request,
+            department=d.department,
+            delivery_id=d.delivery_id,
+            attempts=tries,
+            backoff_s=backoff_s,
+            sleep=sleep,
         )
-        for d in items
-    ]
+        outcomes.append(outcome)
+        if outcome.delivered or not outcome.retryable:
+            tries = attempts
+        elif tries == 1:
+            down = outcome.reason
+        else:
+            tries = 1
+    return outcomes
 
 
 __all__ = ["DeliveryOutcome", "backoff_delay", "deliver_all", "deliver_with_retry"]

@@ -259,3 +259,33 @@ def test_entry_points_are_discovered(clean_registry: None, monkeypatch: pytest.M
 def test_base_config_cannot_build() -> None:
     with pytest.raises(NotImplementedError):
         SinkConfig(name="x", type="x").build(SinkContext(data_dir=None))  # type: ignore[arg-type]
+
+
+async def test_an_outage_does_not_stretch_a_batch(tmp_path: Path) -> None:
+    """After one delivery exhausts its retries and a probe fails, the rest fail at once."""
+
+    class Down:
+        name = "down"
+        calls = 0
+
+        async def start(self) -> None: ...
+        async def close(self) -> None: ...
+
+        async def deliver(self, request: ServiceRequest, *, department: str, delivery_id: str) -> None:
+            Down.calls += 1
+            raise DeliveryError("connection refused")
+
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    request = make_request()
+    deliveries = [Delivery(request, "public-works", f"d{i}") for i in range(50)]
+    outcomes = await deliver_all(Down(), deliveries, attempts=4, backoff_s=0.01, sleep=sleep)
+    assert [o.attempts for o in outcomes[:3]] == [4, 1, 0]
+    assert Down.calls == 5  # 4 tries, 1 probe, then nothing for the other 48
+    assert not any(o.delivered for o in outcomes)
+    assert outcomes[-1].reason is not None and outcomes[-1].reason.startswith(
+        "not attempted: sink unavailable"
+    )
