@@ -274,6 +274,29 @@ def report(
 
 
 @app.command()
+def replay(
+    stage: Annotated[
+        str | None, typer.Option(help="only letters from this stage (normalizer, router, sinks…)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list, do not publish")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Re-publish dead letters to where they came from, after fixing the cause."""
+    from intake311.ops import replay_dead_letters
+
+    settings = _settings(config)
+    letters = asyncio.run(
+        replay_dead_letters(settings, _client_bootstrap(settings), stage=stage, dry_run=dry_run)
+    )
+    for letter in letters:
+        typer.echo(
+            f"{'would replay' if dry_run else 'replayed'}  {letter.stage:<11}{letter.source_topic}"
+            f"  {letter.reason[:100]}"
+        )
+    typer.echo(f"{len(letters)} dead letter(s) {'found' if dry_run else 'replayed'}", err=True)
+
+
+@app.command()
 def asyncapi(config: ConfigOpt = None) -> None:
     """Print the AsyncAPI document of the full pipeline (topics, payload schemas)."""
     from intake311.pipeline import describe

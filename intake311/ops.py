@@ -102,3 +102,70 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {name:<22}{d['received']:>9}{d['closed']:>8}{median:>10}{share:>12}{d['open_overdue']:>9}"
         )
     return "\n".join(lines)
+
+
+REPLAY_GROUP = "intake311.deadletter-replay"
+
+
+async def replay_dead_letters(
+    settings: Settings,
+    bootstrap: list[str],
+    *,
+    stage: str | None = None,
+    dry_run: bool = False,
+    idle_s: float = 2.0,
+) -> list[Any]:
+    """Re-publish dead letters' original bytes to their source topics, once each.
+
+    The replay consumer group remembers where it stopped, so running it again replays only
+    letters that arrived since; ids are stable, so whatever already succeeded downstream is
+    skipped there. ``stage`` limits it to one stage's letters; ``dry_run`` lists without
+    publishing (and without moving the group's position).
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from schemas.deadletter import DeadLetter
+
+    consumer = AIOKafkaConsumer(
+        settings.topics.deadletter,
+        bootstrap_servers=bootstrap,
+        group_id=REPLAY_GROUP,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka.consumer_session_timeout_ms,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await consumer.start()
+    await producer.start()
+    replayed: list[DeadLetter] = []
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=500)
+            if not batches:
+                break
+            sends = []
+            for records in batches.values():
+                for record in records:
+                    letter = DeadLetter.model_validate_json(record.value)
+                    if (stage and letter.stage != stage) or not letter.source_topic:
+                        continue
+                    replayed.append(letter)
+                    if not dry_run:
+                        headers = [(k, v.encode()) for k, v in letter.headers.items() if k != "content-type"]
+                        sends.append(
+                            await producer.send(
+                                letter.source_topic,
+                                letter.original,
+                                key=letter.key.encode() if letter.key else None,
+                                headers=[("content-type", b"application/json"), *headers],
+                            )
+                        )
+            if dry_run:
+                continue
+            for sent in sends:
+                await sent
+            await consumer.commit()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return replayed

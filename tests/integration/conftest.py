@@ -43,9 +43,12 @@ class WebhookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
     url: str = ""
+    down: bool = False  # answer 503, like a department system in an outage
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
+        if self.down:
+            return Response(status_code=503)
         ok = verify_signature(
             self.secret,
             request.headers.get("x-intake311-timestamp", ""),

@@ -146,3 +146,54 @@ async def test_asyncapi_document_lists_the_pipeline_topics(pipeline: Pipeline) -
     topics = pipeline.settings.topics
     assert {topics.requests, topics.department("public-works"), topics.department("triage")} <= addresses
     assert topics.contacts_pattern in addresses or any("contacts" in a for a in addresses)
+
+
+async def test_webhook_outage_dead_letters_then_replay_delivers(pipeline: Pipeline) -> None:
+    from intake311.ops import replay_dead_letters
+
+    hook = pipeline.hook
+    publisher = KafkaContactPublisher(pipeline.broker, pipeline.settings.topics)
+    contact = make_contact("Broken water main flooding 300 Orange Street", provider_id="outage-1")
+    hook.down = True
+    try:
+        await publisher.publish(contact)
+        # The file sink is its own consumer group: the webhook outage does not delay it.
+        await wait_for(
+            lambda: any(r["request_id"] == contact.request_id for r in pipeline.lines("water")),
+            what="the request in water.jsonl during the outage",
+        )
+        letters = await wait_for(
+            lambda: _letters_for(pipeline, contact.request_id), what="the webhook delivery dead-lettered"
+        )
+    finally:
+        hook.down = False
+    assert letters[0].stage == "sinks" and "503" in letters[0].reason
+    assert not hook.for_request(contact.request_id)
+
+    replayed = await replay_dead_letters(
+        pipeline.settings, pipeline.settings.kafka.bootstrap_servers, stage="sinks", idle_s=1.0
+    )
+    assert contact.request_id.encode() in b"".join(letter.original for letter in replayed)
+    [delivery] = await wait_for(lambda: hook.for_request(contact.request_id), what="the replayed delivery")
+    assert delivery["body"]["department"] == "water"
+    # Replay is once: the file sink had it already and skipped it (one line, not two).
+    assert [r["request_id"] for r in pipeline.lines("water")].count(contact.request_id) == 1
+    again = await replay_dead_letters(
+        pipeline.settings, pipeline.settings.kafka.bootstrap_servers, stage="sinks", idle_s=1.0
+    )
+    assert contact.request_id.encode() not in b"".join(letter.original for letter in again)
+
+
+async def _letters_for(pipeline: Pipeline, request_id: str) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(
+        pipeline.settings.topics.deadletter,
+        auto_offset_reset="earliest",
+        bootstrap_servers=pipeline.settings.kafka.bootstrap_servers,
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=1000)
+    finally:
+        await consumer.stop()
+    letters = [DeadLetter.model_validate_json(r.value) for rs in batches.values() for r in rs]
+    return [letter for letter in letters if request_id.encode() in letter.original]
