@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from intake311.sqlite import connect
 
 # Later statuses win over earlier ones; callbacks can arrive out of order (sent after delivered).
 _STATUS_RANK = {
@@ -132,12 +133,9 @@ class SqliteConversationStore:
     kind = "sqlite"
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path)
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS conversations (
@@ -159,6 +157,8 @@ class SqliteConversationStore:
             return fn(*args)
 
     def _tx(self, fn: Any) -> Any:
+        # IMMEDIATE, not intake311.sqlite.transaction's deferred BEGIN: these read, then write,
+        # and another process's write in between would fail the upgrade instead of waiting.
         self._db.execute("BEGIN IMMEDIATE")
         try:
             result = fn()

@@ -8,7 +8,6 @@ from environment variables (``*_env``) so they stay out of YAML files.
 from __future__ import annotations
 
 import email.utils
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -16,8 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from channels.plugin import ChannelConfig
+from intake311.secrets import resolve_secret
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$")
 _SECURITY_PORTS = {"ssl": (993, 465), "starttls": (143, 587), "none": (143, 25)}
 
@@ -26,24 +25,6 @@ MB = 1024 * 1024
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def secret_from(value: SecretStr | None, env: str | None, what: str, *, required: bool) -> SecretStr | None:
-    """Resolve ``what`` from an inline secret or an environment variable, never both."""
-    if value is not None and env is not None:
-        raise ValueError(f"give '{what}_env' (preferred) or '{what}', not both")
-    if env is not None:
-        if not _ENV_NAME.match(env):
-            raise ValueError(f"{what}_env: {env!r} is not an environment variable name")
-        found = os.environ.get(env, "")
-        if not found:
-            raise ValueError(f"{what}_env: environment variable {env} is not set or is empty")
-        return SecretStr(found)
-    if value is None and required:
-        raise ValueError(f"'{what}' or '{what}_env' is required")
-    if value is not None and not value.get_secret_value():
-        raise ValueError(f"'{what}' is empty")
-    return value
 
 
 def check_address(value: str, what: str) -> str:
@@ -105,7 +86,7 @@ class ImapConfig(_Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> ImapConfig:
-        self._password = secret_from(self.password, self.password_env, "password", required=True)
+        self._password = resolve_secret(self.password, self.password_env, "password", required=True)
         return self
 
     @property
@@ -132,7 +113,7 @@ class MailgunConfig(_Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> MailgunConfig:
-        self._key = secret_from(self.signing_key, self.signing_key_env, "signing_key", required=True)
+        self._key = resolve_secret(self.signing_key, self.signing_key_env, "signing_key", required=True)
         return self
 
     @property
@@ -160,8 +141,8 @@ class PostmarkConfig(_Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> PostmarkConfig:
-        self._token = secret_from(self.token, self.token_env, "token", required=False)
-        self._password = secret_from(self.password, self.password_env, "password", required=False)
+        self._token = resolve_secret(self.token, self.token_env, "token", required=False)
+        self._password = resolve_secret(self.password, self.password_env, "password", required=False)
         if (self.username is None) != (self._password is None):
             raise ValueError("'username' and a password ('password_env' or 'password') go together")
         if self._token is None and self.username is None:
@@ -195,7 +176,7 @@ class RelayConfig(_Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> RelayConfig:
-        self._password = secret_from(self.password, self.password_env, "password", required=False)
+        self._password = resolve_secret(self.password, self.password_env, "password", required=False)
         if (self.username is None) != (self._password is None):
             raise ValueError("'username' and a password ('password_env' or 'password') go together")
         return self

@@ -13,10 +13,12 @@ import contextlib
 import hashlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from intake311.sqlite import connect
 
 T = TypeVar("T")
 
@@ -49,19 +51,11 @@ class EmailState:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> contextlib.closing[sqlite3.Connection]:
+        return contextlib.closing(connect(self.path))
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.to_thread(fn, *args)
@@ -96,6 +90,7 @@ class EmailState:
         key, msg = hashed(sender.lower()), hashed(message)
         now = self.clock()
         with self._db() as db:
+            # IMMEDIATE: read-then-write; another process's write in between must be waited for.
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute(

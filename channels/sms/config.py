@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from channels.conversation import validate_state_url
 from channels.plugin import ChannelConfig
 from channels.sms.phone import E164
+from intake311.secrets import resolve_secret
 
 _URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
@@ -36,6 +36,8 @@ class TwilioWebhookConfig(ChannelConfig):
         "default: web.base_url, else the URL the request arrived on",
     )
 
+    _auth_token: SecretStr | None = PrivateAttr(default=None)
+
     @field_validator("public_base_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
@@ -43,17 +45,13 @@ class TwilioWebhookConfig(ChannelConfig):
 
     @model_validator(mode="after")
     def _token_given(self) -> TwilioWebhookConfig:
-        if (self.auth_token is None) == (self.auth_token_env is None):
-            raise ValueError("set exactly one of auth_token and auth_token_env")
-        if self.auth_token_env is not None and not os.environ.get(self.auth_token_env):
-            raise ValueError(f"auth_token_env: environment variable {self.auth_token_env} is not set")
+        self._auth_token = resolve_secret(self.auth_token, self.auth_token_env, "auth_token")
         return self
 
     def token(self) -> str:
         """The auth token (never log it)."""
-        if self.auth_token is not None:
-            return self.auth_token.get_secret_value()
-        return os.environ[self.auth_token_env or ""]
+        assert self._auth_token is not None
+        return self._auth_token.get_secret_value()
 
 
 class SmsConfig(TwilioWebhookConfig):

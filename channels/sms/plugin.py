@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
@@ -13,13 +12,13 @@ from starlette.responses import PlainTextResponse, Response
 from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.conversation import ConversationStore, open_store
-from channels.plugin import ChannelContext, ChannelHealth, ChannelPlugin, SendError
+from channels.plugin import ChannelContext, ChannelHealth, SendError
 from channels.sms.config import SmsConfig
 from channels.sms.dialogue import BusDown, SmsDialogue
 from channels.sms.parse import CHANNEL, SmsInvalid
 from channels.sms.phone import is_e164
 from channels.sms.rest import UNSUBSCRIBED, make_client, send_error
-from channels.sms.signing import TwilioSignature
+from channels.sms.twilio import TwilioChannel, forbidden, unavailable, xml_response
 from intake311.logging import get_logger
 from schemas.contact import mask
 from schemas.outbound import OutboundMessage
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 log = get_logger("channels.sms")
 
 MAX_BODY = 1600  # Twilio refuses longer message bodies
-TWIML = "application/xml"
 
 
 def twiml(text: str | None) -> Response:
@@ -38,10 +36,10 @@ def twiml(text: str | None) -> Response:
     reply = MessagingResponse()
     if text:
         reply.message(text)
-    return Response(str(reply), media_type=TWIML)
+    return xml_response(str(reply))
 
 
-class SmsChannel(ChannelPlugin):
+class SmsChannel(TwilioChannel):
     """Residents text a city number (or a Messaging Service pool) and get their ticket back."""
 
     name: ClassVar[str] = CHANNEL
@@ -52,15 +50,9 @@ class SmsChannel(ChannelPlugin):
 
     def __init__(self, config: SmsConfig, context: ChannelContext) -> None:  # type: ignore[override]
         super().__init__(config, context)
-        self.counters: Counter[str] = Counter()
-        self.signature = TwilioSignature(config.token(), self.public_base_url)
         self._store: ConversationStore | None = None
         self._store_lock = asyncio.Lock()
         self._client: Client | None = None
-
-    @property
-    def public_base_url(self) -> str | None:
-        return self.config.public_base_url or self.context.settings.web.base_url
 
     async def store(self) -> ConversationStore:
         """The conversation store, opened on first use.
@@ -98,34 +90,12 @@ class SmsChannel(ChannelPlugin):
 
     def http_routes(self) -> APIRouter:
         router = APIRouter()
-        router.add_api_route(
-            "/inbound",
-            self.inbound,
-            methods=["POST"],
-            include_in_schema=True,
-            summary="Twilio Messaging webhook (A message comes in)",
-        )
-        router.add_api_route(
-            "/status",
-            self.status,
-            methods=["POST"],
-            include_in_schema=True,
-            summary="Twilio message status callback",
-        )
+        for path, handler, summary in (
+            ("/inbound", self.inbound, "Twilio Messaging webhook (A message comes in)"),
+            ("/status", self.status, "Twilio message status callback"),
+        ):
+            router.add_api_route(path, handler, methods=["POST"], summary=summary)
         return router
-
-    async def _verified(self, request: Request, endpoint: str) -> dict[str, str] | None:
-        params = await self.signature.verified_params(request)
-        if params is None:
-            self.counters["rejected_signature"] += 1
-            log.warning(
-                "twilio webhook refused: bad or missing signature",
-                channel=CHANNEL,
-                endpoint=endpoint,
-                signed=bool(request.headers.get("x-twilio-signature")),
-                expected_url=self.signature.url_for(request),
-            )
-        return params
 
     def addressed_to_us(self, params: dict[str, str]) -> bool:
         """A pooled number is ours through the Messaging Service; a single one by its number."""
@@ -138,7 +108,7 @@ class SmsChannel(ChannelPlugin):
         """A resident's text: publish it, then answer with TwiML carrying the ticket."""
         params = await self._verified(request, "inbound")
         if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+            return forbidden()
         if not self.addressed_to_us(params):
             self.counters["rejected_number"] += 1
             log.warning(
@@ -155,7 +125,7 @@ class SmsChannel(ChannelPlugin):
         except BusDown:
             self.counters["publish_failed"] += 1
             # Twilio retries (or uses the fallback URL); no ticket was promised.
-            return PlainTextResponse("temporarily unavailable", status_code=503, headers={"Retry-After": "5"})
+            return unavailable()
         self.counters[outcome.kind] += 1
         return twiml(outcome.reply)
 
@@ -163,7 +133,7 @@ class SmsChannel(ChannelPlugin):
         """Delivery status of a message we sent (queued, sent, delivered, failed, undelivered)."""
         params = await self._verified(request, "status")
         if params is None:
-            return PlainTextResponse("invalid signature", status_code=403)
+            return forbidden()
         sid = params.get("MessageSid") or params.get("SmsSid") or ""
         status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
         if not sid or not status:
@@ -237,5 +207,4 @@ class SmsChannel(ChannelPlugin):
         finally:
             if temporary:
                 await store.close()
-        counts = " ".join(f"{k}={v}" for k, v in sorted(self.counters.items()))
-        return ChannelHealth(ok, f"store={kind} {counts}".strip())
+        return ChannelHealth(ok, f"store={kind} {self.counter_summary()}".strip())

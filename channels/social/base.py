@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +29,7 @@ from channels.social.replies import detect_language, personal_data_in, reply_tex
 from channels.social.state import SocialState
 from intake311.bus import PublishError
 from intake311.logging import get_logger
+from intake311.secrets import resolve_secret
 from intake311.stage import explain
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind, mask
 from schemas.ids import find_ticket, make_contact_id, ticket_for
@@ -37,7 +37,6 @@ from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 
 log = get_logger(__name__)
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RATE_LIMIT_MARGIN_S = 0.5  # providers' reset times are whole seconds; don't arrive early
 FIRST_START_GRACE_S = 300.0  # clock skew between us and the provider must not drop a report
 # Handles and links are not tickets, even when they look like one (@jdoe1985, t.co/Ab12Cd34).
@@ -159,22 +158,6 @@ class SocialNetwork(ABC):
 # --- config --------------------------------------------------------------------------------
 
 
-def resolve_secret(value: SecretStr | None, env: str | None, what: str) -> SecretStr | None:
-    """A credential from the config or (preferred) the environment variable it names."""
-    if value is not None and env is not None:
-        raise ValueError(f"give {what} or {what}_env, not both")
-    if env is not None:
-        if not _ENV_NAME.match(env):
-            raise ValueError(f"{what}_env: {env!r} is not an environment variable name")
-        found = os.environ.get(env, "")
-        if not found:
-            raise ValueError(f"{what}_env: environment variable {env} is not set or is empty")
-        return SecretStr(found)
-    if value is not None and not value.get_secret_value():
-        raise ValueError(f"{what} must not be empty")
-    return value
-
-
 class SocialConfig(ChannelConfig):
     """What every social channel needs; credentials are resolved at start so a typo stops it."""
 
@@ -193,6 +176,8 @@ class SocialConfig(ChannelConfig):
     retention_days: int = Field(
         default=90, ge=1, description="how long replies to our posts continue a ticket"
     )
+    api_base_url: str = Field(description="where the provider's API is reached")
+    request_timeout_s: float = Field(default=20.0, gt=0, le=300)
 
     _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
     secret_fields: ClassVar[tuple[str, ...]] = ()
@@ -202,10 +187,17 @@ class SocialConfig(ChannelConfig):
     def _handle(cls, value: str) -> str:
         return value.strip().lstrip("@")
 
+    @field_validator("api_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("api_base_url must be an http(s) URL")
+        return value.rstrip("/")
+
     @model_validator(mode="after")
     def _resolve_secrets(self) -> SocialConfig:
         for name in self.secret_fields:
-            secret = resolve_secret(getattr(self, name), getattr(self, f"{name}_env"), name)
+            secret = resolve_secret(getattr(self, name), getattr(self, f"{name}_env"), name, required=False)
             if secret is not None:
                 self._secrets[name] = secret
         return self

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import mastodon
 from mastodon import Mastodon
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from channels.social.base import (
     MediaRef,
@@ -49,16 +49,8 @@ class MastodonConfig(SocialConfig):
     reply_visibility: Visibility = Field(
         default="direct", description="direct keeps the reply between the resident and the city"
     )
-    request_timeout_s: float = Field(default=20.0, gt=0, le=300)
 
     secret_fields: ClassVar[tuple[str, ...]] = ("access_token",)
-
-    @field_validator("api_base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("api_base_url must be an http(s) URL")
-        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _token_given(self) -> MastodonConfig:

@@ -9,11 +9,12 @@ recognise an author again.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from intake311.sqlite import connect
 
 
 def _author_key(author_id: str | None) -> str | None:
@@ -41,10 +42,9 @@ class SocialState:
     """Checkpoints and post -> ticket links of one social channel."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: SQLite's default, which this store has always used (connect's default is NORMAL).
+        self._db = connect(path, synchronous="FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS checkpoint"
             " (name TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL)"

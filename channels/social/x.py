@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import requests
 import tweepy
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from requests.adapters import HTTPAdapter
 
 from channels.social.base import (
@@ -104,7 +104,6 @@ class XConfig(SocialConfig):
     access_token_secret: SecretStr | None = None
     access_token_secret_env: str | None = None
     api_base_url: str = Field(default=X_API, description="change only for a gateway or a test server")
-    request_timeout_s: float = Field(default=20.0, gt=0, le=300)
 
     secret_fields: ClassVar[tuple[str, ...]] = (
         "bearer_token",
@@ -119,13 +118,6 @@ class XConfig(SocialConfig):
         "access_token",
         "access_token_secret",
     )
-
-    @field_validator("api_base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("api_base_url must be an http(s) URL")
-        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _enough_credentials(self) -> XConfig:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from channels.sms.config import TwilioWebhookConfig
+from intake311.secrets import resolve_secret
 
 
 class VoiceConfig(TwilioWebhookConfig):
@@ -35,6 +35,8 @@ class VoiceConfig(TwilioWebhookConfig):
     )
     brand: str = Field(default="311", max_length=30)
 
+    _transcripts_secret: SecretStr | None = PrivateAttr(default=None)
+
     @field_validator("sms_ack_prefixes")
     @classmethod
     def _prefixes(cls, prefixes: list[str]) -> list[str]:
@@ -44,18 +46,13 @@ class VoiceConfig(TwilioWebhookConfig):
         return prefixes
 
     @model_validator(mode="after")
-    def _secret_env(self) -> VoiceConfig:
-        if self.transcripts_secret is not None and self.transcripts_secret_env is not None:
-            raise ValueError("set at most one of transcripts_secret and transcripts_secret_env")
-        env = self.transcripts_secret_env
-        if env is not None and not os.environ.get(env):
-            raise ValueError(f"transcripts_secret_env: environment variable {env} is not set")
+    def _resolve(self) -> VoiceConfig:
+        self._transcripts_secret = resolve_secret(
+            self.transcripts_secret, self.transcripts_secret_env, "transcripts_secret", required=False
+        )
         return self
 
     def transcripts_key(self) -> str | None:
         """The transcript webhook secret, or None when that webhook is off."""
-        if self.transcripts_secret is not None:
-            return self.transcripts_secret.get_secret_value()
-        if self.transcripts_secret_env:
-            return os.environ[self.transcripts_secret_env]
-        return None
+        secret = self._transcripts_secret
+        return secret.get_secret_value() if secret is not None else None

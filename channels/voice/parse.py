@@ -86,12 +86,10 @@ def parse_transcription(
     normalizer sends it to triage and a person listens to it. Nothing the caller said is lost.
     """
     sid = _call_sid(form)
-    contact_id = call_contact_id(sid)
     status = (form.get("TranscriptionStatus") or "missing").strip().lower()
     text = (form.get("TranscriptionText") or "").strip() if status == "completed" else ""
     recording = (form.get("RecordingUrl") or "").strip()
     media = (Media(url=recording, content_type="audio/wav"),) if recording.startswith("https://") else ()
-    number = form.get("From")
     metadata: dict[str, MetadataValue] = {
         "source": "twilio-record",
         "call_sid": sid,
@@ -100,18 +98,7 @@ def parse_transcription(
     for field, key in _TRANSCRIPTION_FIELDS:
         if form.get(field):
             metadata[key] = form[field]
-    return RawContact(
-        contact_id=contact_id,
-        request_id=ticket_for(contact_id),
-        channel=CHANNEL,
-        received_at=received_at,
-        sender=sender_for(number),
-        text=text[:MAX_TEXT],
-        media=media,
-        reply=reply_for(number, language, enabled=sms_reply, prefixes=prefixes or []),
-        language=language,
-        metadata=metadata,
-    )
+    return _call_contact(form, sid, text, metadata, media, received_at, language, sms_reply, prefixes)
 
 
 def parse_speech(
@@ -124,13 +111,28 @@ def parse_speech(
 ) -> RawContact:
     """A ``<Gather input="speech">`` result as a contact (Twilio's confidence kept for triage)."""
     sid = _call_sid(form)
-    contact_id = call_contact_id(sid)
     text = (form.get("SpeechResult") or "").strip()
     metadata: dict[str, MetadataValue] = {"source": "twilio-gather", "call_sid": sid}
     with contextlib.suppress(ValueError):
         metadata["speech_confidence"] = round(float(form.get("Confidence") or ""), 4)
     if form.get("To"):
         metadata["to"] = form["To"]
+    return _call_contact(form, sid, text, metadata, (), received_at, language, sms_reply, prefixes)
+
+
+def _call_contact(
+    form: Mapping[str, str],
+    sid: str,
+    text: str,
+    metadata: dict[str, MetadataValue],
+    media: tuple[Media, ...],
+    received_at: datetime,
+    language: str,
+    sms_reply: bool,
+    prefixes: list[str] | None,
+) -> RawContact:
+    """The one contact of a Twilio call (CallSid ``sid``), whichever callback carried it."""
+    contact_id = call_contact_id(sid)
     number = form.get("From")
     return RawContact(
         contact_id=contact_id,
@@ -139,6 +141,7 @@ def parse_speech(
         received_at=received_at,
         sender=sender_for(number),
         text=text[:MAX_TEXT],
+        media=media,
         reply=reply_for(number, language, enabled=sms_reply, prefixes=prefixes or []),
         language=language,
         metadata=metadata,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -11,8 +10,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from channels.plugin import ChannelContext, ChannelHealth, ChannelPlugin
-from channels.sms.signing import TwilioSignature
+from channels.plugin import ChannelHealth
+from channels.sms.twilio import TwilioChannel, forbidden, unavailable, xml_response
 from channels.voice import twiml
 from channels.voice.config import VoiceConfig
 from channels.voice.parse import (
@@ -34,15 +33,10 @@ from schemas.contact import RawContact
 
 log = get_logger("channels.voice")
 
-TWIML = "application/xml"
 MAX_TRANSCRIPT_BYTES = 1024 * 1024  # an hour-long call transcript is a few hundred kilobytes
 
 
-def _xml(body: str) -> Response:
-    return Response(body, media_type=TWIML)
-
-
-class VoiceChannel(ChannelPlugin):
+class VoiceChannel(TwilioChannel):
     """Calls answered with TwiML, reports from transcripts, the ticket texted back."""
 
     name: ClassVar[str] = CHANNEL
@@ -50,12 +44,6 @@ class VoiceChannel(ChannelPlugin):
     description: ClassVar[str] = "Twilio Voice (record or speech) and signed call-centre transcripts"
 
     config: VoiceConfig
-
-    def __init__(self, config: VoiceConfig, context: ChannelContext) -> None:  # type: ignore[override]
-        super().__init__(config, context)
-        self.counters: Counter[str] = Counter()
-        public = config.public_base_url or context.settings.web.base_url
-        self.signature = TwilioSignature(config.token(), public)
 
     async def start(self) -> None:
         if self.config.sms_acknowledgement and SMS_CHANNEL not in self.context.settings.channels:
@@ -83,56 +71,41 @@ class VoiceChannel(ChannelPlugin):
         assert base is not None
         return twiml.urls_under(base)
 
-    async def _verified(self, request: Request, endpoint: str) -> dict[str, str] | None:
-        params = await self.signature.verified_params(request)
-        if params is None:
-            self.counters["rejected_signature"] += 1
-            log.warning(
-                "twilio webhook refused: bad or missing signature",
-                channel=CHANNEL,
-                endpoint=endpoint,
-                signed=bool(request.headers.get("x-twilio-signature")),
-                expected_url=self.signature.url_for(request),
-            )
-        return params
-
-    @staticmethod
-    def _forbidden() -> Response:
-        return PlainTextResponse("invalid signature", status_code=403)
-
     # ---- Twilio call flow -----------------------------------------------------------------
 
     async def incoming(self, request: Request) -> Response:
         if await self._verified(request, "incoming") is None:
-            return self._forbidden()
+            return forbidden()
         self.counters["calls"] += 1
-        return _xml(twiml.incoming(self.config, self._urls(request)))
+        return xml_response(twiml.incoming(self.config, self._urls(request)))
 
     async def language(self, request: Request) -> Response:
         params = await self._verified(request, "language")
         if params is None:
-            return self._forbidden()
+            return forbidden()
         language = "es" if (params.get("Digits") or "").strip() == "2" else "en"
-        return _xml(twiml.capture(self.config, self._urls(request), language))
+        return xml_response(twiml.capture(self.config, self._urls(request), language))
 
     async def recorded(self, request: Request) -> Response:
         if await self._verified(request, "recorded") is None:
-            return self._forbidden()
-        return _xml(twiml.recorded(language_of(request.query_params.get("lang")), will_text=self.will_text))
+            return forbidden()
+        return xml_response(
+            twiml.recorded(language_of(request.query_params.get("lang")), will_text=self.will_text)
+        )
 
     async def speech(self, request: Request) -> Response:
         """A live speech result: publish, then tell the caller the ticket while they are on the line."""
         params = await self._verified(request, "speech")
         if params is None:
-            return self._forbidden()
+            return forbidden()
         language = language_of(request.query_params.get("lang"))
         if not (params.get("SpeechResult") or "").strip():
             attempt_raw = request.query_params.get("attempt", "1")
             attempt = int(attempt_raw) if attempt_raw.isdigit() else 2
             if attempt < 2:
                 urls = self._urls(request)
-                return _xml(twiml.capture(self.config, urls, language, attempt + 1, mode="gather"))
-            return _xml(twiml.apology(language, "voice_not_heard"))
+                return xml_response(twiml.capture(self.config, urls, language, attempt + 1, mode="gather"))
+            return xml_response(twiml.apology(language, "voice_not_heard"))
         try:
             contact = parse_speech(
                 params,
@@ -145,15 +118,15 @@ class VoiceChannel(ChannelPlugin):
             return PlainTextResponse(str(exc), status_code=400)
         if not await self._accept(contact):
             # The caller is on the line: an apology, not Twilio's "application error".
-            return _xml(twiml.apology(language))
+            return xml_response(twiml.apology(language))
         will_text = await self._acknowledge(contact)
-        return _xml(twiml.ticket(language, contact.request_id, will_text=will_text))
+        return xml_response(twiml.ticket(language, contact.request_id, will_text=will_text))
 
     async def transcription(self, request: Request) -> Response:
         """Twilio's transcript of a recording (completed or failed): the call's one contact."""
         params = await self._verified(request, "transcription")
         if params is None:
-            return self._forbidden()
+            return forbidden()
         try:
             contact = parse_transcription(
                 params,
@@ -165,7 +138,7 @@ class VoiceChannel(ChannelPlugin):
         except VoiceInvalid as exc:
             return PlainTextResponse(str(exc), status_code=400)
         if not await self._accept(contact):
-            return PlainTextResponse("temporarily unavailable", status_code=503, headers={"Retry-After": "5"})
+            return unavailable()
         await self._acknowledge(contact)
         return Response(status_code=204)
 
@@ -194,7 +167,7 @@ class VoiceChannel(ChannelPlugin):
                 channel=CHANNEL,
                 signed=bool(request.headers.get(HEADER_SIGNATURE)),
             )
-            return self._forbidden()
+            return forbidden()
         try:
             transcript = CallTranscript.model_validate_json(body)
             contact = parse_transcript(
@@ -253,5 +226,4 @@ class VoiceChannel(ChannelPlugin):
         return True
 
     async def health(self) -> ChannelHealth:
-        counts = " ".join(f"{k}={v}" for k, v in sorted(self.counters.items()))
-        return ChannelHealth(True, f"mode={self.config.mode} {counts}".strip())
+        return ChannelHealth(True, f"mode={self.config.mode} {self.counter_summary()}".strip())

@@ -8,34 +8,16 @@ broker acknowledged the contact, so it never lists a request the pipeline does n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from intake311.sqlite import connect
 from schemas.contact import RawContact
-
-# Open311 request fields, in the order the spec lists them (also the XML element order).
-REQUEST_FIELDS = (
-    "service_request_id",
-    "status",
-    "status_notes",
-    "service_name",
-    "service_code",
-    "description",
-    "agency_responsible",
-    "service_notice",
-    "requested_datetime",
-    "updated_datetime",
-    "expected_datetime",
-    "address",
-    "address_id",
-    "zipcode",
-    "lat",
-    "long",
-    "media_url",
-)
+from schemas.open311 import REQUEST_FIELDS as REQUEST_FIELDS  # re-exported: older imports use it here
 
 
 class RequestLookup(Protocol):
@@ -107,9 +89,7 @@ class AcceptedRequests:
         self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10)
+        conn = connect(self.path, timeout_s=10.0)
         conn.row_factory = sqlite3.Row
         if not self._ready:
             conn.executescript(_SCHEMA)
@@ -117,12 +97,8 @@ class AcceptedRequests:
         return conn
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        conn = self._connect()
-        try:
-            with conn:
-                return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        with contextlib.closing(self._connect()) as conn:
+            return conn.execute(sql, params).fetchall()
 
     async def record(self, contact: RawContact, service_name: str | None) -> None:
         """Remember an acknowledged contact; a replay (same ticket) keeps the first record."""

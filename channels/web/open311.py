@@ -19,10 +19,11 @@ from starlette.responses import Response
 from channels.base import ContactPublisher
 from channels.web.accept import accept, contact_id_for, log, now, read_form
 from channels.web.formats import FORMATS, Format, errors, render, render_object
-from channels.web.lookup import REQUEST_FIELDS, RequestLookup
+from channels.web.lookup import RequestLookup
 from channels.web.parse import OPEN311_CHANNEL, Open311Invalid, parse_open311_request
 from intake311.settings import Settings
 from schemas.ids import parse_ticket
+from schemas.open311 import REQUEST_FIELDS
 from schemas.taxonomy import Service, Taxonomy
 
 PREFIX = "/open311/v2"

@@ -7,8 +7,6 @@ resident's reply to it adds to the same request instead of opening a second tick
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -20,26 +18,19 @@ import httpx
 import pytest
 
 from intake311.pipeline import running, web_app
-from intake311.settings import Settings
 from schemas import make_contact_id, ticket_for
 from tests.integration.conftest import wait_for
-from tests.unit.test_email_support import MAILBOX, PNG, Relay, fake_relay, free_port, make_message
+from tests.support import DepartmentFiles, asgi_client, free_port, jsonl_subscriptions, pipeline_settings
+from tests.unit.test_email_support import MAILBOX, PNG, Relay, fake_relay, make_message
 
 pytestmark = pytest.mark.integration
 
 
 @dataclass
-class EmailPipeline:
-    settings: Settings
+class EmailPipeline(DepartmentFiles):
     web: httpx.AsyncClient
     relay: Relay
     smtp_port: int
-
-    def lines(self, department: str) -> list[dict[str, Any]]:
-        file = self.settings.data_dir / "departments" / f"{department}.jsonl"
-        if not file.exists():
-            return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
     async def mail(self, message: EmailMessage) -> str:
         _, response = await aiosmtplib.send(
@@ -53,20 +44,14 @@ async def email_pipeline(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[EmailPipeline]:
     data_dir: Path = tmp_path_factory.mktemp("var-email")
-    subscriptions = data_dir / "subscriptions.yaml"
-    subscriptions.write_text('departments:\n  "*":\n    sinks:\n      - {name: file, type: jsonl}\n')
     smtp_port = free_port()
     async with fake_relay() as relay:
-        settings = Settings(
-            data_dir=data_dir,
-            subscriptions_file=subscriptions,
-            kafka={
-                "bootstrap_servers": [kafka_bootstrap],
-                "topic_prefix": f"itmail{uuid.uuid4().hex[:8]}",
-                "session_timeout_ms": 2000,
-            },
+        settings = pipeline_settings(
+            data_dir,
+            kafka_bootstrap,
+            "itmail",
+            subscriptions_file=jsonl_subscriptions(data_dir),
             web={"base_url": "http://testserver"},
-            retry_backoff_s=0.05,
             channels={
                 "email": {
                     "addresses": [MAILBOX],
@@ -77,12 +62,11 @@ async def email_pipeline(
                 }
             },
         )
-        async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
-            app = web_app(runtime)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-            ) as web:
-                yield EmailPipeline(settings, web, relay, smtp_port)
+        async with (
+            running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime,
+            asgi_client(web_app(runtime)) as web,
+        ):
+            yield EmailPipeline(settings, web, relay, smtp_port)
 
 
 async def test_email_with_photo_reply_adds_to_the_same_request(email_pipeline: EmailPipeline) -> None:

@@ -18,9 +18,9 @@ import pytest
 from channels.sms import SmsChannel
 from channels.voice import sign_transcript
 from intake311.pipeline import running, web_app
-from intake311.settings import Settings
 from schemas import parse_ticket
 from tests.integration.conftest import wait_for
+from tests.support import DepartmentFiles, asgi_client, jsonl_subscriptions, pipeline_settings
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -38,20 +38,10 @@ SECRET = "call-centre-secret-for-e2e"
 
 
 @dataclass
-class TwilioPipeline:
-    settings: Settings
+class TwilioPipeline(DepartmentFiles):
     web: httpx.AsyncClient
     twilio: FakeTwilio
     sms: SmsChannel
-
-    def lines(self, department: str) -> list[dict[str, Any]]:
-        file = self.settings.data_dir / "departments" / f"{department}.jsonl"
-        if not file.exists():
-            return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-
-    def for_ticket(self, department: str, ticket: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines(department) if line["request_id"] == ticket]
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +55,13 @@ async def pipeline(
     kafka_bootstrap: str, twilio: FakeTwilio, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[TwilioPipeline]:
     data_dir: Path = tmp_path_factory.mktemp("twilio-var")
-    subscriptions = data_dir / "subscriptions.yaml"
-    subscriptions.write_text('departments:\n  "*":\n    sinks:\n      - {name: file, type: jsonl}\n')
     twilio_account = {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "public_base_url": PUBLIC}
-    settings = Settings(
-        data_dir=data_dir,
-        subscriptions_file=subscriptions,
-        kafka={
-            "bootstrap_servers": [kafka_bootstrap],
-            "topic_prefix": f"sv{uuid.uuid4().hex[:8]}",
-            "session_timeout_ms": 2000,
-        },
+    settings = pipeline_settings(
+        data_dir,
+        kafka_bootstrap,
+        "sv",
+        subscriptions_file=jsonl_subscriptions(data_dir),
         web={"base_url": "http://testserver"},
-        retry_backoff_s=0.05,
         channels={
             "sms": {**twilio_account, "phone_numbers": [CITY_NUMBER], "api_base_url": twilio.url},
             "voice": {
@@ -91,10 +75,7 @@ async def pipeline(
     async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
         assert runtime.channels is not None
         sms = next(p for p in runtime.channels.plugins if isinstance(p, SmsChannel))
-        app = web_app(runtime)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as web:
+        async with asgi_client(web_app(runtime)) as web:
             yield TwilioPipeline(settings, web, twilio, sms)
 
 

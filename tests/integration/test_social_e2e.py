@@ -7,8 +7,6 @@ posts the acknowledgement back through the real SDKs.
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,47 +16,31 @@ import pytest
 
 from channels.social.replies import reply_text
 from intake311.pipeline import running
-from intake311.settings import Settings
 from schemas import ticket_for
 from tests.integration.conftest import wait_for
-from tests.unit.test_social_fakes import CITY_HANDLE, FakeMastodon, FakeX, serving
+from tests.support import DepartmentFiles, pipeline_settings
+from tests.unit.test_social_fakes import CITY_HANDLE, FakeMastodon, FakeX, served
 
 pytestmark = pytest.mark.integration
 
 
 @dataclass
-class SocialPipeline:
-    settings: Settings
+class SocialPipeline(DepartmentFiles):
     x: FakeX
     mastodon: FakeMastodon
-
-    def lines(self, department: str) -> list[dict[str, Any]]:
-        file = self.settings.data_dir / "departments" / f"{department}.jsonl"
-        if not file.exists():
-            return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-
-    def for_ticket(self, department: str, ticket: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines(department) if line["request_id"] == ticket]
 
 
 @pytest.fixture(scope="module")
 async def social(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[SocialPipeline]:
-    x, mastodon = FakeX(), FakeMastodon()
-    async with serving(x.app()) as x_url, serving(mastodon.app()) as mastodon_url:
-        x.base_url, mastodon.base_url = x_url, mastodon_url
+    async with served(FakeX()) as x, served(FakeMastodon()) as mastodon:
         data_dir: Path = tmp_path_factory.mktemp("social")
-        settings = Settings(
-            data_dir=data_dir,
-            kafka={
-                "bootstrap_servers": [kafka_bootstrap],
-                "topic_prefix": f"it{uuid.uuid4().hex[:8]}",
-                "session_timeout_ms": 2000,
-            },
+        settings = pipeline_settings(
+            data_dir,
+            kafka_bootstrap,
+            "it",
             channels={"x": x.config(poll_interval_s=0.2), "mastodon": mastodon.config(poll_interval_s=0.2)},
-            retry_backoff_s=0.05,
         )
         async with running(settings, ["channels", "normalizer", "router", "sinks"]):
             yield SocialPipeline(settings, x, mastodon)

@@ -167,7 +167,7 @@ async def test_publish_failure_keeps_the_checkpoint_before_the_message(tmp_path:
             server.add(mail(n))
         async with harness(tmp_path, start=False, smtp=None, imap=imap_config(server.port)) as h:
             assert h.channel.imap is not None
-            h.publisher.fail = 1
+            h.publisher.fail_next = 1
             assert await h.channel.imap.poll_once() == 0
             assert h.publisher.contacts == []
             assert h.channel.imap.last_error

@@ -83,7 +83,7 @@ async def test_oversize_mail_gets_552(tmp_path: Path) -> None:
 
 async def test_publish_failure_answers_451_and_the_retry_is_accepted(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        h.publisher.fail = 1
+        h.publisher.fail_next = 1
         with pytest.raises(aiosmtplib.SMTPDataError) as temporary:
             await send(h.port, make_message())
         assert temporary.value.code == 451

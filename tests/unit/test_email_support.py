@@ -1,13 +1,12 @@
 """Helpers shared by the email channel tests: fakes for Kafka, a real SMTP relay, messages.
 
-No tests here; the other ``test_email*`` modules import it.
+No tests here; the other ``test_email*`` modules import it. Generic fakes are in ``tests.support``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -21,10 +20,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from channels.email import EmailChannel, EmailConfig
 from channels.plugin import ChannelContext
-from intake311.bus import PublishError
 from intake311.settings import Settings
-from schemas import RawContact
-from schemas.outbound import OutboundMessage
+from tests.support import FakeOutbox, FakePublisher
 
 # A 1x1 PNG: real magic bytes, so the media store's sniffing accepts it.
 PNG = bytes.fromhex(
@@ -33,34 +30,6 @@ PNG = bytes.fromhex(
 )
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 64 + b"\xff\xd9"
 MAILBOX = "311@city.example"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class FakePublisher:
-    """Records published contacts; ``fail`` makes the next publishes raise ``PublishError``."""
-
-    def __init__(self) -> None:
-        self.contacts: list[RawContact] = []
-        self.fail = 0
-
-    async def publish(self, contact: RawContact) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise PublishError("broker down (test)")
-        self.contacts.append(contact)
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.messages: list[OutboundMessage] = []
-
-    async def send(self, *messages: OutboundMessage) -> None:
-        self.messages.extend(messages)
 
 
 def make_message(

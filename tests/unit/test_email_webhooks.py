@@ -148,7 +148,7 @@ async def test_mailgun_publish_failure_is_503_and_the_retry_is_accepted(
     hooks: tuple[Harness, httpx.AsyncClient],
 ) -> None:
     h, web = hooks
-    h.publisher.fail = 1
+    h.publisher.fail_next = 1
     post = {**mailgun_fields(), **signed(token="retry-me")}
     assert (await web.post("/channels/email/mailgun", data=post)).status_code == 503
     assert h.publisher.contacts == []
@@ -249,7 +249,7 @@ async def test_postmark_reply_continues_by_in_reply_to(hooks: tuple[Harness, htt
 
 async def test_postmark_publish_failure_is_503(hooks: tuple[Harness, httpx.AsyncClient]) -> None:
     h, web = hooks
-    h.publisher.fail = 1
+    h.publisher.fail_next = 1
     response = await web.post(f"/channels/email/postmark?token={POSTMARK_TOKEN}", json=postmark_payload())
     assert response.status_code == 503
     assert h.outbox.messages == []

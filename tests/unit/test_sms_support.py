@@ -1,15 +1,15 @@
 """Shared by the SMS/voice tests: a fake Twilio REST API on a real port, and signed requests.
 
+Generic fakes (publisher, outbox, servers) are in ``tests.support``.
+
 Named ``test_*`` only so it lives beside the tests that use it; the one test here checks the
 fake itself answers like Twilio (so the SDK parses its errors).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,8 +27,7 @@ from twilio.request_validator import RequestValidator
 
 from channels.plugin import ChannelContext, ChannelPlugin
 from intake311.settings import Settings
-from schemas import RawContact
-from schemas.outbound import OutboundMessage
+from tests.support import FakeOutbox, FakePublisher, serving
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -38,27 +36,6 @@ CITY_NUMBER = "+12035550100"
 POOL_NUMBER = "+12035550199"
 PUBLIC = "https://311.example.gov"
 RESIDENT = "+12035551234"
-
-
-class FakePublisher:
-    """Records published contacts; ``fail`` makes the next publishes raise (broker down)."""
-
-    def __init__(self) -> None:
-        self.contacts: list[RawContact] = []
-        self.fail: Exception | None = None
-
-    async def publish(self, contact: RawContact) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.contacts.append(contact)
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.messages: list[OutboundMessage] = []
-
-    async def send(self, *messages: OutboundMessage) -> None:
-        self.messages.extend(messages)
 
 
 @dataclass
@@ -108,27 +85,13 @@ class FakeTwilio:
         return [m for m in self.sent if m.get("To") == number]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def serve_fake_twilio(fake: FakeTwilio) -> AsyncIterator[FakeTwilio]:
     app = Starlette(
         routes=[Route("/2010-04-01/Accounts/{sid}/Messages.json", fake.messages, methods=["POST"])]
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(app) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        await task
 
 
 def signed_form(
@@ -184,10 +147,6 @@ def app_for(*plugins: ChannelPlugin) -> FastAPI:
         assert router is not None
         app.include_router(router, prefix=f"/channels/{plugin.name}")
     return app
-
-
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
 @pytest.fixture

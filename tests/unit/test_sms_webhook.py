@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from channels.sms import SmsChannel, SmsConfig
 from intake311.bus import PublishError
 from schemas import parse_ticket
+from tests.support import asgi_client, published, started
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -24,9 +25,7 @@ from tests.unit.test_sms_support import (
     PUBLIC,
     RESIDENT,
     SERVICE_SID,
-    FakePublisher,
     app_for,
-    client_for,
     make_context,
     post_signed,
     signed_form,
@@ -50,21 +49,14 @@ def sms_config(**overrides: Any) -> SmsConfig:
 
 @pytest.fixture
 async def sms(tmp_path: Path) -> AsyncIterator[SmsChannel]:
-    plugin = SmsChannel(sms_config(), make_context(tmp_path))
-    await plugin.start()
-    yield plugin
-    await plugin.stop()
-    await plugin.context.http.aclose()
+    async with started(SmsChannel(sms_config(), make_context(tmp_path))) as plugin:
+        yield plugin
 
 
 @pytest.fixture
 async def client(sms: SmsChannel) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app_for(sms)) as c:
+    async with asgi_client(app_for(sms)) as c:
         yield c
-
-
-def published(sms: SmsChannel) -> FakePublisher:
-    return sms.context.publisher  # type: ignore[return-value]
 
 
 def reply_of(response: httpx.Response) -> str | None:
@@ -310,11 +302,11 @@ async def test_empty_text_gets_help_not_a_ticket(sms: SmsChannel, client: httpx.
 async def test_conversation_survives_a_restart(tmp_path: Path) -> None:
     """Another process (or this one restarted) on the same data dir continues the ticket."""
     first = SmsChannel(sms_config(), make_context(tmp_path))
-    async with client_for(app_for(first)) as client:
+    async with asgi_client(app_for(first)) as client:
         await post_signed(client, INBOUND, sms_params("Water main leaking everywhere"))
     await first.stop()
     second = SmsChannel(sms_config(), make_context(tmp_path))
-    async with client_for(app_for(second)) as client:
+    async with asgi_client(app_for(second)) as client:
         reply = reply_of(await post_signed(client, INBOUND, sms_params("200 Whitney Avenue")))
     await second.stop()
     [opening] = published(first).contacts
@@ -370,7 +362,7 @@ def test_config_errors_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_without_a_public_url_the_request_url_is_what_is_signed(tmp_path: Path) -> None:
     plugin = SmsChannel(sms_config(public_base_url=None), make_context(tmp_path))
-    async with client_for(app_for(plugin)) as client:
+    async with asgi_client(app_for(plugin)) as client:
         body, headers = signed_form(INBOUND, sms_params("Pothole at 1 Elm St"), base="http://testserver")
         assert ticket_in(reply_of(await client.post(INBOUND, content=body, headers=headers)))
         assert (await post_signed(client, INBOUND, sms_params("Pothole at 1 Elm St"))).status_code == 403
@@ -388,7 +380,7 @@ async def test_two_web_processes_share_conversations_through_redis(tmp_path: Pat
     one = SmsChannel(config, make_context(tmp_path / "one"))
     two = SmsChannel(config, make_context(tmp_path / "two"))
     two.context.settings = one.context.settings  # one deployment: same key prefix
-    async with client_for(app_for(one)) as a, client_for(app_for(two)) as b:
+    async with asgi_client(app_for(one)) as a, asgi_client(app_for(two)) as b:
         asked = reply_of(await post_signed(a, INBOUND, sms_params("Tree branch blocking the road")))
         answered = reply_of(await post_signed(b, INBOUND, sms_params("Whalley Ave and Dwight St")))
     [opening], [answer] = published(one).contacts, published(two).contacts

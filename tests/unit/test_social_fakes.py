@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.support import FakeOutbox, FakePublisher, serving
 
 CITY_USER_ID = "1000"
 CITY_HANDLE = "City311"
@@ -338,25 +338,15 @@ class FakeMastodon:
         }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+Fake = TypeVar("Fake", "FakeX", "FakeMastodon")
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Starlette) -> AsyncIterator[str]:
-    """Run ``app`` with uvicorn on a free local port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+async def served(fake: Fake) -> AsyncIterator[Fake]:
+    """``fake`` serving on a free local port, its ``base_url`` set."""
+    async with serving(fake.app()) as url:
+        fake.base_url = url
+        yield fake
 
 
 async def wait_until(check: Any, timeout: float = 10.0, what: str = "condition") -> Any:
@@ -388,32 +378,6 @@ async def test_fake_x_pages_newest_first() -> None:
     assert [t["id"] for t in second["data"]] == [ids[0]] and "next_token" not in second["meta"]
 
 
-class RecordingPublisher:
-    """A ``ContactPublisher`` that keeps contacts; ``fail`` makes the next publishes raise."""
-
-    def __init__(self) -> None:
-        self.contacts: list[Any] = []
-        self.fail = 0
-
-    async def publish(self, contact: Any) -> None:
-        from intake311.bus import PublishError
-
-        if self.fail:
-            self.fail -= 1
-            raise PublishError("broker down (test)")
-        self.contacts.append(contact)
-
-
-class RecordingOutbox:
-    """An outbox that keeps queued messages (the channels stage would call ``send`` later)."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def send(self, *messages: Any) -> None:
-        self.messages.extend(messages)
-
-
 def make_channel(plugin_cls: Any, config: dict[str, Any], data_dir: Any) -> Any:
     """A channel plugin with recording publisher/outbox and its state under ``data_dir``."""
     import httpx
@@ -423,8 +387,8 @@ def make_channel(plugin_cls: Any, config: dict[str, Any], data_dir: Any) -> Any:
 
     context = ChannelContext(
         settings=Settings(data_dir=data_dir),
-        publisher=RecordingPublisher(),
-        outbox=RecordingOutbox(),  # type: ignore[arg-type]
+        publisher=FakePublisher(),
+        outbox=FakeOutbox(),  # type: ignore[arg-type]
         http=httpx.AsyncClient(),
         data_dir=data_dir,
     )

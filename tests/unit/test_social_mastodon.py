@@ -20,7 +20,7 @@ from tests.unit.test_social_fakes import (
     Failure,
     FakeMastodon,
     make_channel,
-    serving,
+    served,
     wait_until,
 )
 
@@ -33,9 +33,7 @@ MENTION_HTML = (
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeMastodon]:
-    server = FakeMastodon()
-    async with serving(server.app()) as url:
-        server.base_url = url
+    async with served(FakeMastodon()) as server:
         yield server
 
 

@@ -21,7 +21,7 @@ from tests.unit.test_social_fakes import (
     Failure,
     FakeX,
     make_channel,
-    serving,
+    served,
     wait_until,
 )
 
@@ -31,9 +31,7 @@ CITY = {"id": "0c2e6999105f8070", "full_name": "New Haven, CT", "place_type": "c
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeX]:
-    x = FakeX()
-    async with serving(x.app()) as url:
-        x.base_url = url
+    async with served(FakeX()) as x:
         yield x
 
 
@@ -132,7 +130,7 @@ async def test_backlog_is_paged_and_published_oldest_first(fake: FakeX, tmp_path
 async def test_checkpoint_moves_only_after_publishing(fake: FakeX, tmp_path: Path) -> None:
     tweet_id = fake.mention(f"@{CITY_HANDLE} dead animal on Main St")
     plugin = channel(fake, tmp_path)
-    plugin.context.publisher.fail = 1
+    plugin.context.publisher.fail_next = 1
     with pytest.raises(Exception, match="broker down"):
         await plugin.poll_once()
     assert plugin.state.checkpoint() is None

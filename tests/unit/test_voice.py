@@ -16,15 +16,14 @@ from channels.voice import VoiceChannel, VoiceConfig, sign_transcript, verify_tr
 from intake311.bus import PublishError
 from schemas import SenderKind, parse_ticket
 from schemas.outbound import MessageKind
+from tests.support import asgi_client, published, started
+from tests.support import queued as outbox
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     PUBLIC,
     RESIDENT,
-    FakeOutbox,
-    FakePublisher,
     app_for,
-    client_for,
     make_context,
     post_signed,
 )
@@ -47,32 +46,26 @@ def voice_config(**overrides: Any) -> VoiceConfig:
     return VoiceConfig.model_validate(values)
 
 
+def voice_channel(tmp_path: Path, **overrides: Any) -> VoiceChannel:
+    return VoiceChannel(voice_config(**overrides), make_context(tmp_path, channels={"sms": {}}))
+
+
 async def make_voice(tmp_path: Path, **overrides: Any) -> VoiceChannel:
-    plugin = VoiceChannel(voice_config(**overrides), make_context(tmp_path, channels={"sms": {}}))
+    plugin = voice_channel(tmp_path, **overrides)
     await plugin.start()
     return plugin
 
 
 @pytest.fixture
 async def voice(tmp_path: Path) -> AsyncIterator[VoiceChannel]:
-    plugin = await make_voice(tmp_path)
-    yield plugin
-    await plugin.stop()
-    await plugin.context.http.aclose()
+    async with started(voice_channel(tmp_path)) as plugin:
+        yield plugin
 
 
 @pytest.fixture
 async def client(voice: VoiceChannel) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app_for(voice)) as c:
+    async with asgi_client(app_for(voice)) as c:
         yield c
-
-
-def published(plugin: VoiceChannel) -> FakePublisher:
-    return plugin.context.publisher  # type: ignore[return-value]
-
-
-def outbox(plugin: VoiceChannel) -> FakeOutbox:
-    return plugin.context.outbox  # type: ignore[return-value]
 
 
 def call_params(**extra: str) -> dict[str, str]:
@@ -117,7 +110,7 @@ async def test_pressing_two_switches_to_spanish(client: httpx.AsyncClient) -> No
 
 async def test_gather_mode_listens_for_speech(tmp_path: Path) -> None:
     plugin = await make_voice(tmp_path, mode="gather")
-    async with client_for(app_for(plugin)) as client:
+    async with asgi_client(app_for(plugin)) as client:
         root = xml(await post_signed(client, "/channels/voice/incoming", call_params()))
     speech = [g for g in root.findall("Gather") if g.get("input") == "speech"]
     assert speech and speech[0].get("language") == "en-US"
@@ -250,7 +243,7 @@ async def test_the_ticket_is_texted_only_to_numbers_that_can_take_it(
 
 async def test_no_sms_when_acknowledgement_is_off(tmp_path: Path) -> None:
     plugin = await make_voice(tmp_path, sms_acknowledgement=False)
-    async with client_for(app_for(plugin)) as client:
+    async with asgi_client(app_for(plugin)) as client:
         params = call_params(SpeechResult="Pothole at 3 Elm Street")
         root = xml(await post_signed(client, "/channels/voice/speech", params))
     assert not outbox(plugin).messages
@@ -364,7 +357,7 @@ async def test_invalid_transcripts_get_422(voice: VoiceChannel, client: httpx.As
 
 async def test_transcript_intake_is_off_without_a_secret(tmp_path: Path) -> None:
     plugin = await make_voice(tmp_path, transcripts_secret=None)
-    async with client_for(app_for(plugin)) as client:
+    async with asgi_client(app_for(plugin)) as client:
         assert (await post_transcript(client, transcript())).status_code == 404
     await plugin.context.http.aclose()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -13,8 +12,9 @@ import pytest
 from channels.web import AcceptedRequests, create_app
 from intake311.bus import PublishError
 from intake311.settings import Settings
-from schemas import RawContact, SenderKind, make_contact_id, ticket_for
+from schemas import SenderKind, make_contact_id, ticket_for
 from schemas.taxonomy import Service, Taxonomy
+from tests.support import FakePublisher, asgi_client
 
 TAXONOMY = Taxonomy(
     services=(
@@ -24,17 +24,6 @@ TAXONOMY = Taxonomy(
     )
 )
 FORM_ID = "0123456789abcdef"
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.contacts: list[RawContact] = []
-        self.fail: Exception | None = None
-
-    async def publish(self, contact: RawContact) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.contacts.append(contact)
 
 
 @pytest.fixture
@@ -47,16 +36,12 @@ def lookup(tmp_path: Path) -> AcceptedRequests:
     return AcceptedRequests(tmp_path / "accepted.sqlite3")
 
 
-def make_client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
 @pytest.fixture
 async def client(
     tmp_path: Path, publisher: FakePublisher, lookup: AcceptedRequests
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(data_dir=tmp_path), publisher, TAXONOMY, lookup=lookup)
-    async with make_client(app) as c:
+    async with asgi_client(app, "http://test") as c:
         yield c
 
 
@@ -262,7 +247,7 @@ async def test_asyncapi_served(tmp_path: Path, publisher: FakePublisher) -> None
         },
     }
     app = create_app(Settings(data_dir=tmp_path), publisher, TAXONOMY, asyncapi=lambda: spec)
-    async with make_client(app) as c:
+    async with asgi_client(app, "http://test") as c:
         assert (await c.get("/asyncapi.json")).json() == spec
         page = await c.get("/docs/asyncapi")
     assert page.status_code == 200
@@ -279,6 +264,6 @@ async def test_no_cdn_swagger_docs(client: httpx.AsyncClient) -> None:
 
 async def test_discovery_uses_public_url(tmp_path: Path, publisher: FakePublisher) -> None:
     settings = Settings(data_dir=tmp_path, web={"base_url": "https://311.city.example/"})
-    async with make_client(create_app(settings, publisher, TAXONOMY)) as c:
+    async with asgi_client(create_app(settings, publisher, TAXONOMY), "http://test") as c:
         body = (await c.get("/open311/discovery.json")).json()
     assert body["endpoints"][0]["url"] == "https://311.city.example/open311/v2"

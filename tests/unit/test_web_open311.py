@@ -17,6 +17,8 @@ from intake311.bus import PublishError
 from intake311.settings import Settings, WebSettings
 from schemas import RawContact, SenderKind, make_contact_id, ticket_for
 from schemas.taxonomy import Service, Taxonomy
+from tests.support import FakePublisher as RecordingPublisher
+from tests.support import asgi_client
 
 TAXONOMY = Taxonomy(
     services=(
@@ -37,12 +39,11 @@ KEY = "test-key-1"
 BASE = "/open311/v2"
 
 
-class FakePublisher:
+class FakePublisher(RecordingPublisher):
     """Records what was published; can fail, or hold each publish until released."""
 
     def __init__(self) -> None:
-        self.contacts: list[RawContact] = []
-        self.fail: Exception | None = None
+        super().__init__()
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
@@ -50,9 +51,7 @@ class FakePublisher:
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
-        if self.fail is not None:
-            raise self.fail
-        self.contacts.append(contact)
+        await super().publish(contact)
 
 
 @pytest.fixture
@@ -77,7 +76,7 @@ async def client(
     settings: Settings, publisher: FakePublisher, lookup: AcceptedRequests
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, publisher, TAXONOMY, lookup=lookup)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with asgi_client(app, "http://test") as c:
         yield c
 
 
@@ -500,7 +499,7 @@ async def test_record_failure_still_returns_ticket(settings: Settings, publisher
             raise OSError("disk full")
 
     app = create_app(settings, publisher, TAXONOMY, lookup=BrokenRecorder(settings.data_dir / "x.sqlite3"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with asgi_client(app, "http://test") as c:
         response = await c.post(f"{BASE}/requests.json", data=valid())
     assert response.status_code == 201
     assert response.json()[0]["service_request_id"] == publisher.contacts[0].request_id
@@ -508,7 +507,7 @@ async def test_record_failure_still_returns_ticket(settings: Settings, publisher
 
 async def test_default_lookup_is_sqlite_under_data_dir(settings: Settings, publisher: FakePublisher) -> None:
     app = create_app(settings, publisher, TAXONOMY)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with asgi_client(app, "http://test") as c:
         ticket = (await c.post(f"{BASE}/requests.json", data=valid())).json()[0]["service_request_id"]
         assert (await c.get(f"{BASE}/requests/{ticket}.json")).status_code == 200
     assert (settings.data_dir / "web" / "accepted.sqlite3").is_file()
