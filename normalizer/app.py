@@ -13,6 +13,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from intake311.bus import Outgoing
+from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
     Record,
@@ -31,6 +32,7 @@ from schemas.topics import Topics
 
 ContactRecords = raw_batch(RawContact)  # what the AsyncAPI document shows
 STAGE = "normalizer"
+log = get_logger(__name__)
 GROUP_ID = "intake311.normalizer"
 
 
@@ -84,3 +86,14 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
         await asyncio.to_thread(state.put_many, emitted)
+        log.info("batch normalized", requests=len(emitted), dead_lettered=len(out) - len(emitted))
+        for request in emitted:
+            # The audit trail from contact to ticket, ids only (debug: one line per request).
+            log.debug(
+                "request normalized",
+                request_id=request.request_id,
+                contact_id=request.source_contact_ids[-1],
+                service_code=request.service_code,
+                confidence=request.confidence,
+                triage=request.triage,
+            )

@@ -9,6 +9,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from intake311.bus import Outgoing
+from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
     Record,
@@ -24,6 +25,7 @@ from schemas.taxonomy import load_taxonomy
 
 RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows
 STAGE = "router"
+log = get_logger(__name__)
 GROUP_ID = "intake311.router"
 
 
@@ -78,3 +80,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
+        routed = [r for r in out if "x-department" in r.headers]
+        log.info("batch routed", deliveries=len(routed), dead_lettered=len(out) - len(routed))
+        for record in routed:
+            log.debug("request routed", request_id=record.key, department=record.headers["x-department"])
