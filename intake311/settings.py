@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -29,11 +29,21 @@ CONFIG_ENV = "INTAKE311_CONFIG"
 _config_file: ContextVar[str | None] = ContextVar("intake311_config_file", default=None)
 
 
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list that an environment variable gives as "a,b,c" (NoDecode: not as a JSON list).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+CommaSecrets = Annotated[list[SecretStr], NoDecode, BeforeValidator(_comma_separated)]
+
+
 class KafkaSettings(BaseModel):
     """Where the bus is. No bootstrap servers means: start the embedded broker."""
 
-    # NoDecode: "b1:9092,b2:9092" in an environment variable, not a JSON list.
-    bootstrap_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    bootstrap_servers: CommaList = Field(default_factory=list)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None
@@ -50,13 +60,6 @@ class KafkaSettings(BaseModel):
         description="consumer group session timeout; None: 10000 on a cluster, 2000 embedded",
     )
     topic_prefix: str = "intake311"
-
-    @field_validator("bootstrap_servers", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @property
     def embedded(self) -> bool:
@@ -85,18 +88,11 @@ class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8311
     base_url: str | None = Field(default=None, description="public URL when behind a proxy")
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+    api_keys: CommaSecrets = Field(
         default_factory=lambda: [SecretStr("demo-key")],
         description="Open311 api_key values accepted for POST requests",
     )
     jurisdiction_id: str = "intake311.local"
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @property
     def public_url(self) -> str:
