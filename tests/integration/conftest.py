@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,6 +26,7 @@ from starlette.routing import Route
 from intake311.pipeline import running, web_app
 from intake311.settings import Settings
 from sinks.webhook import verify_signature
+from tests.support import serving
 
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 API_KEY = "integration-key"
@@ -67,25 +66,12 @@ class WebhookReceiver:
         return [r for r in self.received if r["body"]["request_id"] == request_id]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     hook = WebhookReceiver(WEBHOOK_SECRET)
-    port = _free_port()
-    app = Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    hook.url = f"http://127.0.0.1:{port}/hook"
-    yield hook
-    server.should_exit = True
-    await task
+    async with serving(Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])) as url:
+        hook.url = f"{url}/hook"
+        yield hook
 
 
 @dataclass

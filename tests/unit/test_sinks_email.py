@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from sinks.email import (
     redact_contact_details,
 )
 from sinks.retry import deliver_with_retry
+from tests.support import free_port
 
 PHONE = "(203) 555-0142"
 REPORTER_EMAIL = "dana@example.org"
@@ -66,8 +66,9 @@ class Mailbox:
     data_reply: str | None = None
     logins: list[str] = field(default_factory=list)
 
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         if self.rcpt_reply:
             return self.rcpt_reply
         envelope.rcpt_tos.append(address)
@@ -87,27 +88,25 @@ class Authenticator:
     def __init__(self, mailbox: Mailbox) -> None:
         self.mailbox = mailbox
 
-    def __call__(self, server: Any, session: Session, envelope: Envelope, mechanism: str,
-                 auth_data: Any) -> AuthResult:
+    def __call__(
+        self, server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and auth_data.password == b"relay-secret"
         if ok:
             self.mailbox.logins.append(auth_data.login.decode())
         return AuthResult(success=ok, handled=False)  # False: the server answers 535
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def smtp() -> Iterator[tuple[Mailbox, int]]:
     mailbox = Mailbox()
-    port = _free_port()
+    port = free_port()
     controller = Controller(
-        mailbox, hostname="127.0.0.1", port=port,
-        authenticator=Authenticator(mailbox), auth_require_tls=False,
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=Authenticator(mailbox),
+        auth_require_tls=False,
     )
     controller.start()
     try:
@@ -118,9 +117,15 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 
 def config(port: int, **extra: Any) -> EmailSinkConfig:
     data = {
-        "name": "inbox", "type": "email", "host": "127.0.0.1", "port": port, "security": "none",
-        "from": "City 311 <noreply@311.city.gov>", "to": ["potholes@city.gov", "Crew <crew@city.gov>"],
-        "timeout_s": 5, **extra,
+        "name": "inbox",
+        "type": "email",
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "from": "City 311 <noreply@311.city.gov>",
+        "to": ["potholes@city.gov", "Crew <crew@city.gov>"],
+        "timeout_s": 5,
+        **extra,
     }
     cfg = parse_sink_config(data)
     assert isinstance(cfg, EmailSinkConfig)
@@ -216,8 +221,9 @@ async def test_authenticates_with_the_password_from_the_environment(
 async def test_wrong_password_is_not_retried(smtp: tuple[Mailbox, int]) -> None:
     _, port = smtp
     sink = config(port, username="intake311", password="wrong").build(CTX)
-    outcome = await deliver_with_retry(sink, make_request(), department="public-works", delivery_id="d1",
-                                       attempts=4, backoff_s=0)
+    outcome = await deliver_with_retry(
+        sink, make_request(), department="public-works", delivery_id="d1", attempts=4, backoff_s=0
+    )
     assert not outcome.delivered and not outcome.retryable and outcome.attempts == 1
     assert "535" in (outcome.reason or "") and "wrong" not in (outcome.reason or "")
 
@@ -244,7 +250,7 @@ async def test_smtp_replies_decide_whether_to_retry(
 
 
 async def test_connection_refused_is_retryable() -> None:
-    sink = config(_free_port()).build(CTX)
+    sink = config(free_port()).build(CTX)
     with pytest.raises(DeliveryError) as caught:
         await sink.deliver(make_request(), department="public-works", delivery_id="d1")
     assert caught.value.retryable

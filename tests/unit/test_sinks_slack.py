@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +22,7 @@ from schemas.request import ServiceRequest
 from sinks.base import DeliveryError, SinkContext, parse_sink_config
 from sinks.retry import deliver_with_retry
 from sinks.slack import SlackMessages, SlackSink, SlackSinkConfig
+from tests.support import serving
 
 TOKEN = "xoxb-test-token"
 PHONE = "+1 203 555 0142"
@@ -92,25 +91,12 @@ class FakeSlack:
         return [c for c in self.calls if c.method == method]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 async def server() -> AsyncIterator[FakeSlack]:
     fake = FakeSlack()
-    port = _free_port()
-    app = Starlette(routes=[Route("/api/{method}", fake.handle, methods=["POST"])])
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        await asyncio.sleep(0.02)
-    fake.base_url = f"http://127.0.0.1:{port}/api/"
-    yield fake
-    srv.should_exit = True
-    await task
+    async with serving(Starlette(routes=[Route("/api/{method}", fake.handle, methods=["POST"])])) as url:
+        fake.base_url = f"{url}/api/"
+        yield fake
 
 
 @pytest.fixture
@@ -122,8 +108,14 @@ async def slack(server: FakeSlack) -> FakeSlack:
 
 
 def config(base_url: str, **extra: Any) -> SlackSinkConfig:
-    data = {"name": "pw-slack", "type": "slack", "token": TOKEN, "channel": "#public-works",
-            "base_url": base_url, **extra}
+    data = {
+        "name": "pw-slack",
+        "type": "slack",
+        "token": TOKEN,
+        "channel": "#public-works",
+        "base_url": base_url,
+        **extra,
+    }
     cfg = parse_sink_config(data)
     assert isinstance(cfg, SlackSinkConfig)
     return cfg
@@ -143,31 +135,63 @@ def _date(value: datetime) -> str:
 
 
 BUTTONS = [
-    {"type": "button", "action_id": "intake311_status_acknowledged",
-     "text": {"type": "plain_text", "text": "Acknowledge"}, "value": "K7M4-QPXA"},
-    {"type": "button", "action_id": "intake311_status_in_progress",
-     "text": {"type": "plain_text", "text": "In progress"}, "value": "K7M4-QPXA"},
-    {"type": "button", "action_id": "intake311_status_closed",
-     "text": {"type": "plain_text", "text": "Close"}, "value": "K7M4-QPXA", "style": "primary"},
+    {
+        "type": "button",
+        "action_id": "intake311_status_acknowledged",
+        "text": {"type": "plain_text", "text": "Acknowledge"},
+        "value": "K7M4-QPXA",
+    },
+    {
+        "type": "button",
+        "action_id": "intake311_status_in_progress",
+        "text": {"type": "plain_text", "text": "In progress"},
+        "value": "K7M4-QPXA",
+    },
+    {
+        "type": "button",
+        "action_id": "intake311_status_closed",
+        "text": {"type": "plain_text", "text": "Close"},
+        "value": "K7M4-QPXA",
+        "style": "primary",
+    },
 ]
 EXPECTED_BLOCKS = [
     {"type": "header", "text": {"type": "plain_text", "text": "Pothole · K7M4-QPXA"}},
-    {"type": "section", "text": {"type": "mrkdwn", "text": (
-        "Deep pothole &lt;!channel&gt; &amp; more. Call me on [contact removed] or [contact removed]")}},
-    {"type": "section", "fields": [
-        {"type": "mrkdwn", "text": "*Ticket*\nK7M4-QPXA"},
-        {"type": "mrkdwn", "text": "*Service*\nPothole (`pothole`)"},
-        {"type": "mrkdwn", "text": "*Address*\n12 Elm Street"},
-        {"type": "mrkdwn", "text": f"*Due*\n{_date(DUE)}"},
-        {"type": "mrkdwn", "text": (
-            "*Location*\n<https://www.openstreetmap.org/?mlat=41.308274&mlon=-72.927883"
-            "#map=18/41.308274/-72.927883|Open map>")},
-        {"type": "mrkdwn", "text": "*Photo*\n<https://cdn.example.org/p/1.jpg|View photo>"},
-    ]},
-    {"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"Reported via sms {_date(REQUESTED)} · public-works"}]},
-    {"type": "context", "block_id": "intake311_state",
-     "elements": [{"type": "mrkdwn", "text": "*Status:* New"}]},
+    {
+        "type": "section",
+        "text": {
+            "type": "mrkdwn",
+            "text": (
+                "Deep pothole &lt;!channel&gt; &amp; more. Call me on [contact removed] or [contact removed]"
+            ),
+        },
+    },
+    {
+        "type": "section",
+        "fields": [
+            {"type": "mrkdwn", "text": "*Ticket*\nK7M4-QPXA"},
+            {"type": "mrkdwn", "text": "*Service*\nPothole (`pothole`)"},
+            {"type": "mrkdwn", "text": "*Address*\n12 Elm Street"},
+            {"type": "mrkdwn", "text": f"*Due*\n{_date(DUE)}"},
+            {
+                "type": "mrkdwn",
+                "text": (
+                    "*Location*\n<https://www.openstreetmap.org/?mlat=41.308274&mlon=-72.927883"
+                    "#map=18/41.308274/-72.927883|Open map>"
+                ),
+            },
+            {"type": "mrkdwn", "text": "*Photo*\n<https://cdn.example.org/p/1.jpg|View photo>"},
+        ],
+    },
+    {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": f"Reported via sms {_date(REQUESTED)} · public-works"}],
+    },
+    {
+        "type": "context",
+        "block_id": "intake311_state",
+        "elements": [{"type": "mrkdwn", "text": "*Status:* New"}],
+    },
     {"type": "actions", "block_id": "intake311_status", "elements": BUTTONS},
 ]
 
@@ -184,8 +208,10 @@ async def test_posts_the_block_kit_message_without_personal_data(slack: FakeSlac
         "blocks": EXPECTED_BLOCKS,
         "unfurl_links": False,
         "unfurl_media": False,
-        "metadata": {"event_type": "intake311_request",
-                     "event_payload": {"request_id": "K7M4-QPXA", "department": "public-works"}},
+        "metadata": {
+            "event_type": "intake311_request",
+            "event_payload": {"request_id": "K7M4-QPXA", "department": "public-works"},
+        },
     }
     raw = call.raw.decode()
     for personal in (PHONE, EMAIL, "203 555", "Dana", "555 0142"):
@@ -198,13 +224,24 @@ async def test_posts_the_block_kit_message_without_personal_data(slack: FakeSlac
 async def test_minimal_request_has_no_map_or_photo_and_flags_triage(
     slack: FakeSlack, sink: SlackSink
 ) -> None:
-    request = make_request(lat=None, long=None, media_url=None, expected_datetime=None, address_string=None,
-                           description="", triage=True, confidence=0.2)
+    request = make_request(
+        lat=None,
+        long=None,
+        media_url=None,
+        expected_datetime=None,
+        address_string=None,
+        description="",
+        triage=True,
+        confidence=0.2,
+    )
     await sink.deliver(request, department="triage", delivery_id="d1")
     blocks = slack.calls[0].body["blocks"]
     assert blocks[1]["text"]["text"] == "_No description given._"
     assert [f["text"] for f in blocks[2]["fields"]] == [
-        "*Ticket*\nK7M4-QPXA", "*Service*\nPothole (`pothole`)", "*Address*\n—", "*Due*\nno service level",
+        "*Ticket*\nK7M4-QPXA",
+        "*Service*\nPothole (`pothole`)",
+        "*Address*\n—",
+        "*Due*\nno service level",
     ]
     assert "low classifier confidence (0.20)" in blocks[3]["elements"][0]["text"]
     assert slack.calls[0].body["text"] == "New Pothole request K7M4-QPXA"
@@ -242,15 +279,21 @@ async def test_update_message_shows_the_status_and_the_buttons_left(
     assert update.body["text"] == "New Pothole request K7M4-QPXA at 12 Elm Street"
     assert update.body["blocks"][:4] == EXPECTED_BLOCKS[:4]
     assert update.body["blocks"][4:] == [
-        {"type": "context", "block_id": "intake311_state", "elements": [
-            {"type": "mrkdwn", "text": f"*Status:* Acknowledged by <@U024BE7LH> · {_date(at)}"}]},
+        {
+            "type": "context",
+            "block_id": "intake311_state",
+            "elements": [{"type": "mrkdwn", "text": f"*Status:* Acknowledged by <@U024BE7LH> · {_date(at)}"}],
+        },
         {"type": "actions", "block_id": "intake311_status", "elements": BUTTONS[1:]},
     ]
 
     await sink.update_message("K7M4-QPXA", ref.channel, ref.ts, "closed", "Crew <7>", at=at)
     blocks = slack.calls[-1].body["blocks"]
-    assert blocks[-1] == {"type": "context", "block_id": "intake311_state", "elements": [
-        {"type": "mrkdwn", "text": f"*Status:* Closed by Crew &lt;7&gt; · {_date(at)}"}]}
+    assert blocks[-1] == {
+        "type": "context",
+        "block_id": "intake311_state",
+        "elements": [{"type": "mrkdwn", "text": f"*Status:* Closed by Crew &lt;7&gt; · {_date(at)}"}],
+    }
     assert all(b["type"] != "actions" for b in blocks)
     [stored] = await sink.messages.get("K7M4-QPXA")
     assert stored.state == "closed"
@@ -291,8 +334,15 @@ async def test_rate_limit_is_retried_after_the_retry_after(slack: FakeSlack, sin
         JSONResponse({"ok": False, "error": "ratelimited"}, status_code=429, headers={"Retry-After": "7"})
     ]
     sleeps = Sleeps()
-    outcome = await deliver_with_retry(sink, make_request(), department="public-works", delivery_id="d1",
-                                       attempts=3, backoff_s=0.01, sleep=sleeps)
+    outcome = await deliver_with_retry(
+        sink,
+        make_request(),
+        department="public-works",
+        delivery_id="d1",
+        attempts=3,
+        backoff_s=0.01,
+        sleep=sleeps,
+    )
     assert outcome.delivered and outcome.attempts == 2
     assert sleeps.delays == [7.0]
     assert len(slack.of("chat.postMessage")) == 2
@@ -323,8 +373,15 @@ async def test_server_errors_are_retryable(slack: FakeSlack, sink: SlackSink) ->
 @pytest.mark.parametrize("error", ["invalid_auth", "channel_not_found", "not_in_channel"])
 async def test_auth_and_channel_errors_are_not_retried(slack: FakeSlack, sink: SlackSink, error: str) -> None:
     slack.script["chat.postMessage"] = [JSONResponse({"ok": False, "error": error})]
-    outcome = await deliver_with_retry(sink, make_request(), department="public-works", delivery_id="d1",
-                                       attempts=5, backoff_s=0.01, sleep=Sleeps())
+    outcome = await deliver_with_retry(
+        sink,
+        make_request(),
+        department="public-works",
+        delivery_id="d1",
+        attempts=5,
+        backoff_s=0.01,
+        sleep=Sleeps(),
+    )
     assert not outcome.delivered and not outcome.retryable and outcome.attempts == 1
     assert error in (outcome.reason or "")
     assert await sink.messages.get("K7M4-QPXA") == []
