@@ -17,7 +17,7 @@ import importlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -189,7 +189,3 @@ def configured_channels(settings: Settings) -> list[tuple[type[ChannelPlugin], C
         raise ValueError("invalid channel configuration:\n  " + "\n  ".join(problems))
     return out
 
-
-def describe_config(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON Schema of a channel's config, for ``intake311 channels`` and the docs."""
-    return model.model_json_schema()

@@ -259,12 +259,8 @@ def report(
     from intake311.ops import format_report, service_report
 
     settings = _settings(config)
-    end = (
-        (until or datetime.now(UTC)).astimezone(UTC)
-        if (until and until.tzinfo)
-        else (until.replace(tzinfo=UTC) if until else datetime.now(UTC))
-    )
-    start = since.replace(tzinfo=since.tzinfo or UTC) if since else end - timedelta(days=30)
+    end = _utc(until) if until else datetime.now(UTC)
+    start = _utc(since) if since else end - timedelta(days=30)
     try:
         figures = asyncio.run(service_report(settings, start, end))
     except ValueError as exc:

@@ -10,7 +10,8 @@ replays the batch (at-least-once) and stable ids make the replay harmless.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -96,22 +97,26 @@ def process_batch(
 ) -> tuple[list[Outgoing], int]:
     """Apply ``handle`` to each record; bad records become dead letters. Returns (out, rejected).
 
-    Only ``Reject`` and validation errors are the input's fault. Anything else is a bug or an
-    outage, and it propagates so the batch is retried rather than silently dead-lettered.
+    ``handle`` is pure (no I/O), so whatever it raises is about this record and would be raised
+    again on every redelivery: the record is dead-lettered, never retried in a loop. Input
+    errors (``Reject``, validation) log a warning; anything else is a bug and logs an error with
+    its traceback, while the record waits in the dead-letter topic for a fix and a replay.
     """
     out: list[Outgoing] = []
     rejected = 0
     for record in records:
         try:
             out.extend(handle(record))
-        except (Reject, ValidationError, ValueError, UnicodeDecodeError) as exc:
+        except Exception as exc:
             rejected += 1
-            log.warning(
+            is_input = isinstance(exc, Reject | ValidationError | ValueError | UnicodeDecodeError)
+            (log.warning if is_input else log.error)(
                 "record dead-lettered",
                 stage=stage,
                 topic=record.topic,
                 offset=record.offset,
                 reason=explain(exc)[:300],
+                exc_info=not is_input,
             )
             out.append(dead_letter(record, stage, deadletter_topic, explain(exc), type(exc).__name__))
     return out, rejected
@@ -176,12 +181,13 @@ def batch_subscriber(
     """The one way stages consume: batches, a consumer group, offsets committed after success.
 
     ``NACK_ON_ERROR`` rewinds the batch when the handler raises (an outage), so nothing is
-    skipped; handlers dead-letter bad input themselves, so a poison record cannot loop.
+    skipped; handlers dead-letter bad input themselves, so a poison record cannot loop, and
+    ``pause_on_failure`` keeps an outage's redeliveries from becoming a tight loop.
     """
     from faststream import AckPolicy
 
     session_ms = settings.kafka.consumer_session_timeout_ms
-    return broker.subscriber(
+    subscriber = broker.subscriber(
         *topics,
         pattern=pattern,
         batch=True,
@@ -196,3 +202,40 @@ def batch_subscriber(
         title=title,
         description=description,
     )
+
+    def register(handler: Callable[..., Awaitable[None]]) -> Any:
+        return subscriber(pause_on_failure(handler, settings.retry_backoff_s))
+
+    return register
+
+
+def pause_on_failure(
+    handler: Callable[..., Awaitable[None]], backoff_s: float, max_pause_s: float = 30.0
+) -> Callable[..., Awaitable[None]]:
+    """Wait before letting a failed batch be rewound, longer after each failure in a row.
+
+    A handler fails only when something it depends on is down (the broker, the case store);
+    an immediate redelivery would fail the same way thousands of times a second.
+    """
+    failures = 0
+
+    @functools.wraps(handler)
+    async def wrapped(*args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        try:
+            await handler(*args, **kwargs)
+        except Exception as exc:
+            failures += 1
+            pause = min(max_pause_s, backoff_s * 2 ** (failures - 1))
+            log.warning(
+                "batch failed, will be redelivered",
+                handler=handler.__name__,
+                failures_in_a_row=failures,
+                pause_s=pause,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            await asyncio.sleep(pause)
+            raise
+        failures = 0
+
+    return wrapped

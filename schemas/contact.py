@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -119,7 +118,3 @@ class RawContact(_Model):
         if ticket is None:
             raise ValueError(f"not a ticket number: {value!r}")
         return ticket
-
-    @property
-    def received(self) -> datetime:
-        return self.received_at
