@@ -40,3 +40,20 @@ def kafka_bootstrap() -> Iterator[str]:
 
     with EmbeddedKafka() as broker:
         yield broker.bootstrap
+
+
+@pytest.fixture(scope="module")
+def postgres() -> None:
+    """Skip, saying why, when the local PostgreSQL is not reachable (.ci/run starts it)."""
+    import psycopg
+
+    from tests.support import postgres_admin
+
+    try:
+        with postgres_admin() as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        pytest.skip(
+            f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres ({exc}); "
+            "start it (.ci/run does) to run the case store tests"
+        )

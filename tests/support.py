@@ -11,7 +11,7 @@ import contextlib
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +54,30 @@ async def serving(app: Any, port: int | None = None) -> AsyncIterator[str]:
 def asgi_client(app: Any, base_url: str = "http://testserver") -> httpx.AsyncClient:
     """An HTTP client calling ``app`` in process (no port)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+
+# --- PostgreSQL (the case store) --------------------------------------------------------------
+
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def postgres_admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
+
+
+@contextlib.contextmanager
+def throwaway_database() -> Iterator[str]:
+    """A new empty database on the local server; dropped afterwards. Yields its DSN."""
+    name = f"intake311_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with postgres_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
 # --- what a channel publishes to -------------------------------------------------------------------

@@ -7,7 +7,6 @@ own (migrations) make one more. Without a reachable server the module is skipped
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,10 +31,10 @@ from sinks.postgres import (
     load_migrations,
     migrate,
 )
+from tests.support import throwaway_database
 
 pytestmark = pytest.mark.integration
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PHONE = "+12035550142"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -49,51 +48,17 @@ TAXONOMY = Taxonomy(
 )
 
 
-def _admin() -> psycopg.Connection:
-    return psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=3)
-
-
-def _create_database() -> str:
-    name = f"intake311_test_{uuid.uuid4().hex[:12]}"
-    with _admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    return name
-
-
-def _drop_database(name: str) -> None:
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-
-def _dsn(name: str) -> str:
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-@pytest.fixture(scope="module")
-def server() -> None:
-    try:
-        with _admin() as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.skip(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres ({exc}); "
-            "start it (.ci/run does) to run the case store tests"
-        )
-
-
 @pytest.fixture
-def fresh_db(server: None) -> Iterator[str]:
+def fresh_db(postgres: None) -> Iterator[str]:
     """A database of its own for one test (migration tests)."""
-    name = _create_database()
-    yield _dsn(name)
-    _drop_database(name)
+    with throwaway_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
-def dsn(server: None) -> Iterator[str]:
-    name = _create_database()
-    yield _dsn(name)
-    _drop_database(name)
+def dsn(postgres: None) -> Iterator[str]:
+    with throwaway_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,16 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from slack_sdk.signature import SignatureVerifier
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from intake311.pipeline import Runtime, running, web_app
 from intake311.settings import Settings
 from schemas.outbound import OutboundMessage
 from sinks.postgres.store import CaseStore
 from tests.integration.conftest import wait_for
-from tests.integration.test_case_store import _create_database, _drop_database, _dsn
-from tests.integration.test_case_store import server as postgres  # noqa: F401  (fixture)
+from tests.support import serving, throwaway_database
 from tests.unit.test_sinks_slack import FakeSlack
-from tests.unit.test_sinks_slack import server as slack_server  # noqa: F401  (fixture)
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -60,16 +60,39 @@ async def twilio() -> AsyncIterator[FakeTwilio]:
 
 
 @pytest.fixture(scope="module")
+async def slack_server() -> AsyncIterator[FakeSlack]:
+    fake = FakeSlack()
+    async with serving(Starlette(routes=[Route("/api/{method}", fake.handle, methods=["POST"])])) as url:
+        fake.base_url = f"{url}/api/"
+        yield fake
+
+
+@pytest.fixture(scope="module")
 async def departments(
-    postgres: None,  # noqa: F811
-    slack_server: FakeSlack,  # noqa: F811
+    postgres: None,
+    slack_server: FakeSlack,
     twilio: FakeTwilio,
     kafka_bootstrap: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Departments]:
-    database = _create_database()
-    dsn = _dsn(database)
-    os.environ["INTAKE311_TEST_CASE_STORE_DSN"] = dsn
+    with throwaway_database() as dsn:
+        os.environ["INTAKE311_TEST_CASE_STORE_DSN"] = dsn
+        try:
+            async for running_departments in _departments(
+                dsn, slack_server, twilio, kafka_bootstrap, tmp_path_factory
+            ):
+                yield running_departments
+        finally:
+            os.environ.pop("INTAKE311_TEST_CASE_STORE_DSN", None)
+
+
+async def _departments(
+    dsn: str,
+    slack_server: FakeSlack,
+    twilio: FakeTwilio,
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Departments]:
     data_dir = tmp_path_factory.mktemp("var")
     subscriptions = data_dir / "subscriptions.yaml"
     subscriptions.write_text(
@@ -106,14 +129,10 @@ async def departments(
             }
         },
     )
-    try:
-        async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
-            transport = httpx.ASGITransport(app=web_app(runtime))
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
-                yield Departments(runtime, web, runtime.case_store, slack_server, settings, twilio)
-    finally:
-        os.environ.pop("INTAKE311_TEST_CASE_STORE_DSN", None)
-        _drop_database(database)
+    async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
+        transport = httpx.ASGITransport(app=web_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
+            yield Departments(runtime, web, runtime.case_store, slack_server, settings, twilio)
 
 
 def slack_click(request_id: str, state: str, *, secret: str = SIGNING_SECRET) -> tuple[bytes, dict[str, str]]:
