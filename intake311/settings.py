@@ -99,6 +99,46 @@ class WebSettings(BaseModel):
         return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class RemoteGeocoderSettings(BaseModel):
+    """A geocoder the city runs or pays for, asked through geopy before the local address file."""
+
+    provider: Literal["nominatim", "pelias", "arcgis"]
+    url: str = Field(description="base URL, e.g. https://nominatim.city.internal")
+    api_key: SecretStr | None = None
+    user_agent: str = "intake311"
+    timeout_s: float = Field(default=2.0, gt=0)
+    cache_size: int = Field(default=10_000, ge=0)
+
+
+class GeoSettings(BaseModel):
+    """Where things are: the city's address points, its district layers, an optional remote geocoder.
+
+    Both files are optional; without them requests keep only the coordinates a channel gave.
+    """
+
+    address_points: Path | None = Field(default=None, description="OpenAddresses-layout CSV")
+    boundaries: dict[str, Path] = Field(
+        default_factory=dict, description="layer name -> GeoJSON file; each feature's `name` is a district"
+    )
+    city_boundary: str | None = Field(
+        default=None, description="layer whose union is the city limit; None: the first layer"
+    )
+    city: str | None = Field(default=None, description="city name added to remote geocoder queries")
+    region: str | None = Field(default=None, description="state/region added to remote queries")
+    fuzzy_threshold: float = Field(default=88.0, ge=50, le=100, description="street-name match score")
+    remote: RemoteGeocoderSettings | None = None
+
+
+class IncidentSettings(BaseModel):
+    """Where the normalizer keeps request and incident state (see docs/incidents.md)."""
+
+    state_dsn: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN shared by every normalizer; None: the case store's DSN if set, "
+        "else SQLite under the data directory (one host only)",
+    )
+
+
 class Settings(BaseSettings):
     """All of intake311's configuration in one validated object."""
 
@@ -110,6 +150,8 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     web: WebSettings = WebSettings()
+    geo: GeoSettings = GeoSettings()
+    incidents: IncidentSettings = IncidentSettings()
     data_dir: Path = Path("var")
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")

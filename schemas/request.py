@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from schemas.contact import Media, ReplyVia, Sender
 
 REQUEST_SCHEMA_VERSION = 1
+MAX_INCIDENT_UPDATES = 20  # later reports shown on an incident; the count keeps growing
 
 
 class Status(StrEnum):
@@ -19,12 +20,51 @@ class Status(StrEnum):
     CLOSED = "closed"
 
 
+class Precision(StrEnum):
+    """How exactly ``lat``/``long`` place the problem, best first.
+
+    ``given``: coordinates the channel supplied (a phone's GPS, an Open311 app); ``address``: an
+    address point of the city's file; ``interpolated``: between two numbers on the same street
+    and side; ``intersection``: where two streets cross; ``street``: only the street's centroid
+    (too coarse to match incidents or place a crew).
+    """
+
+    GIVEN = "given"
+    ADDRESS = "address"
+    INTERPOLATED = "interpolated"
+    INTERSECTION = "intersection"
+    STREET = "street"
+
+    @property
+    def pinpoints(self) -> bool:
+        """Precise enough to tell two problems on one street apart (incident matching needs it)."""
+        return self is not Precision.STREET
+
+
+class IncidentReport(BaseModel):
+    """A later report of the same incident, as the department sees it on the incident."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str
+    channel: str
+    reported_at: AwareDatetime
+    description: str = Field(default="", max_length=500)
+    media: tuple[Media, ...] = ()
+
+
 class ServiceRequest(BaseModel):
     """One service request as every department and the case store see it.
 
     ``request_id`` is the ticket number the resident was given (Open311's service_request_id).
     ``event_id`` identifies this version of the request: sinks dedupe on it, so a replayed
     event changes nothing while a real update (a follow-up contact) still gets through.
+
+    ``incident_id`` is the ticket of the first request about the same problem (the request's
+    own ticket when it is the first): one pothole reported by SMS, email and the web form is
+    three requests, one incident. Departments work incidents: the first request carries the
+    reporter count and the later reports (``incident_updates``); a later report is delivered
+    too (its resident has a ticket to follow) but marks itself with ``incident_id``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +78,10 @@ class ServiceRequest(BaseModel):
     lat: float | None = None
     long: float | None = None
     address_string: str | None = None
+    location_precision: Precision | None = Field(default=None, description="how lat/long were found")
+    districts: dict[str, str] = Field(
+        default_factory=dict, description='boundary layer -> district name, e.g. {"ward": "Ward 7"}'
+    )
     media_url: str | None = None
     media: tuple[Media, ...] = ()
     status: Status = Status.OPEN
@@ -52,4 +96,23 @@ class ServiceRequest(BaseModel):
     language: str = "en"
     confidence: float = Field(ge=0, le=1, description="classifier confidence in service_code")
     triage: bool = Field(default=False, description="confidence too low: a person must classify")
+    triage_reason: str | None = Field(default=None, description="why a person must look at it")
+    incident_id: str | None = Field(default=None, description="ticket of the incident's first request")
+    incident_reports: int = Field(default=1, ge=1, description="reports of the incident so far")
+    incident_updates: tuple[IncidentReport, ...] = Field(
+        default=(), max_length=MAX_INCIDENT_UPDATES, description="later reports (first request only)"
+    )
+    related_incident_id: str | None = Field(
+        default=None, description="a closed incident this one follows (reported again after the cool-off)"
+    )
     source_contact_ids: tuple[str, ...] = Field(min_length=1)
+
+    @property
+    def incident(self) -> str:
+        """The incident this request belongs to (its own ticket when it opened it)."""
+        return self.incident_id or self.request_id
+
+    @property
+    def is_later_report(self) -> bool:
+        """A report of an incident someone else reported first: an update, not new work."""
+        return self.incident != self.request_id
