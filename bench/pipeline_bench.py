@@ -47,7 +47,7 @@ from intake311.logging import configure_logging  # noqa: E402
 from intake311.pipeline import running_broker, topic_names  # noqa: E402
 from intake311.settings import Settings  # noqa: E402
 from normalizer.normalize import Normalizer  # noqa: E402
-from normalizer.state import RequestState  # noqa: E402
+from normalizer.state import StateStore, StoredRequest  # noqa: E402
 from router.app import build_router  # noqa: E402
 from schemas.contact import RawContact  # noqa: E402
 from schemas.ids import delivery_id_for  # noqa: E402
@@ -569,7 +569,15 @@ def pure_rates(n: int, scratch: Path) -> list[tuple[str, int, float]]:
     m = min(n, 5 * BATCH)
     scratch_dir = scratch / "pure"
     scratch_dir.mkdir(parents=True, exist_ok=True)
-    state = RequestState(scratch_dir / "requests.sqlite3")
+    state = StateStore.sqlite(scratch_dir / "state.sqlite3")
+
+    def put_batch(chunk: Sequence[ServiceRequest]) -> None:
+        def work(snap: Any) -> None:
+            for r in chunk:
+                snap.put_request(StoredRequest(r))
+
+        state.run(work)
+
     seen = SeenStore(scratch_dir / "delivered.sqlite3")
     sink = JsonlSink(JsonlSinkConfig(name="file"), scratch_dir)
     deliveries = [
@@ -593,9 +601,9 @@ def pure_rates(n: int, scratch: Path) -> list[tuple[str, int, float]]:
     try:
         rows += [
             timed(
-                f"RequestState.put_many ({BATCH}/batch)",
+                f"StateStore.run put ({BATCH}/batch)",
                 m,
-                lambda: [state.put_many(list(b)) for b in batches(requests)],
+                lambda: [put_batch(list(b)) for b in batches(requests)],
             ),
             timed(f"SeenStore.unseen+mark ({BATCH}/batch)", m, seen_round),
             timed(f"JsonlSink.deliver_many ({BATCH}/batch)", m, lambda: asyncio.run(write_all())),

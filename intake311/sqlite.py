@@ -23,9 +23,13 @@ def connect(path: Path, *, synchronous: str = "NORMAL", timeout_s: float = 30.0)
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One transaction (one fsync) for a batch of writes; rolled back if the block raises."""
-    db.execute("BEGIN")
+def transaction(db: sqlite3.Connection, *, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    """One transaction (one fsync) for a batch of writes; rolled back if the block raises.
+
+    ``immediate`` takes the write lock at the start, so a read-decide-write block is not
+    interleaved with another process's (two normalizers on one host deciding one incident).
+    """
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield db
     except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -23,48 +24,145 @@ from intake311.stage import (
     raw_batch,
     records_from,
 )
-from normalizer.normalize import Normalizer
-from normalizer.state import RequestState
+from normalizer.incidents import IncidentDesk, Outcome
+from normalizer.normalize import Locator, Normalizer
+from normalizer.state import Snapshot, StateStore, merge_areas
 from schemas.contact import RawContact
 from schemas.request import ServiceRequest
+from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import Topics
 
 ContactRecords = raw_batch(RawContact)  # what the AsyncAPI document shows
+StatusRecords = raw_batch(StatusChange)
 STAGE = "normalizer"
 log = get_logger(__name__)
 GROUP_ID = "intake311.normalizer"
+STATUS_GROUP_ID = "intake311.normalizer.status"
 
 
-def normalize_batch(
-    records: Sequence[Record], normalizer: Normalizer, state: RequestState, topics: Topics
-) -> tuple[list[Outgoing], list[ServiceRequest]]:
-    """Normalize a batch in order; a follow-up later in the batch sees the earlier contact."""
-    known = state.get_many({_ticket_hint(r) for r in records} - {None})  # type: ignore[arg-type]
-    emitted: list[ServiceRequest] = []
+@dataclass(frozen=True)
+class Prepared:
+    """A contact parsed and, when it opens a request, normalized before the state lock is taken."""
+
+    contact: RawContact
+    request: ServiceRequest | None
+
+
+def prepare(
+    records: Sequence[Record], normalizer: Normalizer, topics: Topics
+) -> tuple[dict[int, Prepared], list[Outgoing]]:
+    """The stateless half of a batch (parse, classify, geocode): no lock is held for it.
+
+    Returns the prepared contacts by record index and the dead letters of records that are not
+    contacts at all.
+    """
+    prepared: dict[int, Prepared] = {}
+    index = {id(r): i for i, r in enumerate(records)}
 
     def handle(record: Record) -> list[Outgoing]:
         contact = RawContact.model_validate_json(record.value)
-        request = normalizer.normalize(contact, known.get(contact.request_id))
-        known[request.request_id] = request
-        emitted.append(request)
-        return [Outgoing(topics.requests, request.model_dump_json().encode(), key=request.request_id)]
+        # Continuations need the stored request; everything else can be normalized now.
+        request = (
+            None if contact.continues or contact.metadata.get("action") else normalizer.normalize(contact)
+        )
+        prepared[index[id(record)]] = Prepared(contact, request)
+        return []
+
+    letters, _ = process_batch(records, handle, stage=STAGE, deadletter_topic=topics.deadletter)
+    return prepared, letters
+
+
+def decide(
+    records: Sequence[Record],
+    prepared: dict[int, Prepared],
+    desk: IncidentDesk,
+    snap: Snapshot,
+    topics: Topics,
+) -> list[Outgoing]:
+    """The stateful half, under the lock: follow-ups, incidents, splits; in record order."""
+    snap.prefetch(
+        request_ids=[p.contact.request_id for p in prepared.values()],
+        areas=merge_areas(a for p in prepared.values() if p.request and (a := desk.areas_for(p.request))),
+    )
+    index = {id(r): i for i, r in enumerate(records)}
+    chosen = [r for i, r in enumerate(records) if i in prepared]
+
+    def handle(record: Record) -> list[Outgoing]:
+        item = prepared[index[id(record)]]
+        return outgoing(desk.handle(item.contact, snap, item.request), topics)
+
+    out, _ = process_batch(chosen, handle, stage=STAGE, deadletter_topic=topics.deadletter)
+    return out
+
+
+def normalize_batch(
+    records: Sequence[Record], desk: IncidentDesk, snap: Snapshot, topics: Topics
+) -> list[Outgoing]:
+    """A whole batch against one snapshot (tests and benchmarks; the stage splits it around the lock)."""
+    prepared, letters = prepare(records, desk.normalizer, topics)
+    return letters + decide(records, prepared, desk, snap, topics)
+
+
+def status_batch(
+    records: Sequence[Record], desk: IncidentDesk, snap: Snapshot, topics: Topics
+) -> list[Outgoing]:
+    """Status changes -> request and incident state; an incident's close closes its reports."""
+
+    def handle(record: Record) -> list[Outgoing]:
+        return outgoing(desk.handle_status(StatusChange.model_validate_json(record.value), snap), topics)
 
     out, _ = process_batch(records, handle, stage=STAGE, deadletter_topic=topics.deadletter)
-    return out, emitted
+    return out
 
 
-def _ticket_hint(record: Record) -> str | None:
-    # Contacts are keyed by ticket, so the state lookup for a batch is one query.
-    return record.key.decode(errors="replace") if record.key else None
+def outgoing(outcome: Outcome, topics: Topics) -> list[Outgoing]:
+    """Kafka records for an outcome, each keyed by its request so its versions stay in order."""
+    out = [
+        Outgoing(topics.requests, r.model_dump_json().encode(), key=r.request_id) for r in outcome.requests
+    ]
+    out += [
+        Outgoing(topics.outbound(m.channel), m.model_dump_json().encode(), key=m.request_id)
+        for m in outcome.messages
+    ]
+    out += [Outgoing(topics.status, c.model_dump_json().encode(), key=c.request_id) for c in outcome.status]
+    return out
+
+
+def open_state(settings: Settings) -> StateStore:
+    """The shared state store: PostgreSQL when a DSN is configured, else SQLite (one host)."""
+    dsn = settings.incidents.state_dsn or settings.case_store_dsn
+    if dsn is not None:
+        return StateStore.postgres(dsn.get_secret_value())
+    if not settings.kafka.embedded:
+        log.warning(
+            "normalizer state is in a local SQLite file: run a single normalizer, or set "
+            "INTAKE311_INCIDENTS__STATE_DSN (or INTAKE311_CASE_STORE_DSN) so several share it"
+        )
+    return StateStore.sqlite(settings.data_dir / "normalizer" / "state.sqlite3")
+
+
+def build_locator(settings: Settings) -> Locator | None:
+    """The geocoder and districts from ``settings.geo`` (None: coordinates as given only)."""
+    geo = settings.geo
+    if geo.address_points is None and not geo.boundaries and geo.remote is None:
+        return None
+    from normalizer.geo import Geo
+
+    return Geo.from_settings(geo)
+
+
+def build_desk(settings: Settings) -> IncidentDesk:
+    normalizer = Normalizer.from_taxonomy(load_taxonomy(settings.taxonomy_file), build_locator(settings))
+    return IncidentDesk(normalizer, reply_channels=frozenset(settings.channels))
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
-    """Attach the normalizer's subscriber and its documented publishers to ``broker``."""
+    """Attach the normalizer's subscribers and its documented publishers to ``broker``."""
     topics = settings.topics
-    normalizer = Normalizer.from_taxonomy(load_taxonomy(settings.taxonomy_file))
-    state = RequestState(settings.data_dir / "normalizer" / "requests.sqlite3")
-    stack.callback(state.close)
+    desk = build_desk(settings)
+    store = open_state(settings)
+    stack.callback(store.close)
     broker.publisher(
         topics.requests,
         schema=ServiceRequest,
@@ -78,22 +176,36 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         group_id=GROUP_ID,
         settings=settings,
         title="normalizer",
-        description="Raw contacts from every channel (RawContact JSON) -> one ServiceRequest each.",
+        description="Raw contacts from every channel (RawContact JSON) -> one ServiceRequest each, "
+        "grouped into incidents; 'already reported' messages to residents.",
     )
     async def normalize_contacts(records: ContactRecords, msg: KafkaMessage) -> None:
-        out, emitted = normalize_batch(records_from(msg.raw_message), normalizer, state, topics)
+        batch = records_from(msg.raw_message)
+        prepared, letters = prepare(batch, desk.normalizer, topics)
+        out = letters + await asyncio.to_thread(
+            store.run, lambda snap: decide(batch, prepared, desk, snap, topics)
+        )
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
-        await asyncio.to_thread(state.put_many, emitted)
-        log.info("batch normalized", requests=len(emitted), dead_lettered=len(out) - len(emitted))
-        for request in emitted:
-            # The audit trail from contact to ticket, ids only (debug: one line per request).
-            log.debug(
-                "request normalized",
-                request_id=request.request_id,
-                contact_id=request.source_contact_ids[-1],
-                service_code=request.service_code,
-                confidence=request.confidence,
-                triage=request.triage,
-            )
+        requests = sum(1 for o in out if o.topic == topics.requests)
+        log.info("batch normalized", contacts=len(batch), requests=requests, dead_lettered=len(letters))
+        for o in out:
+            # The audit trail from contact to ticket, ids only (debug: one line per event).
+            log.debug("event published", topic=o.topic, key=o.key)
+
+    @batch_subscriber(
+        broker,
+        topics.status,
+        group_id=STATUS_GROUP_ID,
+        settings=settings,
+        title="normalizer status",
+        description="Status changes -> the normalizer's request and incident state; closing an "
+        "incident closes each of its reports (StatusChange per report).",
+    )
+    async def track_status(records: StatusRecords, msg: KafkaMessage) -> None:
+        batch = records_from(msg.raw_message)
+        out = await asyncio.to_thread(store.run, lambda snap: status_batch(batch, desk, snap, topics))
+        await publish_with_retry(
+            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+        )

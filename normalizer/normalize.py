@@ -7,29 +7,90 @@ replayed contact yields the same event with the same ``event_id``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 from normalizer.classify import Classification, Classifier
 from normalizer.location import extract_address
-from schemas.contact import Location, Media, RawContact
-from schemas.ids import event_id_for
-from schemas.request import ServiceRequest
+from schemas.contact import Media, RawContact
+from schemas.ids import digest, event_id_for
+from schemas.request import Precision, ServiceRequest, Status
 from schemas.taxonomy import Taxonomy
 
 MAX_DESCRIPTION = 4000
+OUTSIDE_CITY = "outside the city boundary"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a request is, as far as the geocoder could tell (see ``normalizer.geo``)."""
+
+    lat: float | None = None
+    long: float | None = None
+    address: str | None = None
+    precision: Precision | None = None
+    districts: dict[str, str] = field(default_factory=dict)
+    outside_city: bool = False
+
+
+class Locator(Protocol):
+    """``normalizer.geo.Geo``: the channel's coordinates, its address field, or the free text -> a place."""
+
+    def place(self, *, text: str, address: str | None, lat: float | None, long: float | None) -> Place: ...
+
+
+class TextOnly:
+    """The locator without an address file: coordinates as given, an address found in the text."""
+
+    def place(self, *, text: str, address: str | None, lat: float | None, long: float | None) -> Place:
+        if lat is not None and long is not None:
+            return Place(lat, long, address, Precision.GIVEN)
+        found = address or extract_address(text)
+        return Place(address=found)
+
+
+def versioned(request: ServiceRequest) -> ServiceRequest:
+    """``request`` with the event id of exactly this version.
+
+    The id derives from the contacts and from what incidents and departments changed (the
+    incident it belongs to, its later reports, a reopening), so a replay yields the same id and
+    a real change a new one. A plain request keeps the id it always had.
+    """
+    plain = (
+        request.incident == request.request_id
+        and not request.incident_updates
+        and request.incident_reports == 1
+        and request.status == Status.OPEN
+        and request.status_notes is None
+    )
+    revision = (
+        ""
+        if plain
+        else digest(
+            request.incident,
+            str(request.incident_reports),
+            *(u.request_id for u in request.incident_updates),
+            request.status.value,
+            request.status_notes or "",
+        ).hex()[:16]
+    )
+    return request.model_copy(
+        update={"event_id": event_id_for(request.request_id, request.source_contact_ids, revision)}
+    )
 
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Holds the taxonomy and its classifier (built once, reused for every contact)."""
+    """Holds the taxonomy, its classifier and the locator (built once, reused for every contact)."""
 
     taxonomy: Taxonomy
     classifier: Classifier
+    locator: Locator = field(default_factory=TextOnly)
 
     @classmethod
-    def from_taxonomy(cls, taxonomy: Taxonomy) -> Normalizer:
-        return cls(taxonomy, Classifier(taxonomy))
+    def from_taxonomy(cls, taxonomy: Taxonomy, locator: Locator | None = None) -> Normalizer:
+        return cls(taxonomy, Classifier(taxonomy), locator or TextOnly())
 
     def classify(self, contact: RawContact, text: str) -> Classification:
         """The resident's own choice wins; otherwise the classifier decides from the text."""
@@ -48,15 +109,27 @@ class Normalizer:
     def _open(self, contact: RawContact) -> ServiceRequest:
         text = contact.text.strip()
         result = self.classify(contact, text)
-        location = _location(contact, text)
         return self._build(
             contact,
             classification=result,
             description=text[:MAX_DESCRIPTION],
-            location=location,
+            place=self._place(contact, text),
             media=contact.media,
             contact_ids=(contact.contact_id,),
         )
+
+    def _place(self, contact: RawContact, text: str, *, whole_answer: bool = False) -> Place:
+        given = contact.location
+        place = self.locator.place(
+            text=text,
+            address=given.address if given else None,
+            lat=given.lat if given else None,
+            long=given.long if given else None,
+        )
+        if whole_answer and place.address is None and place.lat is None and text:
+            # A follow-up is often just the address ("45 Elm"): keep it whole for a person.
+            return Place(address=text[:500])
+        return place
 
     def _merge(self, previous: ServiceRequest, contact: RawContact) -> ServiceRequest:
         """A follow-up (an answer to "where is it?", a reply email): add, never overwrite."""
@@ -66,18 +139,26 @@ class Normalizer:
             result = Classification(previous.service_code, previous.confidence)
         else:
             result = self.classify(contact, description)
-        had_location = previous.lat is not None or previous.address_string
-        if had_location:
-            location = Location(lat=previous.lat, long=previous.long, address=previous.address_string)
+        kept = Place(
+            previous.lat,
+            previous.long,
+            previous.address_string,
+            previous.location_precision,
+            dict(previous.districts),
+            previous.triage_reason == OUTSIDE_CITY,
+        )
+        if previous.lat is not None:
+            place = kept
         else:
-            # The follow-up is often just the address: take it whole if nothing looks like one.
-            location = _location(contact, text) or (Location(address=text[:500]) if text else None)
+            # No point yet: the follow-up is usually the answer to "where is it?".
+            found = self._place(contact, text, whole_answer=not previous.address_string)
+            place = found if found.lat is not None or not previous.address_string else kept
         media = previous.media + tuple(m for m in contact.media if m not in previous.media)
         return self._build(
             contact,
             classification=result,
             description=description,
-            location=location,
+            place=place,
             media=media,
             contact_ids=(*previous.source_contact_ids, contact.contact_id),
             requested=previous.requested_datetime,
@@ -90,7 +171,7 @@ class Normalizer:
         *,
         classification: Classification,
         description: str,
-        location: Location | None,
+        place: Place,
         media: tuple[Media, ...],
         contact_ids: tuple[str, ...],
         requested: object = None,
@@ -102,15 +183,23 @@ class Normalizer:
         assert service is not None  # the taxonomy validates that the fallback exists
         requested_at = requested or contact.received_at
         expected = requested_at + timedelta(hours=service.sla_hours) if service.sla_hours else None
+        triage = classification.needs_triage(self.taxonomy.triage_threshold)
+        reason = None
+        if place.outside_city:
+            triage, reason = True, OUTSIDE_CITY
+        elif triage:
+            reason = "service unclear" if classification.confidence > 0 else "no service recognised"
         return ServiceRequest(
             request_id=contact.request_id,
             event_id=event_id_for(contact.request_id, contact_ids),
             service_code=service.code,
             service_name=service.name,
             description=description,
-            lat=location.lat if location else None,
-            long=location.long if location else None,
-            address_string=location.address if location else None,
+            lat=place.lat,
+            long=place.long,
+            address_string=place.address,
+            location_precision=place.precision,
+            districts=place.districts,
             media_url=media[0].url if media else None,
             media=media,
             requested_datetime=requested_at,
@@ -121,15 +210,11 @@ class Normalizer:
             reply=(base.reply if base else None) or contact.reply,
             language=contact.language or (base.language if base else "en"),
             confidence=round(classification.confidence, 4),
-            triage=classification.needs_triage(self.taxonomy.triage_threshold),
+            triage=triage,
+            triage_reason=reason,
+            incident_id=base.incident_id if base else contact.request_id,
+            incident_reports=base.incident_reports if base else 1,
+            incident_updates=base.incident_updates if base else (),
+            related_incident_id=base.related_incident_id if base else None,
             source_contact_ids=contact_ids,
         )
-
-
-def _location(contact: RawContact, text: str) -> Location | None:
-    """The resident's own location if given, else an address found in the text."""
-    given = contact.location
-    if given is not None and not given.is_empty and (given.address or given.lat is not None):
-        return given
-    found = extract_address(text)
-    return Location(address=found) if found else None

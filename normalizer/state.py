@@ -1,57 +1,479 @@
-"""The latest version of each request, so a follow-up contact can be merged into it.
+"""Request and incident state, shared by every normalizer process: PostgreSQL, or SQLite on one host.
 
-Contacts of one request share a key (the ticket), so they arrive on one partition in order and
-one normalizer instance sees them all. SQLite under the data directory survives restarts on a
-host; when normalizers run on several hosts, point ``path`` at storage that moves with the
-partition, or give them a shared store implementing the same two methods.
+What it holds: the latest version of each request (so a follow-up contact merges into it), its
+status as departments set it (so "thanks" after a close reopens nothing), and the open and
+recently closed incidents with their members (so a report near an open incident joins it).
+
+Why a shared SQL store with one lock, and not a changelog topic or Redis GEO: deciding whether
+a report joins an incident is read-decide-write across partitions (the pothole texted and the
+pothole emailed have different tickets, so they reach different normalizers). A state store
+rebuilt from a compacted topic (Kafka Streams' GlobalKTable) is eventually consistent: two
+normalizers would each open an incident for the same pothole and a later merge would have to
+retract work a department already has. Re-keying contacts by area adds a Kafka hop to every
+request and still splits incidents at cell edges. A transaction under one advisory lock makes
+the decision linearizable, costs a few queries per batch (the stateless work, classifying and
+geocoding, happens before the lock), and PostgreSQL is what the city's case store already runs
+on. Without a DSN the same tables live in SQLite under the data directory, locked with
+``BEGIN IMMEDIATE``: right for one machine (the embedded broker is one machine too), and
+``intake311 run normalizer`` warns when it is used against an external cluster.
+
+The work done under the lock is a plain function of a ``Snapshot`` (see ``normalizer.incidents``)
+so it is tested without any database; this module only loads, locks and writes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from intake311.sqlite import connect, transaction
 from schemas.request import ServiceRequest
+from schemas.status import State
+
+T = TypeVar("T")
+
+# One key for every normalizer's state transaction; derived from a name nothing else uses.
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"intake311.normalizer.state").digest()[:8], "big", signed=True)
+_CHUNK = 500
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS normalizer_requests (
+        request_id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL,
+        state_at REAL NOT NULL,
+        absorbed TEXT NOT NULL DEFAULT '[]'
+    )""",
+    """CREATE TABLE IF NOT EXISTS normalizer_incidents (
+        incident_id TEXT PRIMARY KEY,
+        service_code TEXT NOT NULL,
+        lat REAL NOT NULL,
+        long REAL NOT NULL,
+        state TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        last_report_at REAL NOT NULL,
+        closed_at REAL,
+        members TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS normalizer_incidents_area"
+    " ON normalizer_incidents (service_code, last_report_at, lat)",
+    """CREATE TABLE IF NOT EXISTS normalizer_members (
+        request_id TEXT PRIMARY KEY,
+        incident_id TEXT NOT NULL
+    )""",
+)
 
 
-class RequestState:
-    """request_id -> latest ServiceRequest the normalizer emitted."""
+@dataclass(frozen=True)
+class StoredRequest:
+    """A request as the normalizer last emitted it, with the workflow state departments set."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        # synchronous=NORMAL: the topic is the durable record; a lost last batch is replayed.
-        self._db = connect(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, body TEXT NOT NULL)"
+    request: ServiceRequest
+    state: State = State.NEW
+    state_at: float = 0.0  # epoch seconds of the status change that set ``state``
+    absorbed: tuple[str, ...] = ()  # follow-ups that changed nothing ("thanks" after a close)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One problem at one place: the first request's ticket, where, and every report of it."""
+
+    incident_id: str
+    service_code: str
+    lat: float
+    long: float
+    state: State
+    opened_at: float
+    last_report_at: float
+    closed_at: float | None = None
+    members: tuple[str, ...] = ()  # request ids, the first one first
+
+    @property
+    def reports(self) -> int:
+        return len(self.members)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+
+@dataclass(frozen=True)
+class Area:
+    """Where a batch needs incidents: one service, a lat/long box, active since ``since``."""
+
+    service_code: str
+    min_lat: float
+    max_lat: float
+    min_long: float
+    max_long: float
+    since: float
+
+
+class Loader(Protocol):
+    """What a snapshot asks the store for when something was not prefetched."""
+
+    def requests(self, ids: Sequence[str]) -> dict[str, StoredRequest]: ...
+    def incidents(self, ids: Sequence[str]) -> dict[str, Incident]: ...
+    def incidents_in(self, areas: Sequence[Area]) -> dict[str, Incident]: ...
+    def memberships(self, request_ids: Sequence[str]) -> dict[str, str]: ...
+
+
+class _NoLoader:
+    """A snapshot with nothing behind it (tests, and the pure core's examples)."""
+
+    def requests(self, ids: Sequence[str]) -> dict[str, StoredRequest]:
+        return {}
+
+    def incidents(self, ids: Sequence[str]) -> dict[str, Incident]:
+        return {}
+
+    def incidents_in(self, areas: Sequence[Area]) -> dict[str, Incident]:
+        return {}
+
+    def memberships(self, request_ids: Sequence[str]) -> dict[str, str]:
+        return {}
+
+
+@dataclass
+class Snapshot:
+    """The state one batch reads and changes; writes are collected and stored in one go.
+
+    Reads are cached, so what the batch wrote is what a later record in the same batch reads
+    (a follow-up later in the batch sees the request the batch just opened).
+    """
+
+    loader: Loader = field(default_factory=_NoLoader)
+    _requests: dict[str, StoredRequest | None] = field(default_factory=dict)
+    _incidents: dict[str, Incident | None] = field(default_factory=dict)
+    _members: dict[str, str | None] = field(default_factory=dict)
+    _areas: list[Area] = field(default_factory=list)
+    dirty_requests: set[str] = field(default_factory=set)
+    dirty_incidents: set[str] = field(default_factory=set)
+    dirty_members: set[str] = field(default_factory=set)
+
+    # -- reads --------------------------------------------------------------------------------
+    def prefetch(self, request_ids: Iterable[str] = (), areas: Iterable[Area] = ()) -> None:
+        """Load what a batch will need in a few queries instead of one per record."""
+        ids = [i for i in dict.fromkeys(request_ids) if i not in self._requests]
+        if ids:
+            found = self.loader.requests(ids)
+            for i in ids:
+                self._requests[i] = found.get(i)
+            members = self.loader.memberships(ids)
+            for i in ids:
+                self._members.setdefault(i, members.get(i))
+        wanted = [a for a in areas if not any(_covers(known, a) for known in self._areas)]
+        if wanted:
+            for incident_id, incident in self.loader.incidents_in(wanted).items():
+                self._incidents.setdefault(incident_id, incident)
+            self._areas.extend(wanted)
+
+    def request(self, request_id: str) -> StoredRequest | None:
+        if request_id not in self._requests:
+            self._requests[request_id] = self.loader.requests([request_id]).get(request_id)
+        return self._requests[request_id]
+
+    def incident(self, incident_id: str) -> Incident | None:
+        if incident_id not in self._incidents:
+            self._incidents[incident_id] = self.loader.incidents([incident_id]).get(incident_id)
+        return self._incidents[incident_id]
+
+    def incident_of(self, request_id: str) -> str | None:
+        """The incident a request belongs to (None: never placed in one)."""
+        if request_id not in self._members:
+            self._members[request_id] = self.loader.memberships([request_id]).get(request_id)
+        return self._members[request_id]
+
+    def incidents_in(self, area: Area) -> list[Incident]:
+        """Incidents of ``area``'s service inside its box, active since ``area.since``."""
+        self.prefetch(areas=[area])
+        return [
+            i
+            for i in self._incidents.values()
+            if i is not None
+            and i.service_code == area.service_code
+            and area.min_lat <= i.lat <= area.max_lat
+            and area.min_long <= i.long <= area.max_long
+            and max(i.last_report_at, i.closed_at or 0.0) >= area.since
+        ]
+
+    # -- writes -------------------------------------------------------------------------------
+    def put_request(self, stored: StoredRequest) -> None:
+        self._requests[stored.request.request_id] = stored
+        self.dirty_requests.add(stored.request.request_id)
+
+    def put_incident(self, incident: Incident) -> None:
+        self._incidents[incident.incident_id] = incident
+        self.dirty_incidents.add(incident.incident_id)
+        for member in incident.members:
+            if self._members.get(member) != incident.incident_id:
+                self._members[member] = incident.incident_id
+                self.dirty_members.add(member)
+
+    def changed(self) -> tuple[list[StoredRequest], list[Incident], list[tuple[str, str]]]:
+        requests = [r for i in sorted(self.dirty_requests) if (r := self._requests.get(i)) is not None]
+        incidents = [x for i in sorted(self.dirty_incidents) if (x := self._incidents.get(i)) is not None]
+        members = [(m, i) for m in sorted(self.dirty_members) if (i := self._members.get(m)) is not None]
+        return requests, incidents, members
+
+
+def _covers(known: Area, wanted: Area) -> bool:
+    return (
+        known.service_code == wanted.service_code
+        and known.since <= wanted.since
+        and known.min_lat <= wanted.min_lat
+        and known.max_lat >= wanted.max_lat
+        and known.min_long <= wanted.min_long
+        and known.max_long >= wanted.max_long
+    )
+
+
+def merge_areas(areas: Iterable[Area]) -> list[Area]:
+    """One box per service around all of a batch's boxes: one query per service, not per record."""
+    by_service: dict[str, Area] = {}
+    for a in areas:
+        b = by_service.get(a.service_code)
+        by_service[a.service_code] = (
+            a
+            if b is None
+            else Area(
+                a.service_code,
+                min(a.min_lat, b.min_lat),
+                max(a.max_lat, b.max_lat),
+                min(a.min_long, b.min_long),
+                max(a.max_long, b.max_long),
+                min(a.since, b.since),
+            )
         )
+    return list(by_service.values())
 
-    def get_many(self, request_ids: set[str]) -> dict[str, ServiceRequest]:
-        if not request_ids:
-            return {}
-        ids = list(request_ids)
-        out: dict[str, ServiceRequest] = {}
-        with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = self._db.execute(
-                    f"SELECT body FROM requests WHERE request_id IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall()
-                for (body,) in rows:
-                    request = ServiceRequest.model_validate_json(body)
-                    out[request.request_id] = request
+
+# -- the SQL, one dialect for both backends ("?" placeholders; PostgreSQL gets "%s") -----------
+
+
+class _Sql:
+    """Reads and writes over a DB-API connection; ``ph`` is the placeholder style."""
+
+    def __init__(self, conn: Any, ph: str) -> None:
+        self.conn = conn
+        self.ph = ph
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", self.ph) if self.ph != "?" else sql
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cur = self.conn.execute(self._q(sql), tuple(params))
+        return list(cur.fetchall())
+
+    def _in(self, sql: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = list(ids[start : start + _CHUNK])
+            rows += self._rows(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        return rows
+
+    def requests(self, ids: Sequence[str]) -> dict[str, StoredRequest]:
+        rows = self._in(
+            "SELECT body, state, state_at, absorbed FROM normalizer_requests WHERE request_id IN ({marks})",
+            ids,
+        )
+        out = {}
+        for body, state, state_at, absorbed in rows:
+            request = ServiceRequest.model_validate_json(body)
+            out[request.request_id] = StoredRequest(
+                request, State(state), float(state_at), tuple(json.loads(absorbed))
+            )
         return out
 
-    def put_many(self, requests: list[ServiceRequest]) -> None:
-        """One transaction per batch: one fsync, not one per request."""
-        rows = [(r.request_id, r.model_dump_json()) for r in requests]
-        with self._lock, transaction(self._db):
-            self._db.executemany(
-                "INSERT INTO requests (request_id, body) VALUES (?, ?)"
-                " ON CONFLICT (request_id) DO UPDATE SET body = excluded.body",
-                rows,
+    _INCIDENT_COLS = (
+        "incident_id, service_code, lat, long, state, opened_at, last_report_at, closed_at, members"
+    )
+
+    @staticmethod
+    def _incident(row: tuple[Any, ...]) -> Incident:
+        iid, code, lat, long, state, opened, last, closed, members = row
+        return Incident(
+            iid,
+            code,
+            float(lat),
+            float(long),
+            State(state),
+            float(opened),
+            float(last),
+            None if closed is None else float(closed),
+            tuple(json.loads(members)),
+        )
+
+    def incidents(self, ids: Sequence[str]) -> dict[str, Incident]:
+        rows = self._in(
+            f"SELECT {self._INCIDENT_COLS} FROM normalizer_incidents WHERE incident_id IN ({{marks}})", ids
+        )
+        return {row[0]: self._incident(row) for row in rows}
+
+    def incidents_in(self, areas: Sequence[Area]) -> dict[str, Incident]:
+        out: dict[str, Incident] = {}
+        for a in areas:
+            rows = self._rows(
+                f"SELECT {self._INCIDENT_COLS} FROM normalizer_incidents WHERE service_code = ?"
+                " AND (last_report_at >= ? OR closed_at >= ?)"
+                " AND lat BETWEEN ? AND ? AND long BETWEEN ? AND ?",
+                (a.service_code, a.since, a.since, a.min_lat, a.max_lat, a.min_long, a.max_long),
+            )
+            out.update({row[0]: self._incident(row) for row in rows})
+        return out
+
+    def memberships(self, request_ids: Sequence[str]) -> dict[str, str]:
+        rows = self._in(
+            "SELECT request_id, incident_id FROM normalizer_members WHERE request_id IN ({marks})",
+            request_ids,
+        )
+        return {r: i for r, i in rows}
+
+    def write(self, snapshot: Snapshot) -> None:
+        requests, incidents, members = snapshot.changed()
+        cur = self.conn.cursor()
+        if requests:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO normalizer_requests (request_id, body, state, state_at, absorbed)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET body = excluded.body,"
+                    " state = excluded.state, state_at = excluded.state_at, absorbed = excluded.absorbed"
+                ),
+                [
+                    (
+                        s.request.request_id,
+                        s.request.model_dump_json(),
+                        s.state.value,
+                        s.state_at,
+                        json.dumps(list(s.absorbed)),
+                    )
+                    for s in requests
+                ],
+            )
+        if incidents:
+            cur.executemany(
+                self._q(
+                    f"INSERT INTO normalizer_incidents ({self._INCIDENT_COLS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (incident_id) DO UPDATE SET state = excluded.state,"
+                    " last_report_at = excluded.last_report_at, closed_at = excluded.closed_at,"
+                    " members = excluded.members, lat = excluded.lat, long = excluded.long"
+                ),
+                [
+                    (
+                        i.incident_id,
+                        i.service_code,
+                        i.lat,
+                        i.long,
+                        i.state.value,
+                        i.opened_at,
+                        i.last_report_at,
+                        i.closed_at,
+                        json.dumps(list(i.members)),
+                    )
+                    for i in incidents
+                ],
+            )
+        if members:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO normalizer_members (request_id, incident_id) VALUES (?, ?)"
+                    " ON CONFLICT (request_id) DO UPDATE SET incident_id = excluded.incident_id"
+                ),
+                members,
             )
 
+
+class StateStore:
+    """Runs a batch's read-decide-write under the one lock every normalizer shares.
+
+    ``run(work)`` calls ``work(snapshot)`` inside a transaction holding the lock and writes
+    what it changed before committing; the caller publishes the outcome after ``run`` returns.
+    A crash between the commit and the publish is replayed from Kafka: the work sees its own
+    contacts already applied and re-emits the same events (same ids), which downstream dedupes.
+    """
+
+    def __init__(self, conn: Any, *, kind: str, lock: Callable[[Any], Any]) -> None:
+        self._conn = conn
+        self.kind = kind
+        self._lock_tx = lock
+        self._thread_lock = threading.Lock()
+
+    @classmethod
+    def sqlite(cls, path: Path) -> StateStore:
+        db = connect(path)
+        with transaction(db, immediate=True):
+            for ddl in _TABLES:
+                db.execute(ddl)
+
+        def lock(conn: sqlite3.Connection) -> Any:
+            return transaction(conn, immediate=True)
+
+        return cls(db, kind="sqlite", lock=lock)
+
+    @classmethod
+    def postgres(cls, dsn: str) -> StateStore:
+        import psycopg
+
+        conn = psycopg.connect(dsn, autocommit=False)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))  # concurrent CREATEs race
+            for ddl in _TABLES:
+                conn.execute(ddl.replace(" REAL", " DOUBLE PRECISION"))
+
+        def lock(c: Any) -> Any:
+            return _PgLocked(c)
+
+        return cls(conn, kind="postgres", lock=lock)
+
+    def run(self, work: Callable[[Snapshot], T]) -> T:
+        """``work`` under the lock, its writes committed with it (blocking: call in a thread)."""
+        with self._thread_lock, self._lock_tx(self._conn):
+            sql = _Sql(self._conn, "%s" if self.kind == "postgres" else "?")
+            snapshot = Snapshot(loader=sql)
+            result = work(snapshot)
+            sql.write(snapshot)
+            return result
+
+    def request(self, request_id: str) -> StoredRequest | None:
+        """One stored request (operator tools and tests)."""
+        return self.run(lambda snap: snap.request(request_id))
+
+    def incident(self, incident_id: str) -> Incident | None:
+        return self.run(lambda snap: snap.incident(incident_id))
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._thread_lock:
+            self._conn.close()
+
+
+class _PgLocked:
+    """A PostgreSQL transaction that first takes the normalizers' advisory lock."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.tx: Any = None
+
+    def __enter__(self) -> Any:
+        self.tx = self.conn.transaction()
+        self.tx.__enter__()
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        return self.conn
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.tx.__exit__(*exc)
+
+
+def with_state(stored: StoredRequest, request: ServiceRequest) -> StoredRequest:
+    """The same workflow state, a new version of the request."""
+    return replace(stored, request=request)

@@ -21,6 +21,7 @@ class MessageKind(StrEnum):
     ACKNOWLEDGEMENT = "acknowledgement"
     QUESTION = "question"
     STATUS = "status"
+    INCIDENT = "incident"  # "this problem is already reported"
     HELP = "help"
     OPT_OUT = "opt-out"
     OPT_IN = "opt-in"

@@ -33,6 +33,27 @@ def _check_slug(value: str, what: str) -> str:
     return value
 
 
+class IncidentRule(BaseModel):
+    """When two reports of one service are one problem: within ``radius_m`` metres of each other
+    and ``window_hours`` of the incident's latest report. A street light is a point (a few
+    metres), a missed pickup a whole block; ``radius_m: 0`` makes every report its own incident."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    radius_m: float = Field(default=40.0, ge=0, le=2000)
+    window_hours: float = Field(default=720.0, gt=0)
+
+
+class IncidentDefaults(IncidentRule):
+    """The rule for services that set none, and how long a closed incident may be reopened.
+
+    A report within ``cooloff_hours`` of a close reopens the incident (the fix did not hold);
+    after that, it opens a new incident linked to the closed one.
+    """
+
+    cooloff_hours: float = Field(default=48.0, ge=0)
+
+
 class Service(BaseModel):
     """One Open311 service: its code, owning department and the words residents use for it."""
 
@@ -46,6 +67,7 @@ class Service(BaseModel):
     keywords: tuple[str, ...] = ()
     examples: tuple[str, ...] = ()
     sla_hours: float | None = Field(default=None, gt=0)
+    incident: IncidentRule | None = Field(default=None, description="None: the taxonomy's default")
 
     @field_validator("code")
     @classmethod
@@ -75,6 +97,7 @@ class Taxonomy(BaseModel):
     services: tuple[Service, ...] = Field(min_length=1)
     fallback_code: str = "other"
     triage_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    incidents: IncidentDefaults = IncidentDefaults()
 
     _by_code: dict[str, Service] = PrivateAttr(default_factory=dict)
 
@@ -96,6 +119,13 @@ class Taxonomy(BaseModel):
     def get(self, code: str) -> Service | None:
         """The service with this code, or None."""
         return self._by_code.get(code)
+
+    def incident_rule(self, code: str) -> IncidentRule:
+        """The incident rule of a service (the fallback service never groups: it means "unknown")."""
+        service = self._by_code.get(code)
+        if service is None or code == self.fallback_code:
+            return IncidentRule(radius_m=0)
+        return service.incident or self.incidents
 
     @property
     def codes(self) -> tuple[str, ...]:

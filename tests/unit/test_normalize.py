@@ -6,7 +6,8 @@ from intake311.stage import Record
 from normalizer.app import normalize_batch
 from normalizer.location import extract_address
 from normalizer.normalize import Normalizer
-from normalizer.state import RequestState
+from normalizer.incidents import IncidentDesk
+from normalizer.state import Snapshot, StateStore, StoredRequest
 from schemas import DeadLetter, Location, Media, RawContact
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import TOPICS
@@ -101,23 +102,27 @@ def test_batch_dead_letters_bad_records_and_keeps_going(normalizer: Normalizer, 
             key=good.request_id.encode(),
         ),
     ]
-    state = RequestState(tmp_path / "s.sqlite3")
-    out, emitted = normalize_batch(records, normalizer, state, TOPICS)
+    out = normalize_batch(records, IncidentDesk(normalizer), Snapshot(), TOPICS)
     assert [o.topic for o in out] == [TOPICS.deadletter, TOPICS.deadletter, TOPICS.requests]
     letter = DeadLetter.model_validate_json(out[0].value)
     assert letter.original == b"{not json" and letter.offset == 7 and letter.stage == "normalizer"
     assert "Invalid JSON" in letter.reason
     second = DeadLetter.model_validate_json(out[1].value)
     assert "request_id" in second.reason and "received_at" in second.reason
-    assert [r.request_id for r in emitted] == [good.request_id]
     assert out[2].key == good.request_id
 
 
 def test_state_roundtrip(normalizer: Normalizer, tmp_path) -> None:
-    state = RequestState(tmp_path / "s.sqlite3")
+    store = StateStore.sqlite(tmp_path / "s.sqlite3")
     request = normalizer.normalize(make_contact())
-    state.put_many([request])
-    assert state.get_many({request.request_id, "NONE-0000"}) == {request.request_id: request}
+    store.run(lambda snap: snap.put_request(StoredRequest(request)))
+    assert store.run(lambda snap: snap.loader.requests([request.request_id, "NONE-0000"])) == {
+        request.request_id: StoredRequest(request)
+    }
+    store.close()
+    again = StateStore.sqlite(tmp_path / "s.sqlite3")
+    assert again.request(request.request_id) == StoredRequest(request)
+    again.close()
 
 
 @pytest.mark.parametrize(

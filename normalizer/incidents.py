@@ -1,0 +1,453 @@
+"""One incident per problem: which reports are the same pothole, and what each party hears.
+
+``IncidentDesk`` is the normalizer's stateful step, a plain function of a contact (or a status
+change) and a ``Snapshot`` of the shared state, so every rule is tested without Kafka or SQL:
+
+* a new report of the same service within the service's radius and time window of an open
+  incident **joins** it: the report keeps its own ticket and gets the incident's ``incident_id``;
+  the incident's first request is re-emitted with the reporter count, the report's details and
+  photos; the resident is told, in their language, that the problem is known;
+* within the cool-off after a close, such a report **reopens** the incident; after it, the
+  report opens a **new incident linked** to the closed one;
+* a follow-up after a close that carries no new problem ("Thank you!") changes nothing; one that
+  says it is still broken reopens the request (and its incident) with a note to the department;
+* closing an incident's first request closes every report of it, so every reporter hears;
+* an operator can **split** a wrongly merged report back out.
+
+Every output derives from the input and the stored state, so a replayed contact re-emits the
+same events with the same ids and nothing downstream happens twice.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from normalizer.normalize import Normalizer, versioned
+from normalizer.state import Area, Incident, Snapshot, StoredRequest
+from schemas.contact import RawContact
+from schemas.ids import digest
+from schemas.messages import render, resolve_language
+from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
+from schemas.request import MAX_INCIDENT_UPDATES, IncidentReport, ServiceRequest, Status
+from schemas.status import State, StatusChange
+from schemas.taxonomy import IncidentRule, Taxonomy
+
+EARTH_RADIUS_M = 6_371_008.8
+MAX_MEDIA = 20
+SPLIT_ACTION = "split"  # RawContact.metadata["action"] of an operator's split command
+
+# A follow-up after a close that says the problem is back (English and Spanish).
+_STILL_BROKEN = re.compile(
+    r"\b(still|again|not (?:been )?(?:fixed|repaired|done|resolved)|(?:is|isn'?t|wasn'?t|never) fixed"
+    r"|(?:did ?n[o']?t|didnt) (?:fix|repair)|came back|(?:it'?s|is) back|re-?open|nobody came|no one came"
+    r"|sigue|todav[ií]a|otra vez|de nuevo|no (?:lo |la )?(?:arreglaron|repararon)|no est[aá] arreglad[oa]"
+    r"|no se arregl[oó]|regres[oó]|volvi[oó])\b",
+    re.IGNORECASE,
+)
+
+
+def still_broken(text: str) -> bool:
+    """Whether a follow-up says the problem is not fixed (and so should reopen the request)."""
+    return bool(_STILL_BROKEN.search(text or ""))
+
+
+def distance_m(lat1: float, long1: float, lat2: float, long2: float) -> float:
+    """Great-circle distance in metres (haversine): exact enough at city scale."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(long2 - long1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def area_around(service_code: str, lat: float, long: float, radius_m: float, since: float) -> Area:
+    """The lat/long box that contains the circle of ``radius_m`` around a point."""
+    dlat = math.degrees(radius_m / EARTH_RADIUS_M)
+    dlong = dlat / max(0.01, math.cos(math.radians(lat)))
+    return Area(service_code, lat - dlat, lat + dlat, long - dlong, long + dlong, since)
+
+
+def _epoch(value: datetime) -> float:
+    return value.timestamp()
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a located report is to the incidents near it."""
+
+    kind: str  # "new" | "join" | "reopen" | "linked"
+    incident: Incident | None = None
+
+
+def match(
+    request: ServiceRequest,
+    candidates: list[Incident],
+    rule: IncidentRule,
+    cooloff_hours: float,
+) -> Match:
+    """The incident a report belongs to, by the service's rule; pure.
+
+    The nearest open incident within the radius whose latest report is inside the window wins;
+    else a closed one within the radius, closed less than ``cooloff_hours`` ago, is reopened;
+    else a new incident, linked to a closed one within the radius closed before that.
+    """
+    if request.lat is None or request.long is None:
+        return Match("new")
+    now = _epoch(request.requested_datetime)
+    window_s, cooloff_s = rule.window_hours * 3600, cooloff_hours * 3600
+    near = [
+        (distance_m(request.lat, request.long, i.lat, i.long), i)
+        for i in candidates
+        if i.incident_id != request.request_id and i.service_code == request.service_code
+    ]
+    near = sorted(((d, i) for d, i in near if d <= rule.radius_m), key=lambda x: (x[0], x[1].incident_id))
+    for _, incident in near:
+        if not incident.closed and 0 <= now - incident.last_report_at <= window_s:
+            return Match("join", incident)
+    for _, incident in near:
+        if incident.closed and incident.closed_at is not None and 0 <= now - incident.closed_at <= cooloff_s:
+            return Match("reopen", incident)
+    for _, incident in near:
+        closed_for = now - incident.closed_at if incident.closed_at is not None else -1.0
+        if incident.closed and 0 <= closed_for <= cooloff_s + window_s:
+            return Match("linked", incident)
+    return Match("new")
+
+
+def matchable(request: ServiceRequest, rule: IncidentRule) -> bool:
+    """Only a placed, classified report can be the same problem as another one."""
+    return (
+        rule.radius_m > 0
+        and not request.triage
+        and request.lat is not None
+        and request.long is not None
+        and (request.location_precision is None or request.location_precision.pinpoints)
+    )
+
+
+@dataclass
+class Outcome:
+    """What one contact or status change produces: requests, messages to residents, status changes."""
+
+    requests: list[ServiceRequest] = field(default_factory=list)
+    messages: list[OutboundMessage] = field(default_factory=list)
+    status: list[StatusChange] = field(default_factory=list)
+
+    def extend(self, other: Outcome) -> None:
+        self.requests += other.requests
+        self.messages += other.messages
+        self.status += other.status
+
+
+class IncidentDesk:
+    """The normalizer's stateful rules over a ``Snapshot``: follow-ups, incidents, splits, closes."""
+
+    def __init__(self, normalizer: Normalizer, *, reply_channels: frozenset[str] | None = None) -> None:
+        self.normalizer = normalizer
+        self.taxonomy: Taxonomy = normalizer.taxonomy
+        # Channels that can send (configured ones): a message for any other would sit on a
+        # topic nobody reads. None: every channel (tests).
+        self.reply_channels = reply_channels
+
+    # -- planning: what to prefetch for a batch -----------------------------------------------
+    def areas_for(self, request: ServiceRequest) -> Area | None:
+        """Where incidents that ``request`` could join are (None: it cannot join any)."""
+        rule = self.taxonomy.incident_rule(request.service_code)
+        if not matchable(request, rule):
+            return None
+        assert request.lat is not None and request.long is not None
+        horizon = rule.window_hours * 3600 + self.taxonomy.incidents.cooloff_hours * 3600
+        since = _epoch(request.requested_datetime) - horizon
+        return area_around(request.service_code, request.lat, request.long, rule.radius_m, since)
+
+    # -- contacts -------------------------------------------------------------------------------
+    def handle(self, contact: RawContact, snap: Snapshot, prepared: ServiceRequest | None = None) -> Outcome:
+        """The outcome of one contact. ``prepared``: ``normalize(contact)`` done before the lock."""
+        stored = snap.request(contact.request_id)
+        if stored is not None and (
+            contact.contact_id in stored.request.source_contact_ids or contact.contact_id in stored.absorbed
+        ):
+            return self._replay(stored, contact, snap)
+        if contact.metadata.get("action") == SPLIT_ACTION:
+            return self.split(contact.request_id, snap)
+        if stored is None:
+            request = prepared or self.normalizer.normalize(contact)
+            return self._place_in_incident(request, snap, contact=contact)
+        if stored.closed:
+            return self._after_close(stored, contact, snap)
+        merged = self.normalizer.normalize(contact, stored.request)
+        if snap.incident_of(merged.request_id) is None:
+            # It had no point before; the follow-up may have given one ("where is it?" answered).
+            return self._place_in_incident(merged, snap, contact=contact, state=stored)
+        return self._emit(snap, replace(stored, request=versioned(merged)))
+
+    def _replay(self, stored: StoredRequest, contact: RawContact, snap: Snapshot) -> Outcome:
+        """A contact seen before: the same events again (downstream dedupes on their ids)."""
+        if contact.contact_id in stored.absorbed:
+            return Outcome()
+        out = Outcome(requests=[stored.request])
+        incident_id = stored.request.incident
+        if incident_id != stored.request.request_id:
+            first = snap.request(incident_id)
+            incident = snap.incident(incident_id)
+            if first is not None:
+                out.requests.append(first.request)
+            if incident is not None:
+                out.messages += self._known_message(stored.request, incident, reopened=False)
+        return out
+
+    def _emit(self, snap: Snapshot, *stored: StoredRequest) -> Outcome:
+        for s in stored:
+            snap.put_request(s)
+        return Outcome(requests=[s.request for s in stored])
+
+    def _place_in_incident(
+        self,
+        request: ServiceRequest,
+        snap: Snapshot,
+        *,
+        contact: RawContact,
+        state: StoredRequest | None = None,
+    ) -> Outcome:
+        stored = state or StoredRequest(request)
+        rule = self.taxonomy.incident_rule(request.service_code)
+        area = self.areas_for(request)
+        if area is None:
+            own = versioned(request)
+            return self._emit(snap, replace(stored, request=own))
+        found = match(request, snap.incidents_in(area), rule, self.taxonomy.incidents.cooloff_hours)
+        if found.kind in ("join", "reopen") and found.incident is not None:
+            first = snap.request(found.incident.incident_id)
+            if first is not None:
+                return self._join(request, stored, found.incident, first, snap, reopen=found.kind == "reopen")
+        related = found.incident.incident_id if found.kind == "linked" and found.incident else None
+        return self._open_incident(request, stored, snap, related=related)
+
+    def _open_incident(
+        self, request: ServiceRequest, stored: StoredRequest, snap: Snapshot, *, related: str | None
+    ) -> Outcome:
+        assert request.lat is not None and request.long is not None
+        own = versioned(
+            request.model_copy(
+                update={
+                    "incident_id": request.request_id,
+                    "incident_reports": 1,
+                    "incident_updates": (),
+                    "related_incident_id": related or request.related_incident_id,
+                }
+            )
+        )
+        at = _epoch(request.requested_datetime)
+        snap.put_incident(
+            Incident(
+                request.request_id,
+                request.service_code,
+                request.lat,
+                request.long,
+                stored.state,
+                at,
+                _epoch(request.updated_datetime),
+                at if stored.closed else None,
+                (request.request_id,),
+            )
+        )
+        return self._emit(snap, replace(stored, request=own))
+
+    def _join(
+        self,
+        request: ServiceRequest,
+        stored: StoredRequest,
+        incident: Incident,
+        first: StoredRequest,
+        snap: Snapshot,
+        *,
+        reopen: bool,
+    ) -> Outcome:
+        members = (*incident.members, request.request_id)
+        joined = replace(
+            incident,
+            members=members,
+            last_report_at=max(incident.last_report_at, _epoch(request.requested_datetime)),
+            state=State.NEW if reopen else incident.state,
+            closed_at=None if reopen else incident.closed_at,
+        )
+        snap.put_incident(joined)
+        report = versioned(
+            request.model_copy(update={"incident_id": incident.incident_id, "incident_reports": len(members)})
+        )
+        head = _with_report(first.request, report, len(members))
+        head_state = first
+        if reopen:
+            head = head.model_copy(
+                update={
+                    "status": Status.OPEN,
+                    "status_notes": f"Reopened: reported again as {request.request_id}",
+                }
+            )
+            head_state = replace(first, state=State.NEW, state_at=_epoch(request.updated_datetime))
+        out = self._emit(snap, replace(stored, request=report), replace(head_state, request=versioned(head)))
+        out.messages += self._known_message(report, joined, reopened=reopen)
+        return out
+
+    def _after_close(self, stored: StoredRequest, contact: RawContact, snap: Snapshot) -> Outcome:
+        """A follow-up to a closed request: "thanks" changes nothing; "still broken" reopens."""
+        if not still_broken(contact.text):
+            snap.put_request(replace(stored, absorbed=(*stored.absorbed, contact.contact_id)))
+            return Outcome()
+        excerpt = " ".join(contact.text.split())[:200]
+        merged = self.normalizer.normalize(contact, stored.request).model_copy(
+            update={"status": Status.OPEN, "status_notes": f"Reopened by the resident: {excerpt}"}
+        )
+        at = _epoch(contact.received_at)
+        out = self._emit(snap, StoredRequest(versioned(merged), State.NEW, at, stored.absorbed))
+        incident_id = snap.incident_of(merged.request_id)
+        incident = snap.incident(incident_id) if incident_id else None
+        if incident is not None and incident.closed:
+            snap.put_incident(replace(incident, state=State.NEW, closed_at=None, last_report_at=at))
+            first = snap.request(incident.incident_id)
+            if first is not None and incident.incident_id != merged.request_id:
+                head = first.request.model_copy(
+                    update={
+                        "status": Status.OPEN,
+                        "status_notes": f"Reopened: {merged.request_id} says it is still broken",
+                        "updated_datetime": max(first.request.updated_datetime, contact.received_at),
+                    }
+                )
+                out.extend(self._emit(snap, StoredRequest(versioned(head), State.NEW, at, first.absorbed)))
+        return out
+
+    # -- operators ------------------------------------------------------------------------------
+    def split(self, request_id: str, snap: Snapshot) -> Outcome:
+        """Take a wrongly merged report out of its incident: it becomes an incident of its own."""
+        stored = snap.request(request_id)
+        incident_id = snap.incident_of(request_id)
+        if stored is None:
+            raise LookupError(f"request {request_id} is not known to the normalizer")
+        if incident_id is None or incident_id == request_id:
+            return Outcome(requests=[stored.request])  # nothing to split (or a replayed split)
+        incident = snap.incident(incident_id)
+        first = snap.request(incident_id)
+        out = Outcome()
+        if incident is not None:
+            members = tuple(m for m in incident.members if m != request_id)
+            snap.put_incident(replace(incident, members=members))
+            if first is not None:
+                head = first.request
+                head = head.model_copy(
+                    update={
+                        "incident_reports": max(1, len(members)),
+                        "incident_updates": tuple(
+                            u for u in head.incident_updates if u.request_id != request_id
+                        ),
+                    }
+                )
+                out.extend(self._emit(snap, replace(first, request=versioned(head))))
+        alone = stored.request.model_copy(
+            update={"incident_id": request_id, "incident_reports": 1, "incident_updates": ()}
+        )
+        if alone.lat is not None and alone.long is not None:
+            snap.put_incident(
+                Incident(
+                    request_id,
+                    alone.service_code,
+                    alone.lat,
+                    alone.long,
+                    stored.state,
+                    _epoch(alone.requested_datetime),
+                    _epoch(alone.updated_datetime),
+                    stored.state_at if stored.closed else None,
+                    (request_id,),
+                )
+            )
+        out.extend(self._emit(snap, replace(stored, request=versioned(alone))))
+        return out
+
+    # -- status changes ---------------------------------------------------------------------------
+    def handle_status(self, change: StatusChange, snap: Snapshot) -> Outcome:
+        """Track a department's status change; closing an incident closes each of its reports."""
+        at = _epoch(change.at)
+        stored = snap.request(change.request_id)
+        if stored is not None and at >= stored.state_at:
+            snap.put_request(replace(stored, state=change.state, state_at=at))
+        incident = snap.incident(change.request_id)
+        out = Outcome()
+        if incident is None or at < (incident.closed_at or 0.0):
+            return out
+        closing = change.state is State.CLOSED
+        snap.put_incident(replace(incident, state=change.state, closed_at=at if closing else None))
+        if not closing:
+            return out
+        for member in incident.members:
+            if member == incident.incident_id:
+                continue
+            other = snap.request(member)
+            if other is not None and other.closed:
+                continue
+            out.status.append(
+                StatusChange(
+                    event_id=digest("incident-close", member, change.event_id).hex()[:32],
+                    request_id=member,
+                    state=State.CLOSED,
+                    notes=change.notes,
+                    at=change.at,
+                    source=f"incident:{incident.incident_id}",
+                    department=change.department,
+                )
+            )
+        return out
+
+    # -- residents ------------------------------------------------------------------------------
+    def _known_message(
+        self, report: ServiceRequest, incident: Incident, *, reopened: bool
+    ) -> list[OutboundMessage]:
+        """ "Already reported" to the resident of a later report, on their channel, in their language."""
+        reply = report.reply
+        if reply is None or (self.reply_channels is not None and reply.channel not in self.reply_channels):
+            return []
+        language = resolve_language(reply.language or report.language)
+        values = {
+            "incident": incident.incident_id,
+            "ticket": report.request_id,
+            "state": render(f"state.{incident.state.value}", language),
+        }
+        key = "incident_reopened" if reopened else "incident_known"
+        return [
+            OutboundMessage(
+                message_id=outbound_message_id(
+                    reply.channel, reply.address, "incident", report.request_id, incident.incident_id
+                ),
+                request_id=report.request_id,
+                channel=reply.channel,
+                to=reply.address,
+                thread=reply.thread,
+                language=language,
+                kind=MessageKind.INCIDENT,
+                subject=render("incident_subject", language, **values),
+                text=render(key, language, **values),
+                created_at=report.updated_datetime.astimezone(UTC),
+            )
+        ]
+
+
+def _with_report(head: ServiceRequest, report: ServiceRequest, reports: int) -> ServiceRequest:
+    """The incident's first request with one more report: count, details, photos."""
+    entry = IncidentReport(
+        request_id=report.request_id,
+        channel=report.channel,
+        reported_at=report.requested_datetime,
+        description=report.description[:500],
+        media=report.media[:5],
+    )
+    updates = (*(u for u in head.incident_updates if u.request_id != report.request_id), entry)
+    media = head.media + tuple(m for m in report.media if m not in head.media)
+    return head.model_copy(
+        update={
+            "incident_reports": reports,
+            "incident_updates": updates[-MAX_INCIDENT_UPDATES:],
+            "media": media[:MAX_MEDIA],
+            "media_url": head.media_url or (media[0].url if media else None),
+            "updated_datetime": max(head.updated_datetime, report.updated_datetime),
+        }
+    )
