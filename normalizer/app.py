@@ -27,7 +27,7 @@ from intake311.stage import (
 from normalizer.incidents import IncidentDesk, Outcome
 from normalizer.normalize import Locator, Normalizer
 from normalizer.state import Snapshot, StateStore, merge_areas
-from schemas.contact import RawContact
+from schemas.contact import ACTION, RawContact
 from schemas.request import ServiceRequest
 from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
@@ -64,7 +64,7 @@ def prepare(
         contact = RawContact.model_validate_json(record.value)
         # Continuations need the stored request; everything else can be normalized now.
         request = (
-            None if contact.continues or contact.metadata.get("action") else normalizer.normalize(contact)
+            None if contact.continues or contact.metadata.get(ACTION) else normalizer.normalize(contact)
         )
         prepared[index[id(record)]] = Prepared(contact, request)
         return []

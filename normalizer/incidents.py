@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 from normalizer.normalize import Normalizer, versioned
 from normalizer.state import Area, Incident, Snapshot, StoredRequest
-from schemas.contact import RawContact
+from schemas.contact import ACTION, ACTION_SPLIT, RawContact
 from schemas.ids import digest
 from schemas.messages import render, resolve_language
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
@@ -37,7 +37,6 @@ from schemas.taxonomy import IncidentRule, Taxonomy
 
 EARTH_RADIUS_M = 6_371_008.8
 MAX_MEDIA = 20
-SPLIT_ACTION = "split"  # RawContact.metadata["action"] of an operator's split command
 
 # A follow-up after a close that says the problem is back (English and Spanish).
 _STILL_BROKEN = re.compile(
@@ -103,15 +102,22 @@ def match(
         if i.incident_id != request.request_id and i.service_code == request.service_code
     ]
     near = sorted(((d, i) for d, i in near if d <= rule.radius_m), key=lambda x: (x[0], x[1].incident_id))
+    # Reports reach normalizers out of order (they travel on different partitions), so "within
+    # the window" runs both ways, and a report made before a close is part of what was closed.
     for _, incident in near:
-        if not incident.closed and 0 <= now - incident.last_report_at <= window_s:
+        if not incident.closed and abs(now - incident.last_report_at) <= window_s:
             return Match("join", incident)
     for _, incident in near:
-        if incident.closed and incident.closed_at is not None and 0 <= now - incident.closed_at <= cooloff_s:
+        closed_at = incident.closed_at
+        if not incident.closed or closed_at is None:
+            continue
+        if now <= closed_at and now >= incident.opened_at - window_s:
+            return Match("join", incident)
+        if 0 < now - closed_at <= cooloff_s:
             return Match("reopen", incident)
     for _, incident in near:
         closed_for = now - incident.closed_at if incident.closed_at is not None else -1.0
-        if incident.closed and 0 <= closed_for <= cooloff_s + window_s:
+        if incident.closed and 0 < closed_for <= cooloff_s + window_s:
             return Match("linked", incident)
     return Match("new")
 
@@ -170,7 +176,7 @@ class IncidentDesk:
             contact.contact_id in stored.request.source_contact_ids or contact.contact_id in stored.absorbed
         ):
             return self._replay(stored, contact, snap)
-        if contact.metadata.get("action") == SPLIT_ACTION:
+        if contact.metadata.get(ACTION) == ACTION_SPLIT:
             return self.split(contact.request_id, snap)
         if stored is None:
             request = prepared or self.normalizer.normalize(contact)
@@ -289,7 +295,20 @@ class IncidentDesk:
             head_state = replace(first, state=State.NEW, state_at=_epoch(request.updated_datetime))
         out = self._emit(snap, replace(stored, request=report), replace(head_state, request=versioned(head)))
         out.messages += self._known_message(report, joined, reopened=reopen)
+        if joined.closed and joined.closed_at is not None:
+            # Made before the close but decided after it: it was fixed with the rest.
+            out.status.append(self._closing(request.request_id, joined, joined.closed_at))
         return out
+
+    def _closing(self, member: str, incident: Incident, at: float, notes: str | None = None) -> StatusChange:
+        return StatusChange(
+            event_id=digest("incident-close", member, incident.incident_id, repr(at)).hex()[:32],
+            request_id=member,
+            state=State.CLOSED,
+            notes=notes,
+            at=datetime.fromtimestamp(at, UTC),
+            source=f"incident:{incident.incident_id}",
+        )
 
     def _after_close(self, stored: StoredRequest, contact: RawContact, snap: Snapshot) -> Outcome:
         """A follow-up to a closed request: "thanks" changes nothing; "still broken" reopens."""
@@ -385,17 +404,8 @@ class IncidentDesk:
             other = snap.request(member)
             if other is not None and other.closed:
                 continue
-            out.status.append(
-                StatusChange(
-                    event_id=digest("incident-close", member, change.event_id).hex()[:32],
-                    request_id=member,
-                    state=State.CLOSED,
-                    notes=change.notes,
-                    at=change.at,
-                    source=f"incident:{incident.incident_id}",
-                    department=change.department,
-                )
-            )
+            notice = self._closing(member, incident, at, change.notes)
+            out.status.append(notice.model_copy(update={"department": change.department}))
         return out
 
     # -- residents ------------------------------------------------------------------------------

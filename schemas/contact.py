@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from schemas.ids import is_slug, parse_ticket
+from schemas.ids import is_slug, make_contact_id, parse_ticket
 
 CONTACT_SCHEMA_VERSION = 1
 
 MetadataValue = str | int | float | bool | None
+# ``RawContact.metadata["action"]`` of an operator command that is not a report (it travels the
+# contacts path so it is ordered with the request's own contacts and replayed like them).
+ACTION = "action"
+ACTION_SPLIT = "split"  # take this request out of the incident it was merged into
 
 
 class _Model(BaseModel):
@@ -118,3 +123,20 @@ class RawContact(_Model):
         if ticket is None:
             raise ValueError(f"not a ticket number: {value!r}")
         return ticket
+
+
+def split_command(ticket: str, *, incident_id: str | None, now: datetime, by: str) -> RawContact:
+    """An operator's "this report is not that incident": split ``ticket`` back out of it.
+
+    Travels as an ``operator`` contact keyed by the ticket. Its id derives from the ticket and
+    the incident it leaves, so a retried click or command is the same contact, applied once.
+    """
+    contact_id = make_contact_id("operator", f"split-{ticket}-{incident_id or 'any'}")
+    return RawContact(
+        contact_id=contact_id,
+        request_id=ticket,
+        channel="operator",
+        received_at=now,
+        continues=True,
+        metadata={ACTION: ACTION_SPLIT, "by": by},
+    )

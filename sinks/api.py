@@ -10,6 +10,10 @@ acknowledged) before the caller hears "accepted":
 * ``POST /slack/interactivity`` — the Acknowledge / In progress / Close buttons of the Slack
   sink's messages, verified with Slack's signing secret.
 
+And one more door for the same tokens: ``POST /api/requests/{id}/split`` takes a report that was
+wrongly merged into an incident back out (an operator command on the contacts path, so the
+normalizer applies it in order with the request's own contacts).
+
 Nothing is published for a wrong token, a request of another department, or a forged Slack
 payload. The case store records the change and the resident is told (``sinks.status``).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,6 +34,7 @@ from slack_sdk.signature import SignatureVerifier
 from intake311.bus import Outgoing, publish_all
 from intake311.logging import get_logger
 from intake311.settings import Settings
+from schemas.contact import split_command
 from schemas.ids import parse_ticket
 from schemas.status import StatusChange, parse_state
 from sinks.postgres.store import CaseStore
@@ -116,6 +122,40 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
             request_id, token.strip() if scheme.lower() == "bearer" else "", body.state, body.notes, "api"
         )
 
+    @router.post("/api/requests/{request_id}/split", status_code=202)
+    async def api_split(request_id: str, request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        department = department_for_token(settings, token.strip() if scheme.lower() == "bearer" else "")
+        if department is None:
+            return _error(403, "a valid department token is required")
+        ticket = parse_ticket(request_id)
+        case = await store.get_case(ticket) if ticket else None
+        if case is None:
+            return _error(404, f"no service request {request_id!r}")
+        if department not in case.departments and department != case.agency_responsible:
+            return _error(403, f"request {case.request_id} is not routed to {department}")
+        incident_id = getattr(case, "incident_id", None)
+        if incident_id in (None, case.request_id):
+            return _error(409, f"request {case.request_id} is not part of another incident")
+        contact = split_command(case.request_id, incident_id=incident_id, now=_now(), by=f"api:{department}")
+        try:
+            await publish_all(
+                broker,
+                [Outgoing(topics.contacts(contact.channel), contact.model_dump_json().encode(), key=ticket)],
+            )
+        except Exception:
+            log.warning("split not published", request_id=case.request_id, exc_info=True)
+            return _error(503, "the split could not be queued; please retry")
+        log.info("split accepted", request_id=case.request_id, incident_id=incident_id, department=department)
+        return JSONResponse(
+            {
+                "service_request_id": case.request_id,
+                "split_from": incident_id,
+                "contact_id": contact.contact_id,
+            },
+            status_code=202,
+        )
+
     @router.post("/open311/v2/requests/{request_id}.json", status_code=202)
     async def open311_update(request_id: str, request: Request) -> Response:
         form = await request.form()
@@ -149,6 +189,10 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
         return Response(status_code=200)  # Slack wants an empty 200 within 3 s
 
     return router
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def slack_changes(body: bytes) -> list[StatusChange]:

@@ -275,3 +275,23 @@ def test_sqlite_store_keeps_incidents_across_processes(desk: IncidentDesk, tmp_p
     assert incident is not None and incident.members == (first.request_id, second.request_id)
     one.close()
     two.close()
+
+
+def test_reports_out_of_order_still_join(desk: IncidentDesk) -> None:
+    # Different tickets travel on different partitions: the later report may be decided first.
+    snap = Snapshot()
+    late = desk.handle(report("pothole", pid="late", minutes=10), snap)
+    early = desk.handle(report("pothole", NEAR, pid="early", minutes=5), snap)
+    assert early.requests[0].incident_id == late.requests[0].request_id
+
+
+def test_report_made_before_the_close_joins_closed(desk: IncidentDesk) -> None:
+    snap = Snapshot()
+    first = report("pothole", pid="a")
+    desk.handle(first, snap)
+    close(desk, snap, first.request_id, 60)
+    before = desk.handle(report("pothole", NEAR, pid="b", minutes=30), snap)
+    assert before.requests[0].incident_id == first.request_id
+    assert before.requests[1].status == Status.OPEN and before.requests[1].status_notes is None
+    (closing,) = before.status
+    assert closing.request_id == before.requests[0].request_id and closing.state is State.CLOSED
