@@ -251,9 +251,17 @@ def report(
     since: Annotated[datetime | None, typer.Option(help="start (ISO date); default 30 days ago")] = None,
     until: Annotated[datetime | None, typer.Option(help="end (ISO date); default now")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", metavar="LAYER", help="also per district of a boundary layer, e.g. ward"),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Volume by channel and service, median time to close, share within the service level."""
+    """Volume by channel and service, median time to close, share within the service level.
+
+    With --by ward, the same figures per ward too (requests in no ward as "(none)"): where the
+    work is, which is what a council member asks about.
+    """
     from datetime import timedelta
 
     from intake311.ops import format_report, service_report
@@ -262,7 +270,7 @@ def report(
     end = _utc(until) if until else datetime.now(UTC)
     start = _utc(since) if since else end - timedelta(days=30)
     try:
-        figures = asyncio.run(service_report(settings, start, end))
+        figures = asyncio.run(service_report(settings, start, end, by=by))
     except ValueError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
@@ -299,6 +307,130 @@ def asyncapi(config: ConfigOpt = None) -> None:
 
     settings = _settings(config)
     typer.echo(asyncio.run(describe(settings)).to_specification().to_json())
+
+
+@app.command()
+def locate(
+    text: Annotated[str | None, typer.Argument(help="an address or a resident's sentence")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="one text per line", exists=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Where intake311 places a text: address, lat/long, precision, districts (check geo files)."""
+    from normalizer.app import build_locator
+    from normalizer.normalize import TextOnly
+
+    if (text is None) == (file is None):
+        typer.echo("give either TEXT or --file FILE", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    try:
+        locator = build_locator(settings) or TextOnly()
+    except ValueError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    lines = [text or ""] if file is None else file.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        place = locator.place(text=line, address=None, lat=None, long=None)
+        row = {
+            "address": place.address,
+            "lat": place.lat,
+            "long": place.long,
+            "precision": place.precision.value if place.precision else None,
+            "districts": place.districts,
+        }
+        if place.outside_city:
+            row["outside_city"] = True
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        elif place.lat is None:
+            typer.echo(f"not found   {line[:80]}" + (f"  (text: {place.address})" if place.address else ""))
+        else:
+            districts = ", ".join(f"{k}={v}" for k, v in place.districts.items())
+            typer.echo(
+                f"{row['precision']:<13}{place.lat:.6f},{place.long:.6f}  {place.address}"
+                + (f"  [{districts}]" if districts else "")
+                + ("  OUTSIDE THE CITY" if place.outside_city else "")
+            )
+
+
+incidents_app = typer.Typer(help="Incidents: reports of one problem grouped together.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
+
+
+@incidents_app.command("show")
+def incidents_show(
+    ticket: Annotated[str, typer.Argument(help="any ticket of the incident")],
+    config: ConfigOpt = None,
+) -> None:
+    """The incident a ticket belongs to: its state and every report of it (normalizer state)."""
+    from normalizer.app import open_state
+    from schemas.ids import parse_ticket
+
+    settings = _settings(config)
+    request_id = parse_ticket(ticket)
+    if request_id is None:
+        typer.echo(f"not a ticket number: {ticket!r}", err=True)
+        raise typer.Exit(2)
+    store = open_state(settings)
+    try:
+        stored = store.request(request_id)
+        incident = store.incident(stored.request.incident) if stored else None
+    finally:
+        store.close()
+    if stored is None:
+        typer.echo(f"{request_id}: not known to the normalizer", err=True)
+        raise typer.Exit(1)
+    if incident is None:
+        typer.echo(f"{request_id}: {stored.request.service_code}, not placed in an incident (no point)")
+        return
+    typer.echo(
+        f"incident {incident.incident_id}  {incident.service_code}  {incident.state.value}"
+        f"  {incident.lat:.6f},{incident.long:.6f}  {incident.reports} report(s)"
+    )
+    for member in incident.members:
+        typer.echo(f"  {member}{'  (first)' if member == incident.incident_id else ''}")
+
+
+@incidents_app.command("split")
+def incidents_split(
+    ticket: Annotated[str, typer.Argument(help="the report that is not the same problem")],
+    config: ConfigOpt = None,
+) -> None:
+    """Take a wrongly merged report out of its incident (it becomes an incident of its own)."""
+    from intake311.bus import Outgoing, make_broker, publish_all
+    from normalizer.app import open_state
+    from schemas.contact import split_command
+    from schemas.ids import parse_ticket
+
+    settings = _settings(config)
+    request_id = parse_ticket(ticket)
+    if request_id is None:
+        typer.echo(f"not a ticket number: {ticket!r}", err=True)
+        raise typer.Exit(2)
+    store = open_state(settings)
+    try:
+        stored = store.request(request_id)
+    finally:
+        store.close()
+    if stored is None or not stored.request.is_later_report:
+        typer.echo(f"{request_id} is not part of another incident; nothing to split", err=True)
+        raise typer.Exit(1)
+    contact = split_command(request_id, incident_id=stored.request.incident, now=datetime.now(UTC), by="cli")
+
+    async def publish() -> None:
+        broker = make_broker(settings.kafka, _client_bootstrap(settings))
+        await broker.connect()
+        try:
+            record = Outgoing(
+                settings.topics.contacts(contact.channel), contact.model_dump_json().encode(), key=request_id
+            )
+            await publish_all(broker, [record])
+        finally:
+            await broker.stop()
+
+    asyncio.run(publish())
+    typer.echo(f"{request_id} split from incident {stored.request.incident}")
 
 
 def main() -> None:

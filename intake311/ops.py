@@ -70,8 +70,11 @@ async def add_backlog(settings: Settings, bootstrap: list[str], rows: list[dict[
         await admin.close()
 
 
-async def service_report(settings: Settings, since: datetime, until: datetime) -> dict[str, Any]:
-    """Volume by channel and service, median time to close and share within the service level."""
+async def service_report(
+    settings: Settings, since: datetime, until: datetime, by: str | None = None
+) -> dict[str, Any]:
+    """Volume by channel and service, median time to close and share within the service level;
+    with ``by`` (a boundary layer such as ``ward``) the same per district of that layer."""
     from schemas.taxonomy import load_taxonomy
     from sinks.postgres.store import CaseStore
 
@@ -79,7 +82,25 @@ async def service_report(settings: Settings, since: datetime, until: datetime) -
         raise ValueError("no case store configured: set INTAKE311_CASE_STORE_DSN")
     taxonomy = load_taxonomy(settings.taxonomy_file)
     async with CaseStore(settings.case_store_dsn.get_secret_value(), taxonomy=taxonomy) as store:
-        return (await store.report(since, until)).as_dict()
+        return (await store.report(since, until, by=by)).as_dict()
+
+
+def _figure_rows(title: str, groups: dict[str, dict[str, Any]], order: list[str]) -> list[str]:
+    """A header and one line per group: received, closed, median hours, SLA share, overdue.
+
+    The name column widens to the longest name (district names run longer than department ids),
+    so the numbers stay aligned whatever the city calls its districts.
+    """
+    width = max([22, *(len(name) + 2 for name in order)])
+    columns = f"{'received':>9}{'closed':>8}{'median h':>10}{'within SLA':>12}{'overdue':>9}"
+    lines = [f"  {title:<{width}}{columns}"]
+    for name in order:
+        d = groups[name]
+        median = f"{d['median_hours_to_close']:.1f}" if d["median_hours_to_close"] is not None else "-"
+        share = f"{d['share_within_sla']:.0%}" if d["share_within_sla"] is not None else "-"
+        counts = f"{d['received']:>9}{d['closed']:>8}{median:>10}{share:>12}{d['open_overdue']:>9}"
+        lines.append(f"  {name:<{width}}{counts}")
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -93,14 +114,16 @@ def format_report(report: dict[str, Any]) -> str:
         "by service:",
         *(f"  {k:<24}{v:>8}" for k, v in sorted(report["by_service"].items(), key=lambda kv: -kv[1])),
         "",
-        f"  {'department':<22}{'received':>9}{'closed':>8}{'median h':>10}{'within SLA':>12}{'overdue':>9}",
+        *_figure_rows("department", report["departments"], sorted(report["departments"])),
     ]
-    for name, d in sorted(report["departments"].items()):
-        median = f"{d['median_hours_to_close']:.1f}" if d["median_hours_to_close"] is not None else "-"
-        share = f"{d['share_within_sla']:.0%}" if d["share_within_sla"] is not None else "-"
-        lines.append(
-            f"  {name:<22}{d['received']:>9}{d['closed']:>8}{median:>10}{share:>12}{d['open_overdue']:>9}"
-        )
+    if report.get("by"):
+        from sinks.postgres.store import NO_DISTRICT  # listed last, not among the names
+
+        districts = report["districts"]
+        order = sorted(n for n in districts if n != NO_DISTRICT) + [n for n in districts if n == NO_DISTRICT]
+        lines += ["", *_figure_rows(f"by {report['by']}", districts, order)]
+        if not districts:
+            lines.append("  (no requests in this period)")
     return "\n".join(lines)
 
 

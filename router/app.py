@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -23,7 +24,10 @@ from router.routing import Router, load_interests, load_routing
 from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
 
-RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows
+if TYPE_CHECKING:
+    RequestRecords = list[bytes]
+else:
+    RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows (raw bytes to mypy)
 STAGE = "router"
 log = get_logger(__name__)
 GROUP_ID = "intake311.router"
@@ -47,12 +51,24 @@ def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str
 
 
 def build_router(settings: Settings) -> Router:
-    return Router(
+    """The router of these settings; district conditions are checked against the boundary layers.
+
+    Without boundary files no request carries districts, so district rules cannot match yet:
+    said at start (a warning, not an error, so rules can be written before the files arrive).
+    """
+    router = Router(
         load_routing(settings.routing_file),
         load_taxonomy(settings.taxonomy_file),
         settings.topics,
         load_interests(settings.subscriptions_file),
+        layers=tuple(settings.geo.boundaries),
     )
+    if router.district_layers() and not settings.geo.boundaries:
+        log.warning(
+            "routing matches on districts but no boundary layers are configured (geo.boundaries)",
+            layers=router.district_layers(),
+        )
+    return router
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

@@ -1,11 +1,13 @@
 """``route(ServiceRequest) -> [Delivery]``: which departments get a request, as a pure function.
 
-The table is data (``routing.yaml``) so a city re-routes work without a deploy; rules leave room
-for geography (a bounding box today, districts once requests carry them).
+The table is data (``routing.yaml``) so a city re-routes work without a deploy; rules match on
+geography two ways: a bounding box (``within``) and the districts the normalizer found the request
+in (``districts: {ward: ["Ward 7", "Ward 8"]}``), which is how a city actually draws its work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,50 @@ def _departments(value: str | list[str]) -> list[str]:
         if not is_slug(item):
             raise ValueError(f"department must be a lowercase slug: {item!r}")
     return items
+
+
+Districts = dict[str, tuple[str, ...]]  # boundary layer -> accepted district names
+
+
+def _districts(value: object) -> object:
+    """``{layer: name | [names]}`` -> ``{layer: (names,)}``, refusing blanks.
+
+    A single string is one name (``ward: "Ward 7"``), the way people write it by hand; an empty
+    layer or name would make a rule that silently never matches, so it is an error instead.
+    """
+    if value is None or not isinstance(value, Mapping):
+        return value  # None: no condition; anything else: pydantic reports the type
+    if not value:
+        raise ValueError("districts must name at least one layer (leave it out to match everywhere)")
+    out: Districts = {}
+    for layer, names in value.items():
+        if not isinstance(layer, str) or not layer.strip():
+            raise ValueError(f"district layer names must be non-empty strings, got {layer!r}")
+        items = [names] if isinstance(names, str | int) and not isinstance(names, bool) else names
+        if not isinstance(items, list | tuple) or not items:
+            raise ValueError(f"districts.{layer}: give a district name or a non-empty list of names")
+        # Numbers are names too: YAML reads `council: 3` as an int, the boundary file says "3".
+        texts = [str(n) if isinstance(n, int) and not isinstance(n, bool) else n for n in items]
+        if bad := [n for n in texts if not isinstance(n, str) or not n.strip()]:
+            raise ValueError(f"districts.{layer}: district names must be non-empty strings, got {bad[0]!r}")
+        out[layer.strip()] = tuple(n.strip() for n in texts)
+    return out
+
+
+def in_districts(wanted: Districts | None, found: Mapping[str, str]) -> bool:
+    """Every listed layer's district is one of its names (case-insensitive); None matches all.
+
+    Case is ignored because the names are typed by hand from the boundary file's labels: "ward 7"
+    in a YAML file must not quietly stop matching "Ward 7". A request without a district in a
+    listed layer (outside every polygon, or not geocoded) does not match.
+    """
+    if wanted is None:
+        return True
+    for layer, names in wanted.items():
+        have = found.get(layer)
+        if have is None or have.casefold() not in {n.casefold() for n in names}:
+            return False
+    return True
 
 
 class Box(BaseModel):
@@ -51,6 +97,7 @@ class Rule(BaseModel):
     services: tuple[str, ...] | None = None
     channels: tuple[str, ...] | None = None
     within: Box | None = None
+    districts: Districts | None = None
     departments: tuple[str, ...]
     stop: bool = False
 
@@ -59,11 +106,17 @@ class Rule(BaseModel):
     def _slugs(cls, value: str | list[str]) -> tuple[str, ...]:
         return tuple(_departments(value))
 
+    @field_validator("districts", mode="before")
+    @classmethod
+    def _district_names(cls, value: object) -> object:
+        return _districts(value)
+
     def matches(self, request: ServiceRequest) -> bool:
         return (
             (self.services is None or request.service_code in self.services)
             and (self.channels is None or request.channel in self.channels)
             and (self.within is None or self.within.contains(request.lat, request.long))
+            and in_districts(self.districts, request.districts)
         )
 
 
@@ -98,18 +151,27 @@ class Interest(BaseModel):
     """What a department subscribes to beyond its own services (from the subscriptions file).
 
     ``services: [noise]`` makes the department receive every noise request as well as whoever
-    owns it; ``within`` narrows that to an area. Both unset: nothing extra.
+    owns it; ``within`` (a box) and ``districts`` (``{ward: ["Ward 7"]}``) narrow that to an
+    area, or alone subscribe to everything there (a ward office). All unset: nothing extra.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)  # the sinks stage reads the rest
     services: tuple[str, ...] | None = None
     within: Box | None = None
+    districts: Districts | None = None
+
+    @field_validator("districts", mode="before")
+    @classmethod
+    def _district_names(cls, value: object) -> object:
+        return _districts(value)
 
     def matches(self, request: ServiceRequest) -> bool:
-        if self.services is None and self.within is None:
+        if self.services is None and self.within is None and self.districts is None:
             return False
-        return (self.services is None or request.service_code in self.services) and (
-            self.within is None or self.within.contains(request.lat, request.long)
+        return (
+            (self.services is None or request.service_code in self.services)
+            and (self.within is None or self.within.contains(request.lat, request.long))
+            and in_districts(self.districts, request.districts)
         )
 
 
@@ -146,6 +208,7 @@ class Router:
         taxonomy: Taxonomy,
         topics: Topics,
         interests: dict[str, Interest] | None = None,
+        layers: Collection[str] = (),
     ) -> None:
         self.table = table
         self.taxonomy = taxonomy
@@ -158,6 +221,17 @@ class Router:
             unknown += sorted(set(interest.services or ()) - set(taxonomy.codes))
         if unknown:
             raise ValueError(f"routing table names services the taxonomy does not have: {', '.join(unknown)}")
+        if layers and (missing := sorted(set(self.district_layers()) - set(layers))):
+            # A misspelt layer would never match: the work would silently go to the default owner.
+            raise ValueError(
+                f"routing rules or subscriptions name district layers the city's boundaries do not have:"
+                f" {', '.join(missing)} (layers: {', '.join(sorted(layers))})"
+            )
+
+    def district_layers(self) -> list[str]:
+        """Every boundary layer a rule or subscription matches on (they must exist to ever match)."""
+        conditions: list[Rule | Interest] = [*self.table.rules, *self.interests.values()]
+        return sorted({layer for c in conditions for layer in (c.districts or {})})
 
     def departments_for(self, request: ServiceRequest) -> list[str]:
         """The owner first (rules, routes, taxonomy), then every department subscribed to it."""

@@ -5,6 +5,11 @@ HTML alternative; its ``Message-ID`` is derived from the delivery id, so a retry
 sends the same id and mail systems (and people) can recognise the duplicate. Messages about
 one ticket share a ``References`` root, so mail clients thread them. The reporter's contact
 details stay out unless the department is entitled to them (``include_reporter: true``).
+
+Departments work incidents, not reports: a later report of an incident someone already reported
+(``request.is_later_report``) is not mailed as new work; the incident's first request, sent again
+with the new reporter count and the later reports, arrives as an update in the same thread
+("update: 3 reports" in the subject).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator,
 from intake311.logging import get_logger
 from intake311.secrets import env_value
 from schemas.contact import Sender
-from schemas.request import ServiceRequest
+from schemas.request import IncidentReport, ServiceRequest
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 
 log = get_logger(__name__)
@@ -151,11 +156,39 @@ def message_id_for(delivery_id: str, from_address: str) -> str:
     return f"<{delivery_id}@{_domain(from_address)}>"
 
 
+def layer_label(layer: str) -> str:
+    """A boundary layer as a person says it: ``police_district`` -> ``Police district``."""
+    words = " ".join(layer.replace("_", " ").replace("-", " ").split())
+    return words[:1].upper() + words[1:] if words else layer
+
+
+def district_facts(request: ServiceRequest) -> list[tuple[str, str]]:
+    """``("Ward", "Ward 7")`` per layer, in the normalizer's order: where crews and offices look."""
+    return [(layer_label(layer), name) for layer, name in request.districts.items() if name]
+
+
+def latest_reports(request: ServiceRequest, limit: int) -> list[IncidentReport]:
+    """The incident's later reports, newest first, at most ``limit``: what changed since the last look."""
+    return sorted(request.incident_updates, key=lambda r: r.reported_at, reverse=True)[:limit]
+
+
+def is_incident_update(request: ServiceRequest) -> bool:
+    """The incident's first request sent again because other residents reported it too."""
+    return not request.is_later_report and request.incident_reports > 1
+
+
+def _check(request: ServiceRequest) -> str:
+    return (
+        request.triage_reason or f"low classifier confidence ({request.confidence:.2f}): confirm the service"
+    )
+
+
 def _facts(request: ServiceRequest, department: str, include_reporter: bool) -> list[tuple[str, str]]:
     facts = [
         ("Ticket", request.request_id),
         ("Service", f"{request.service_name} ({request.service_code})"),
         ("Address", request.address_string or "—"),
+        *district_facts(request),
     ]
     if request.lat is not None and request.long is not None:
         facts.append(("Coordinates", f"{request.lat:.6f}, {request.long:.6f}"))
@@ -169,8 +202,10 @@ def _facts(request: ServiceRequest, department: str, include_reporter: bool) -> 
         ("Due", _when(request.expected_datetime)),
         ("Department", department),
     ]
+    if request.incident_reports > 1:
+        facts.append(("Reports", f"{request.incident_reports} residents reported this incident"))
     if request.triage:
-        facts.append(("Check", f"low classifier confidence ({request.confidence:.2f}): confirm the service"))
+        facts.append(("Check", _check(request)))
     if include_reporter:
         reporter = request.reporter
         contact = reporter.address or "—"
@@ -178,17 +213,40 @@ def _facts(request: ServiceRequest, department: str, include_reporter: bool) -> 
     return facts
 
 
+LATER_REPORTS_SHOWN = 10  # in an update; the count in the subject and facts is the whole story
+
+
+def _later_reports(request: ServiceRequest, redact: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """(ticket, channel, when: what they said; photo URLs) per later report, newest first."""
+    out = []
+    for report in latest_reports(request, LATER_REPORTS_SHOWN):
+        said = redact_contact_details(report.description) if redact else report.description
+        line = f"{report.request_id} via {report.channel}, {_when(report.reported_at)}: "
+        out.append((line + (_one_line(said, 200) or "(no text)"), tuple(m.url for m in report.media)))
+    return out
+
+
 def build_message(
     request: ServiceRequest, *, department: str, delivery_id: str, config: EmailSinkConfig
 ) -> EmailMessage:
-    """The message for one delivery (headers, plain text, HTML alternative); no I/O."""
+    """The message for one delivery (headers, plain text, HTML alternative); no I/O.
+
+    An incident update (the first request with more reporters) says so in the subject and the
+    first line and lists the latest later reports; its ``References`` root is the incident's
+    ticket like every other message about it, so it lands in the same thread.
+    """
     description = request.description.strip()
     if not config.include_reporter:
         description = redact_contact_details(description, request.reporter)
     facts = _facts(request, department, config.include_reporter)
     width = max(len(label) for label, _ in facts) + 1
+    update = is_incident_update(request)
+    later = _later_reports(request, redact=not config.include_reporter) if update else []
 
-    subject_parts = [config.subject_prefix, request.request_id, _one_line(request.service_name, 60)]
+    subject_parts = [config.subject_prefix, request.request_id]
+    if update:
+        subject_parts.append(f"update: {request.incident_reports} reports")
+    subject_parts.append(_one_line(request.service_name, 60))
     if request.address_string:
         subject_parts += ["—", _one_line(request.address_string, 80)]
     message = EmailMessage(policy=SMTP)
@@ -204,9 +262,20 @@ def build_message(
     message[HEADER_REQUEST] = request.request_id
     message[HEADER_DEPARTMENT] = department
 
-    text_lines = [f"New service request {request.request_id}: {request.service_name}", ""]
+    headline = (
+        f"Update to service request {request.request_id}: {request.service_name},"
+        f" now reported by {request.incident_reports} residents"
+        if update
+        else f"New service request {request.request_id}: {request.service_name}"
+    )
+    text_lines = [headline, ""]
     text_lines += [f"{label + ':':<{width}} {value}" for label, value in facts]
     text_lines += ["", "Description:", description or "(none)", ""]
+    if later:
+        text_lines.append("Later reports (newest first):")
+        for line, photos in later:
+            text_lines += [f"  {line}", *(f"    photo: {url}" for url in photos)]
+        text_lines.append("")
     text_lines += [f"Reply with the ticket number {request.request_id} in the subject to refer to it."]
     message.set_content("\n".join(text_lines) + "\n")
 
@@ -216,10 +285,19 @@ def build_message(
         for label, value in facts
     )
     body = html.escape(description or "(none)").replace("\n", "<br>")
+    later_html = "".join(
+        f"<li>{html.escape(line)}{''.join(f' {_html_value(url)}' for url in photos)}</li>"
+        for line, photos in later
+    )
+    if later_html:
+        later_html = f"<h3>Later reports (newest first)</h3><ul>{later_html}</ul>"
+    title = f"{request.service_name} · {request.request_id}"
+    if update:
+        title += f" · update: {request.incident_reports} reports"
     message.add_alternative(
         "<!doctype html><html><body>"
-        f"<h2>{html.escape(request.service_name)} · {html.escape(request.request_id)}</h2>"
-        f"<table>{rows}</table><h3>Description</h3><p>{body}</p>"
+        f"<h2>{html.escape(title)}</h2>"
+        f"<table>{rows}</table><h3>Description</h3><p>{body}</p>{later_html}"
         "</body></html>",
         subtype="html",
     )
@@ -263,6 +341,16 @@ class EmailSink:
         return None
 
     async def deliver(self, request: ServiceRequest, *, department: str, delivery_id: str) -> None:
+        if request.is_later_report:
+            # The incident's own update mail (count, later reports) tells the department; a
+            # mail per reporter would look like new work and get a crew sent twice.
+            log.debug(
+                "later report of an incident: no mail of its own",
+                sink=self.name,
+                request_id=request.request_id,
+                incident_id=request.incident,
+            )
+            return
         config = self.config
         message = build_message(request, department=department, delivery_id=delivery_id, config=config)
         password = config.smtp_password
@@ -302,6 +390,10 @@ __all__ = [
     "EmailSink",
     "EmailSinkConfig",
     "build_message",
+    "district_facts",
+    "is_incident_update",
+    "latest_reports",
+    "layer_label",
     "message_id_for",
     "redact_contact_details",
 ]

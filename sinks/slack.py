@@ -10,6 +10,12 @@ Where each request's message is (``channel``, ``ts``) is kept in a small SQLite 
 data dir (``SlackMessages``), together with the blocks last posted, so a later status change can
 ``chat.update`` the message in place (``SlackSink.update_message``), and a replayed delivery
 updates the existing message instead of posting a duplicate.
+
+One incident is one message. When the incident's first request comes again with more reporters,
+its message is edited to say "Reported by N residents" and show the latest later reports. A later
+report itself (``request.is_later_report``) never becomes a message of its own, which would look
+like new work: it is a thread reply under the incident's message when this channel has one, and
+nothing at all otherwise (the edited first message carries it).
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from intake311.logging import get_logger
 from intake311.secrets import env_value
-from schemas.request import ServiceRequest
+from schemas.request import IncidentReport, ServiceRequest
 from schemas.status import StatusChange
 from sinks.base import DeliveryError, SinkConfig, SinkContext
-from sinks.email import redact_contact_details
+from sinks.email import district_facts, latest_reports, redact_contact_details
 from sinks.webhook import parse_retry_after
 
 log = get_logger(__name__)
@@ -42,10 +48,14 @@ log = get_logger(__name__)
 ACTION_PREFIX = "intake311_status_"
 ACTIONS_BLOCK_ID = "intake311_status"
 STATE_BLOCK_ID = "intake311_state"
+INCIDENT_BLOCK_ID = "intake311_incident"
 METADATA_EVENT = "intake311_request"
 DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={long}#map=18/{lat}/{long}"
 DEFAULT_MESSAGES_PATH = "slack/messages.sqlite3"
 DESCRIPTION_LIMIT = 600
+LATER_REPORT_LIMIT = 200  # characters of each later report shown on the incident's message
+LATER_REPORTS_SHOWN = 3  # the newest; the count says how many there are in all
+MAX_SECTION_FIELDS = 10  # Slack refuses a section with more
 
 # (state, button label, button style); a message offers the states after its current one.
 BUTTONS: tuple[tuple[str, str, str | None], ...] = (
@@ -196,7 +206,27 @@ CREATE TABLE IF NOT EXISTS slack_messages (
     PRIMARY KEY (request_id, channel)
 );
 CREATE INDEX IF NOT EXISTS slack_messages_target ON slack_messages (request_id, target);
+CREATE TABLE IF NOT EXISTS slack_replies (
+    request_id TEXT NOT NULL,       -- a later report's ticket
+    channel TEXT NOT NULL,          -- the channel id of the incident's message
+    thread_ts TEXT NOT NULL,        -- the incident's message: the reply's parent
+    ts TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (request_id, channel)
+);
 """
+
+
+@dataclass(frozen=True)
+class SlackReplyRef:
+    """Where a later report's thread reply is (kept apart: it has no status or buttons)."""
+
+    request_id: str
+    channel: str
+    thread_ts: str
+    ts: str
+    delivery_id: str
 
 
 class SlackMessages:
@@ -260,6 +290,31 @@ class SlackMessages:
         )
         return found[0] if found else None
 
+    async def find_reply(self, request_id: str, *, channel: str) -> SlackReplyRef | None:
+        """The thread reply posted for a later report in one channel, if any."""
+        rows = await asyncio.to_thread(
+            self._run,
+            "SELECT * FROM slack_replies WHERE request_id = ? AND channel = ?",
+            (request_id, channel),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return SlackReplyRef(
+            row["request_id"], row["channel"], row["thread_ts"], row["ts"], row["delivery_id"]
+        )
+
+    async def put_reply(self, ref: SlackReplyRef) -> None:
+        """Insert or replace the reply row for (request_id, channel)."""
+        await asyncio.to_thread(
+            self._run,
+            "INSERT INTO slack_replies (request_id, channel, thread_ts, ts, delivery_id, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, channel) DO UPDATE SET"
+            " thread_ts = excluded.thread_ts, ts = excluded.ts, delivery_id = excluded.delivery_id,"
+            " updated_at = excluded.updated_at",
+            (ref.request_id, ref.channel, ref.thread_ts, ref.ts, ref.delivery_id, time.time()),
+        )
+
     async def put(self, ref: SlackMessageRef) -> None:
         """Insert or replace the row for (request_id, channel)."""
         await asyncio.to_thread(
@@ -305,11 +360,61 @@ def _date(value: datetime) -> str:
     return f"<!date^{int(value.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _excerpt(request: ServiceRequest) -> str:
     text = " ".join(redact_contact_details(request.description, request.reporter).split())
-    if len(text) > DESCRIPTION_LIMIT:
-        text = text[: DESCRIPTION_LIMIT - 1].rstrip() + "…"
-    return escape(text) if text else "_No description given._"
+    return escape(_shorten(text, DESCRIPTION_LIMIT)) if text else "_No description given._"
+
+
+def _report_line(report: IncidentReport) -> str:
+    """``• ZZZZ-0002 via web <date>: "what they said"`` with a photo link: one later report."""
+    said = " ".join(redact_contact_details(report.description).split())
+    line = f"• {report.request_id} via {escape(report.channel)} {_date(report.reported_at)}"
+    if said:
+        line += f": “{escape(_shorten(said, LATER_REPORT_LIMIT))}”"
+    photos = [url for m in report.media if (url := _link_url(m.url))]
+    if photos:
+        line += " · " + " ".join(f"<{url}|photo>" for url in photos[:3])
+    return line
+
+
+def incident_block(request: ServiceRequest) -> dict[str, Any] | None:
+    """The reporter count and the newest later reports; None for a lone report.
+
+    The crew decides from the message alone whether the incident got worse (a new photo, "now
+    two holes"), so the latest words are shown, not only the count.
+    """
+    if request.incident_reports <= 1:
+        return None
+    shown = latest_reports(request, LATER_REPORTS_SHOWN)
+    lines = [f"*Reported by {request.incident_reports} residents*", *(_report_line(r) for r in shown)]
+    # The count, not the list, is the whole story: the request keeps only the latest reports.
+    if (more := request.incident_reports - 1 - len(shown)) > 0:
+        lines.append(f"_and {more} earlier report{'s' if more > 1 else ''}_")
+    return {
+        "type": "section",
+        "block_id": INCIDENT_BLOCK_ID,
+        "text": {"type": "mrkdwn", "text": "\n".join(lines)},
+    }
+
+
+def _district_fields(request: ServiceRequest, room: int) -> list[dict[str, Any]]:
+    """One field per district layer ("Ward" over "Ward 7") in the room the section has left.
+
+    Slack refuses a section of more than ten fields, so the layers that do not fit share the
+    last field: a city with many layers loses none of them.
+    """
+    facts = district_facts(request)
+    if room <= 0 or not facts:
+        return []
+    if len(facts) > room:
+        rest = " · ".join(f"{escape(label)}: {escape(name)}" for label, name in facts[room - 1 :])
+        shown = [f"*{escape(label)}*\n{escape(name)}" for label, name in facts[: room - 1]]
+        return [{"type": "mrkdwn", "text": t} for t in [*shown, f"*Districts*\n{rest}"]]
+    return [{"type": "mrkdwn", "text": f"*{escape(label)}*\n{escape(name)}"} for label, name in facts]
 
 
 def _by(by: str | None) -> str:
@@ -367,9 +472,11 @@ def build_blocks(
             fields.append({"type": "mrkdwn", "text": f"*Location*\n<{url}|Open map>"})
     if request.media_url and (photo := _link_url(request.media_url)):
         fields.append({"type": "mrkdwn", "text": f"*Photo*\n<{photo}|View photo>"})
+    fields += _district_fields(request, MAX_SECTION_FIELDS - len(fields))
     context = f"Reported via {escape(request.channel)} {_date(request.requested_datetime)} · {department}"
     if request.triage:
-        context += f" · :warning: low classifier confidence ({request.confidence:.2f}): check the service"
+        low = f"low classifier confidence ({request.confidence:.2f}): check the service"
+        context += f" · :warning: {escape(request.triage_reason) if request.triage_reason else low}"
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -377,6 +484,10 @@ def build_blocks(
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
         {"type": "section", "fields": fields},
+    ]
+    if incident := incident_block(request):
+        blocks.append(incident)
+    blocks += [
         {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
         state_block(state),
     ]
@@ -385,6 +496,29 @@ def build_blocks(
     text = f"New {request.service_name} request {request.request_id}"
     if request.address_string:
         text += f" at {request.address_string}"
+    if request.incident_reports > 1:
+        text += f", reported by {request.incident_reports} residents"
+    return blocks, escape(text)
+
+
+def build_reply_blocks(request: ServiceRequest) -> tuple[list[dict[str, Any]], str]:
+    """A later report as a thread reply: what this resident said, where and how; no buttons.
+
+    The crew works the incident's message (status and buttons live there); the reply is only
+    context, so it carries the report's own ticket for whoever answers that resident.
+    """
+    when = _date(request.requested_datetime)
+    facts = [f"*Another report* · {request.request_id} via {escape(request.channel)} {when}"]
+    if request.address_string:
+        facts.append(f"*Address:* {escape(request.address_string)}")
+    facts += [f"*{escape(label)}:* {escape(name)}" for label, name in district_facts(request)]
+    if request.media_url and (photo := _link_url(request.media_url)):
+        facts.append(f"<{photo}|View photo>")
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(facts)}]},
+    ]
+    text = f"Another report of {request.service_name} {request.incident}: {request.request_id}"
     return blocks, escape(text)
 
 
@@ -469,6 +603,9 @@ class SlackSink:
         return data if isinstance(data, dict) else {}
 
     async def deliver(self, request: ServiceRequest, *, department: str, delivery_id: str) -> None:
+        if request.is_later_report:
+            await self._deliver_later_report(request, department=department, delivery_id=delivery_id)
+            return
         existing = await self.messages.find(request.request_id, target=self.config.channel)
         if existing is not None and existing.delivery_id == delivery_id:
             return  # posted before a crash or a rebalance: do not post it twice
@@ -533,6 +670,61 @@ class SlackSink:
             )
         )
 
+    async def _deliver_later_report(
+        self, request: ServiceRequest, *, department: str, delivery_id: str
+    ) -> None:
+        """A thread reply under the incident's message, edited in place for a newer version.
+
+        Without the incident's message in this channel (posted elsewhere, or not yet) there is
+        nothing to do: a top-level message would read as new work, and the incident's next
+        version shows the report anyway.
+        """
+        parent = await self.messages.find(request.incident, target=self.config.channel)
+        if parent is None:
+            log.debug(
+                "later report of an incident not posted in this channel: nothing to do",
+                sink=self.name,
+                request_id=request.request_id,
+                incident_id=request.incident,
+            )
+            return
+        reply = await self.messages.find_reply(request.request_id, channel=parent.channel)
+        if reply is not None and reply.delivery_id == delivery_id:
+            return  # replied before a crash or a rebalance
+        blocks, text = build_reply_blocks(request)
+        if reply is not None:
+            try:
+                await self._call("chat.update", channel=reply.channel, ts=reply.ts, text=text, blocks=blocks)
+                await self.messages.put_reply(
+                    SlackReplyRef(request.request_id, reply.channel, reply.thread_ts, reply.ts, delivery_id)
+                )
+                return
+            except DeliveryError as exc:
+                if "message_not_found" not in exc.reason and "cant_update_message" not in exc.reason:
+                    raise
+        data = await self._call(
+            "chat.postMessage",
+            channel=parent.channel,
+            thread_ts=parent.ts,
+            text=text,
+            blocks=blocks,
+            unfurl_links=False,
+            unfurl_media=False,
+            metadata={
+                "event_type": METADATA_EVENT,
+                "event_payload": {
+                    "request_id": request.request_id,
+                    "incident_id": request.incident,
+                    "department": department,
+                },
+            },
+        )
+        if not data.get("ts"):
+            raise DeliveryError(f"{self._prefix}: chat.postMessage answered without ts", retryable=False)
+        await self.messages.put_reply(
+            SlackReplyRef(request.request_id, parent.channel, parent.ts, str(data["ts"]), delivery_id)
+        )
+
     async def update_message(
         self,
         request_id: str,
@@ -591,14 +783,18 @@ class SlackSink:
 __all__ = [
     "ACTIONS_BLOCK_ID",
     "ACTION_PREFIX",
+    "INCIDENT_BLOCK_ID",
     "STATE_BLOCK_ID",
     "SlackMessageRef",
     "SlackMessages",
+    "SlackReplyRef",
     "SlackSink",
     "SlackSinkConfig",
     "actions_block",
     "build_blocks",
+    "build_reply_blocks",
     "escape",
+    "incident_block",
     "slack_error",
     "state_block",
     "with_state",

@@ -21,8 +21,9 @@ from sinks.base import SinkConfig, parse_sink_config
 
 DEFAULT_SUBSCRIPTIONS_PATH = Path(__file__).with_name("subscriptions.yaml")
 ALL = "*"
-# services/within say what the department subscribes to: the router reads them (router/routing.py).
-_DEPARTMENT_KEYS = frozenset({"inherit", "sinks", "services", "within"})
+# services/within/districts say what the department subscribes to: the router reads and validates
+# them (router/routing.py, ``Interest``); here they are only allowed keys.
+_DEPARTMENT_KEYS = frozenset({"inherit", "sinks", "services", "within", "districts"})
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def _parse_department(department: Any, entry: Any) -> DepartmentSubscription:
     unknown = set(entry) - _DEPARTMENT_KEYS
     if unknown:
         raise ValueError(
-            f"{where}: unknown keys {sorted(map(str, unknown))} (allowed: inherit, sinks, services, within)"
+            f"{where}: unknown keys {sorted(map(str, unknown))}"
+            f" (allowed: {', '.join(sorted(_DEPARTMENT_KEYS))})"
         )
     inherit = entry.get("inherit", True)
     if not isinstance(inherit, bool) or (department == ALL and not inherit):

@@ -24,7 +24,10 @@ class RequestLookup(Protocol):
     """Reads service requests as Open311 dicts (keys from ``REQUEST_FIELDS``).
 
     Datetime values may be ``datetime`` (aware) or ISO 8601 strings. Empty filter sequences
-    mean "any"; dates bound ``requested_datetime`` inclusively.
+    mean "any"; dates bound ``requested_datetime`` inclusively. A dict may also carry
+    ``extended_attributes`` (``districts`` layer -> name, ``incident_id``, ``incident_reports``,
+    ``location_precision``), shown to clients that ask with ``extensions=true``; a key left out
+    is unknown, not zero.
     """
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
@@ -187,4 +190,7 @@ def _as_open311(row: sqlite3.Row) -> dict[str, Any]:
         "lat": row["lat"],
         "long": row["long"],
         "media_url": row["media_url"],
+        # This process saw the contact, not what the pipeline made of it: no districts, incident
+        # or precision yet, so nothing rather than a guess (the case store has the real ones).
+        "extended_attributes": {},
     }

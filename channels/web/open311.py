@@ -2,12 +2,16 @@
 
 Formats come from the path suffix (``.json`` / ``.xml``) as the spec has it; errors are always
 the spec's error list, never FastAPI's ``{"detail": …}``, so existing Open311 clients parse them.
+``extensions=true`` on the GET requests adds the spec's ``extended_attributes`` per request: the
+districts the city placed it in, its incident and how many residents reported that incident.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +34,57 @@ PREFIX = "/open311/v2"
 SEARCH_WINDOW = timedelta(days=90)  # the spec's default and maximum date range
 SEARCH_LIMIT = 1000  # the spec's suggested maximum number of results
 STATUSES = ("open", "closed")
+
+
+_NOT_XML_NAME = re.compile(r"[^a-z0-9_.-]+")
+
+
+def xml_name(text: str) -> str:
+    """A district layer name as an XML element name: ``"Police District"`` -> ``police_district``.
+
+    Layer names come from the city's settings and may hold spaces, accents or a leading digit,
+    none of which an element name may; ElementTree would write them anyway and break every
+    client's parser. ASCII only (accents dropped), so the name is predictable to type.
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    name = _NOT_XML_NAME.sub("_", ascii_text.strip().lower()).strip("_.-")
+    if not name or not (name[0].isalpha() or name[0] == "_") or name.startswith("xml"):
+        name = f"_{name}"  # names may not start with a digit, and "xml…" is reserved
+    return name
+
+
+def _xml_districts(districts: Mapping[str, Any]) -> dict[str, Any]:
+    """Layers keyed by ``xml_name``; two layers that name alike get ``_2``, ``_3``… in order."""
+    out: dict[str, Any] = {}
+    for layer, district in districts.items():
+        base = name = xml_name(str(layer))
+        n = 1
+        while name in out:
+            n += 1
+            name = f"{base}_{n}"
+        out[name] = district
+    return out
+
+
+def wants_extensions(value: str | None) -> bool:
+    """GeoReport v2's ``extensions=true``; anything else (absent, ``false``) means the plain fields."""
+    return (value or "").strip().lower() == "true"
+
+
+def request_record(found: Mapping[str, Any], fmt: Format, extensions: bool) -> dict[str, Any]:
+    """One request as the spec's fields, plus ``extended_attributes`` when the client asked.
+
+    Lookups give the extended attributes under that key (a lookup without any, like this web
+    process's own record, gives an empty object rather than guessing); in XML the district layers
+    become element names, in JSON they stay as the city names them.
+    """
+    record = {k: found.get(k) for k in REQUEST_FIELDS}
+    if extensions:
+        extended = dict(found.get("extended_attributes") or {})
+        if fmt == "xml" and isinstance(extended.get("districts"), Mapping):
+            extended["districts"] = _xml_districts(extended["districts"])
+        record["extended_attributes"] = extended
+    return record
 
 
 def _format(fmt: str) -> Format | None:
@@ -149,6 +204,7 @@ def open311_router(
         end_date: str | None = None,
         status: str | None = None,
         jurisdiction_id: str | None = None,
+        extensions: str | None = None,
     ) -> Response:
         f = _format(fmt)
         if f is None:
@@ -197,11 +253,13 @@ def open311_router(
         except Exception:
             log.warning("request search failed", exc_info=True)
             return errors(f, 503, "requests cannot be searched right now; please retry later")
-        records = [{k: r.get(k) for k in REQUEST_FIELDS} for r in found]
+        records = [request_record(r, f, wants_extensions(extensions)) for r in found]
         return render(f, "service_requests", "request", records)
 
     @router.get("/requests/{request_id}.{fmt}")
-    async def get_request(request_id: str, fmt: str, jurisdiction_id: str | None = None) -> Response:
+    async def get_request(
+        request_id: str, fmt: str, jurisdiction_id: str | None = None, extensions: str | None = None
+    ) -> Response:
         f = _format(fmt)
         if f is None:
             return _unknown_format(fmt)
@@ -215,6 +273,7 @@ def open311_router(
             return errors(f, 503, "requests cannot be read right now; please retry later")
         if found is None:
             return errors(f, 404, f"no service request {request_id[:40]!r}")
-        return render(f, "service_requests", "request", [{k: found.get(k) for k in REQUEST_FIELDS}])
+        record = request_record(found, f, wants_extensions(extensions))
+        return render(f, "service_requests", "request", [record])
 
     return router

@@ -3,11 +3,14 @@
 from sinks.postgres.migrations import ADVISORY_LOCK_KEY, Migration, MigrationError, load_migrations, migrate
 from sinks.postgres.sink import PostgresSink, PostgresSinkConfig
 from sinks.postgres.store import (
+    EXTENDED_ATTRIBUTES,
+    NO_DISTRICT,
     OPEN311_FIELDS,
     Case,
     CaseReport,
     CaseStore,
     DepartmentFigures,
+    DistrictFigures,
     State,
     StatusEvent,
     parse_state,
@@ -16,11 +19,14 @@ from sinks.postgres.store import (
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
+    "EXTENDED_ATTRIBUTES",
+    "NO_DISTRICT",
     "OPEN311_FIELDS",
     "Case",
     "CaseReport",
     "CaseStore",
     "DepartmentFigures",
+    "DistrictFigures",
     "Migration",
     "MigrationError",
     "PostgresSink",

@@ -69,6 +69,12 @@ _CONTENT_COLUMNS = (
     "reply",
     "language",
     "source_contact_ids",
+    "districts",
+    "location_precision",
+    "triage_reason",
+    "incident_id",
+    "incident_reports",
+    "related_incident_id",
 )
 _INSERT_COLUMNS = (
     *_CONTENT_COLUMNS,
@@ -131,9 +137,13 @@ SELECT up.inserted, up.event_id = %(event_id)s AS current, EXISTS (SELECT 1 FROM
 _OPEN311_SELECT = """
 SELECT request_id AS service_request_id, status, status_notes, service_name, service_code, description,
        agency_responsible, service_notice, requested_datetime, updated_datetime, expected_datetime,
-       address, NULL::text AS address_id, NULL::text AS zipcode, lat, long, media_url
+       address, NULL::text AS address_id, NULL::text AS zipcode, lat, long, media_url,
+       districts, incident_id, incident_reports, location_precision
 FROM requests
 """
+# What Open311 ``extensions=true`` adds per request (GeoReport v2 ``extended_attributes``): where
+# the city placed it and the incident it is part of. The web channel shows them only when asked.
+EXTENDED_ATTRIBUTES = ("districts", "incident_id", "incident_reports", "location_precision")
 
 
 def _row_params(request: ServiceRequest, department: str | None) -> dict[str, Any]:
@@ -160,6 +170,12 @@ def _row_params(request: ServiceRequest, department: str | None) -> dict[str, An
         "reply": Jsonb(_clean(dump["reply"])) if request.reply is not None else None,
         "language": request.language,
         "source_contact_ids": list(request.source_contact_ids),
+        "districts": Jsonb(_clean(request.districts)),
+        "location_precision": request.location_precision.value if request.location_precision else None,
+        "triage_reason": _clean(request.triage_reason),
+        "incident_id": request.incident,  # never NULL: a first request is its own incident
+        "incident_reports": request.incident_reports,
+        "related_incident_id": request.related_incident_id,
         "status": request.status.value,
         "state": state.value,
         "status_notes": _clean(request.status_notes),
@@ -216,6 +232,17 @@ class Case:
     reporter: dict[str, Any]
     reply: dict[str, Any] | None
     source_contact_ids: tuple[str, ...]
+    districts: dict[str, str] = field(default_factory=dict)
+    location_precision: str | None = None
+    triage_reason: str | None = None
+    incident_id: str | None = None
+    incident_reports: int = 1
+    related_incident_id: str | None = None
+
+    @property
+    def is_later_report(self) -> bool:
+        """Another resident reported this incident first (as ``ServiceRequest.is_later_report``)."""
+        return self.incident_id is not None and self.incident_id != self.request_id
 
 
 @dataclass(frozen=True)
@@ -236,9 +263,33 @@ class DepartmentFigures:
         return self.closed_within_sla / self.closed_with_sla if self.closed_with_sla else None
 
 
+NO_DISTRICT = "(none)"  # the report row for requests outside every district of the layer
+
+
+@dataclass(frozen=True)
+class DistrictFigures:
+    """One district's figures in a report by layer (``report(by="ward")``), defined as per department."""
+
+    district: str
+    received: int = 0
+    closed: int = 0
+    median_hours_to_close: float | None = None
+    closed_with_sla: int = 0
+    closed_within_sla: int = 0
+    open_overdue: int = 0
+
+    @property
+    def share_within_sla(self) -> float | None:
+        """Closed within the service level / closed with a service level (None when 0)."""
+        return self.closed_within_sla / self.closed_with_sla if self.closed_with_sla else None
+
+
 @dataclass(frozen=True)
 class CaseReport:
-    """What a budget office asks for, over ``[since, until)``; overdue is as of ``as_of``."""
+    """What a budget office asks for, over ``[since, until)``; overdue is as of ``as_of``.
+
+    ``by`` and ``districts`` are set for a report by district layer (``report(by="ward")``).
+    """
 
     since: datetime
     until: datetime
@@ -248,14 +299,21 @@ class CaseReport:
     by_service: dict[str, int]
     departments: dict[str, DepartmentFigures] = field(default_factory=dict)
     open_overdue: int = 0
+    by: str | None = None
+    districts: dict[str, DistrictFigures] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (datetimes as ISO 8601, each department with its SLA share)."""
+        """JSON-ready (datetimes as ISO 8601, each group with its SLA share); ``by``/``districts``
+        only in a report by district, so the plain report's JSON is what it always was."""
         data = asdict(self)
         for key in ("since", "until", "as_of"):
             data[key] = getattr(self, key).isoformat()
         for name, figures in self.departments.items():
             data["departments"][name]["share_within_sla"] = figures.share_within_sla
+        for name, district in self.districts.items():
+            data["districts"][name]["share_within_sla"] = district.share_within_sla
+        if self.by is None:
+            del data["by"], data["districts"]
         return data
 
 
@@ -471,6 +529,12 @@ class CaseStore:
             reporter=row["reporter"] or {},
             reply=row["reply"],
             source_contact_ids=tuple(row["source_contact_ids"]),
+            districts=dict(row["districts"] or {}),
+            location_precision=row["location_precision"],
+            triage_reason=row["triage_reason"],
+            incident_id=row["incident_id"],
+            incident_reports=row["incident_reports"],
+            related_incident_id=row["related_incident_id"],
         )
 
     async def history(self, request_id: str) -> list[StatusEvent]:
@@ -484,82 +548,125 @@ class CaseStore:
             rows = await cur.fetchall()
         return [StatusEvent(*row) for row in rows]
 
-    async def report(self, since: datetime, until: datetime, *, now: datetime | None = None) -> CaseReport:
+    async def report(
+        self, since: datetime, until: datetime, *, now: datetime | None = None, by: str | None = None
+    ) -> CaseReport:
         """Volume, time to close, SLA share and overdue count, for a budget office.
 
         Volume counts requests reported in ``[since, until)``; time to close and the SLA share
         count requests closed in it (hours from report to close; the service level is the
         taxonomy's ``sla_hours``, services without one are left out of the share). Overdue is
         a snapshot at ``now``: open requests whose ``expected_datetime`` has passed.
+
+        ``by`` names a boundary layer (``"ward"``): the same figures per district of that layer
+        as well, requests without a district in it under ``NO_DISTRICT`` so the rows still add
+        up to the totals.
         """
         since, until = _aware(since), _aware(until)
         as_of = _aware(now) if now is not None else datetime.now(UTC)
+        layer = by.strip() if by is not None else None
+        if layer == "":
+            raise ValueError("by must name a district layer, e.g. 'ward'")
         taxonomy = self._taxonomy or load_taxonomy()
         sla = [(s.code, s.sla_hours) for s in taxonomy.services if s.sla_hours is not None]
         codes, hours = [c for c, _ in sla], [h for _, h in sla]
         dept = "COALESCE(agency_responsible, departments[1], 'unassigned')"
+        district = "COALESCE(NULLIF(districts ->> %(layer)s, ''), %(no_district)s)"
         window = "requested_datetime >= %(since)s AND requested_datetime < %(until)s"
-        params = {"since": since, "until": until, "now": as_of, "codes": codes, "hours": hours}
+        params = {
+            "since": since,
+            "until": until,
+            "now": as_of,
+            "codes": codes,
+            "hours": hours,
+            "layer": layer,
+            "no_district": NO_DISTRICT,
+        }
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             # One snapshot for every figure, so the parts of a report add up.
             await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-
-            async def counts(key: str) -> dict[str, int]:
-                await cur.execute(
-                    f"SELECT {key}, count(*) FROM requests WHERE {window}"
-                    " GROUP BY 1 ORDER BY 2 DESC, 1".encode(),
-                    params,
-                )
-                return {str(k): int(n) for k, n in await cur.fetchall()}
-
-            by_channel = await counts("channel")
-            by_service = await counts("service_code")
-            received = await counts(dept)
-            await cur.execute(
-                f"""
-                SELECT c.dept, count(*),
-                       percentile_cont(0.5) WITHIN GROUP (ORDER BY c.hours),
-                       count(*) FILTER (WHERE s.hours IS NOT NULL),
-                       count(*) FILTER (WHERE c.hours <= s.hours)
-                FROM (SELECT {dept} AS dept, service_code,
-                             EXTRACT(EPOCH FROM closed_datetime - requested_datetime) / 3600.0 AS hours
-                      FROM requests
-                      WHERE closed_datetime >= %(since)s AND closed_datetime < %(until)s) AS c
-                LEFT JOIN unnest(%(codes)s::text[], %(hours)s::float8[]) AS s(code, hours)
-                       ON s.code = c.service_code
-                GROUP BY c.dept
-                """.encode(),
-                params,
-            )
-            closed = {row[0]: row[1:] for row in await cur.fetchall()}
-            await cur.execute(
-                f"SELECT {dept}, count(*) FROM requests WHERE status = 'open'"
-                f" AND expected_datetime < %(now)s GROUP BY 1".encode(),
-                params,
-            )
-            overdue = {k: int(n) for k, n in await cur.fetchall()}
-        departments: dict[str, DepartmentFigures] = {}
-        for name in sorted({*received, *closed, *overdue}):
-            n_closed, median, with_sla, within = closed.get(name, (0, None, 0, 0))
-            departments[name] = DepartmentFigures(
-                department=name,
-                received=received.get(name, 0),
-                closed=int(n_closed),
-                median_hours_to_close=float(median) if median is not None else None,
-                closed_with_sla=int(with_sla),
-                closed_within_sla=int(within),
-                open_overdue=overdue.get(name, 0),
+            by_channel = await _counts(cur, "channel", window, params)
+            by_service = await _counts(cur, "service_code", window, params)
+            departments = {
+                name: DepartmentFigures(department=name, **figures)
+                for name, figures in (await _group_figures(cur, dept, window, params)).items()
+            }
+            districts = (
+                {
+                    name: DistrictFigures(district=name, **figures)
+                    for name, figures in (await _group_figures(cur, district, window, params)).items()
+                }
+                if layer
+                else {}
             )
         return CaseReport(
             since=since,
             until=until,
             as_of=as_of,
-            received=sum(received.values()),
+            received=sum(d.received for d in departments.values()),
             by_channel=by_channel,
             by_service=by_service,
             departments=departments,
-            open_overdue=sum(overdue.values()),
+            open_overdue=sum(d.open_overdue for d in departments.values()),
+            by=layer,
+            districts=districts,
         )
+
+
+async def _counts(
+    cur: psycopg.AsyncCursor[Any], key: str, window: str, params: dict[str, Any]
+) -> dict[str, int]:
+    """Requests reported in the window per ``key`` (an SQL expression), largest first."""
+    await cur.execute(
+        f"SELECT {key}, count(*) FROM requests WHERE {window} GROUP BY 1 ORDER BY 2 DESC, 1".encode(),
+        params,
+    )
+    return {str(k): int(n) for k, n in await cur.fetchall()}
+
+
+async def _group_figures(
+    cur: psycopg.AsyncCursor[Any], key: str, window: str, params: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Received, closed, median hours, SLA counts and overdue per ``key``: one query each, sorted.
+
+    Shared by the department and the district breakdowns so both define every figure the same way.
+    """
+    received = await _counts(cur, key, window, params)
+    await cur.execute(
+        f"""
+        SELECT c.grp, count(*),
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY c.hours),
+               count(*) FILTER (WHERE s.hours IS NOT NULL),
+               count(*) FILTER (WHERE c.hours <= s.hours)
+        FROM (SELECT {key} AS grp, service_code,
+                     EXTRACT(EPOCH FROM closed_datetime - requested_datetime) / 3600.0 AS hours
+              FROM requests
+              WHERE closed_datetime >= %(since)s AND closed_datetime < %(until)s) AS c
+        LEFT JOIN unnest(%(codes)s::text[], %(hours)s::float8[]) AS s(code, hours)
+               ON s.code = c.service_code
+        GROUP BY c.grp
+        """.encode(),
+        params,
+    )
+    closed = {str(row[0]): row[1:] for row in await cur.fetchall()}
+    await cur.execute(
+        f"SELECT {key}, count(*) FROM requests WHERE status = 'open'"
+        " AND expected_datetime < %(now)s GROUP BY 1".encode(),
+        params,
+    )
+    overdue = {str(k): int(n) for k, n in await cur.fetchall()}
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({*received, *closed, *overdue}):
+        n_closed, median, with_sla, within = closed.get(name, (0, None, 0, 0))
+        out[name] = {
+            "received": received.get(name, 0),
+            "closed": int(n_closed),
+            "median_hours_to_close": float(median) if median is not None else None,
+            "closed_with_sla": int(with_sla),
+            "closed_within_sla": int(within),
+            "open_overdue": overdue.get(name, 0),
+        }
+    return out
 
 
 def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
@@ -568,6 +675,8 @@ def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]
         name: value.astimezone(UTC) if isinstance(value := row.get(name), datetime) else value
         for name in OPEN311_FIELDS
     }
+    # Under one key, apart from the spec's fields: the web channel adds it only for extensions=true.
+    out["extended_attributes"] = {name: row.get(name) for name in EXTENDED_ATTRIBUTES}
     expected = out.get("expected_datetime")
     if out.get("status") == "open" and expected is not None and expected < (now or datetime.now(UTC)):
         # Flag overdue requests where residents and apps look: Open311's free-text notice.
@@ -577,11 +686,14 @@ def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]
 
 
 __all__ = [
+    "EXTENDED_ATTRIBUTES",
+    "NO_DISTRICT",
     "OPEN311_FIELDS",
     "Case",
     "CaseReport",
     "CaseStore",
     "DepartmentFigures",
+    "DistrictFigures",
     "State",
     "StatusEvent",
     "parse_state",

@@ -116,7 +116,7 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
         assert await migrate(conn) == [m.version for m in load_migrations()]
         assert await migrate(conn) == []
         cur = await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [(1, "case_store")]
+        assert await cur.fetchall() == [(1, "case_store"), (2, "districts_incidents")]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
@@ -130,7 +130,7 @@ async def test_concurrent_starts_apply_each_migration_once(fresh_db: str) -> Non
             return await migrate(conn)
 
     results = await asyncio.gather(*(start() for _ in range(8)))
-    assert sorted(v for r in results for v in r) == [1]
+    assert sorted(v for r in results for v in r) == [m.version for m in load_migrations()]
     # Whole stores starting together (what several sink processes do) also just work.
     stores = [CaseStore(fresh_db, max_size=1) for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
@@ -141,11 +141,11 @@ async def test_concurrent_starts_apply_each_migration_once(fresh_db: str) -> Non
 
 
 async def test_an_edited_or_unknown_migration_is_refused(fresh_db: str) -> None:
-    [first] = load_migrations()
+    first, *later = load_migrations()
     async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
         await migrate(conn)
         with pytest.raises(MigrationError, match="changed after it was applied"):
-            await migrate(conn, [Migration(1, first.name, first.sql + "\n-- edited\n")])
+            await migrate(conn, [Migration(1, first.name, first.sql + "\n-- edited\n"), *later])
         await conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99, 'x', 'y')")
         with pytest.raises(MigrationError, match="does not know"):
             await migrate(conn)
@@ -156,13 +156,14 @@ async def test_an_edited_or_unknown_migration_is_refused(fresh_db: str) -> None:
 
 
 async def test_a_failing_migration_leaves_no_trace(fresh_db: str) -> None:
-    broken = Migration(2, "broken", "CREATE TABLE ok_part (x int); SELECT nonsense FROM nowhere;")
-    bad = [*load_migrations(), broken]
+    good = load_migrations()
+    broken = Migration(len(good) + 1, "broken", "CREATE TABLE ok_part (x int); SELECT nonsense FROM nowhere;")
+    bad = [*good, broken]
     async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.UndefinedTable):
             await migrate(conn, bad)
         cur = await conn.execute("SELECT max(version) FROM schema_migrations")
-        assert (await cur.fetchone()) == (1,)
+        assert (await cur.fetchone()) == (len(good),)
         cur = await conn.execute("SELECT to_regclass('ok_part')")
         assert (await cur.fetchone()) == (None,)
 
@@ -333,6 +334,14 @@ async def test_get_returns_exactly_the_open311_fields_and_no_personal_data(store
     assert OPEN311_FIELDS == REQUEST_FIELDS
     await store.upsert_requests([make_request()], "public-works")
     found = await store.get("K7M4-QPXA")
+    assert found is not None
+    # The spec's fields, plus the extended attributes under their own key (shown for extensions=true).
+    assert found.pop("extended_attributes") == {
+        "districts": {},
+        "incident_id": "K7M4-QPXA",
+        "incident_reports": 1,
+        "location_precision": None,
+    }
     assert found == {
         "service_request_id": "K7M4-QPXA",
         "status": "open",
@@ -595,3 +604,225 @@ async def test_open311_flags_overdue_open_requests(store: CaseStore) -> None:
     await store.record_status("LATE-0001", "closed", at=now, source="test")
     closed = await store.get("LATE-0001")
     assert closed is not None and not (closed["service_notice"] or "").startswith("Overdue")
+
+
+# -- districts and incidents -----------------------------------------------------------------
+
+
+async def test_districts_and_incident_columns_follow_the_newest_event(store: CaseStore) -> None:
+    from schemas.request import IncidentReport, Precision
+
+    first = make_request(
+        districts={"ward": "Ward 7", "neighborhood": "Dixwell"},
+        location_precision=Precision.ADDRESS,
+        triage_reason=None,
+        incident_id="K7M4-QPXA",
+    )
+    later = make_request(
+        "ZZZZ-0002",
+        "e-later",
+        channel="web",
+        districts={"ward": "Ward 7"},
+        location_precision=Precision.INTERSECTION,
+        triage_reason="low confidence",
+        incident_id="K7M4-QPXA",
+        related_incident_id="OLD0-0001",
+        requested_datetime=T0 + timedelta(hours=2),
+    )
+    grown = first.model_copy(
+        update={
+            "event_id": "e2",
+            "updated_datetime": T0 + timedelta(hours=2),
+            "incident_reports": 2,
+            "incident_updates": (
+                IncidentReport(request_id="ZZZZ-0002", channel="web", reported_at=T0 + timedelta(hours=2)),
+            ),
+        }
+    )
+    assert await store.upsert_requests([first, later], "public-works") == 2
+    assert await store.upsert_requests([grown], "public-works") == 1
+    assert await store.upsert_requests([first], "public-works") == 0  # a late older copy changes nothing
+    case = await store.get_case("K7M4-QPXA")
+    assert case is not None
+    assert (case.districts, case.location_precision, case.incident_id, case.incident_reports) == (
+        {"ward": "Ward 7", "neighborhood": "Dixwell"},
+        "address",
+        "K7M4-QPXA",
+        2,
+    )
+    assert not case.is_later_report
+    other = await store.get_case("ZZZZ-0002")
+    assert other is not None and other.is_later_report
+    assert (other.triage_reason, other.related_incident_id, other.location_precision) == (
+        "low confidence",
+        "OLD0-0001",
+        "intersection",
+    )
+    # A request without an incident id is its own incident: the column is never NULL.
+    await store.upsert_requests([make_request("SOLO-0001", "e-solo")], None)
+    solo = await store.get_case("SOLO-0001")
+    assert solo is not None and (solo.incident_id, solo.districts) == ("SOLO-0001", {})
+    found = await store.get("K7M4-QPXA")
+    assert found is not None and found["extended_attributes"] == {
+        "districts": {"ward": "Ward 7", "neighborhood": "Dixwell"},
+        "incident_id": "K7M4-QPXA",
+        "incident_reports": 2,
+        "location_precision": "address",
+    }
+    searched = await store.search(service_request_ids=["ZZZZ-0002"])
+    assert searched[0]["extended_attributes"]["incident_id"] == "K7M4-QPXA"
+    cur_count = await _scalar(store, "SELECT count(*) FROM requests WHERE incident_id = %s", "K7M4-QPXA")
+    assert cur_count == 2
+
+
+async def test_migration_2_upgrades_a_database_with_requests(fresh_db: str) -> None:
+    first, *later = load_migrations()
+    async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
+        assert await migrate(conn, [first]) == [1]
+        await conn.execute(
+            "INSERT INTO requests (request_id, event_id, event_updated_datetime, service_code, service_name,"
+            " status, state, status_changed_at, channel, requested_datetime, updated_datetime, confidence)"
+            " VALUES ('OLDR-0001', 'e', now(), 'pothole', 'Pothole', 'open', 'new', now(), 'web', now(),"
+            " now(), 0.5)"
+        )
+        assert await migrate(conn) == [m.version for m in later]
+        cur = await conn.execute("SELECT incident_id, incident_reports, districts FROM requests")
+        assert await cur.fetchall() == [("OLDR-0001", 1, {})]
+        cur = await conn.execute("SELECT indexname FROM pg_indexes WHERE indexname = 'requests_incident'")
+        assert await cur.fetchone() == ("requests_incident",)
+
+
+async def test_the_open311_endpoints_show_extended_attributes(store: CaseStore) -> None:
+    import xml.etree.ElementTree as ET
+
+    from channels.web import create_app
+    from intake311.settings import Settings
+
+    class NoPublisher:
+        async def publish(self, contact: RawContact) -> None:  # pragma: no cover - GET only
+            raise AssertionError("GET requests must not publish")
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    request = make_request(
+        requested_datetime=now - timedelta(hours=3),
+        districts={"ward": "Ward 7", "Police District": "District 2"},
+        incident_id="K7M4-QPXA",
+        incident_reports=3,
+    )
+    await store.upsert_requests([request], "public-works")
+    app = create_app(Settings(), NoPublisher(), TAXONOMY, lookup=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        plain = await client.get("/open311/v2/requests/K7M4-QPXA.json")
+        one = await client.get("/open311/v2/requests/K7M4-QPXA.json", params={"extensions": "true"})
+        listed = await client.get("/open311/v2/requests.json", params={"extensions": "true"})
+        xml = await client.get("/open311/v2/requests/K7M4-QPXA.xml", params={"extensions": "true"})
+    assert "extended_attributes" not in plain.json()[0]
+    expected = {
+        "districts": {"ward": "Ward 7", "Police District": "District 2"},
+        "incident_id": "K7M4-QPXA",
+        "incident_reports": 3,
+        "location_precision": None,
+    }
+    assert one.json()[0]["extended_attributes"] == expected
+    assert listed.json()[0]["extended_attributes"] == expected
+    ext = ET.fromstring(xml.content).find("request/extended_attributes")
+    assert ext is not None
+    assert ext.findtext("districts/ward") == "Ward 7"
+    assert ext.findtext("districts/police_district") == "District 2"
+    assert (ext.findtext("incident_id"), ext.findtext("incident_reports")) == ("K7M4-QPXA", "3")
+
+
+async def test_report_by_district(store: CaseStore) -> None:
+    from intake311.ops import format_report
+    from sinks.postgres import NO_DISTRICT
+
+    h = timedelta(hours=1)
+
+    def req(rid: str, code: str, districts: dict[str, str], due: datetime | None) -> ServiceRequest:
+        service = TAXONOMY.get(code)
+        assert service is not None
+        return make_request(
+            rid,
+            f"ev-{rid}",
+            service_code=code,
+            service_name=service.name,
+            districts=districts,
+            expected_datetime=due,
+            agency_responsible=service.department,
+        )
+
+    requests = [
+        req("WARD-0071", "pothole", {"ward": "Ward 7"}, T0 + 72 * h),  # closed after 24 h: within
+        req("WARD-0072", "pothole", {"ward": "Ward 7", "neighborhood": "Dixwell"}, T0 + 72 * h),  # 96 h: late
+        req("WARD-0081", "streetlight", {"ward": "Ward 8"}, T0 + 120 * h),  # open, overdue
+        req("NONE-0001", "graffiti", {}, None),  # closed after 10 h, no service level
+        req("NONE-0002", "pothole", {"neighborhood": "Dixwell"}, T0 + 72 * h),  # no ward, open, not due
+    ]
+    await store.upsert_requests(requests, None)
+    for rid, hours in (("WARD-0071", 24), ("WARD-0072", 96), ("NONE-0001", 10)):
+        assert await store.record_status(rid, "closed", None, T0 + hours * h, "test")
+
+    report = await store.report(T0, T0 + 7 * 24 * h, now=T0 + 6 * 24 * h, by="ward")
+
+    assert report.by == "ward"
+    assert list(report.districts) == [NO_DISTRICT, "Ward 7", "Ward 8"]
+    w7, w8, none = report.districts["Ward 7"], report.districts["Ward 8"], report.districts[NO_DISTRICT]
+    assert (w7.received, w7.closed, w7.median_hours_to_close, w7.share_within_sla) == (2, 2, 60.0, 0.5)
+    assert (w8.received, w8.closed, w8.median_hours_to_close, w8.open_overdue) == (1, 0, None, 1)
+    assert (none.received, none.closed, none.closed_with_sla, none.share_within_sla) == (2, 1, 0, None)
+    assert sum(d.received for d in report.districts.values()) == report.received == 5
+    # The department figures are the plain report's.
+    plain = await store.report(T0, T0 + 7 * 24 * h, now=T0 + 6 * 24 * h)
+    assert plain.departments == report.departments and plain.districts == {}
+
+    data = report.as_dict()
+    assert data["by"] == "ward" and data["districts"]["Ward 7"]["share_within_sla"] == 0.5
+    assert "by" not in plain.as_dict() and "districts" not in plain.as_dict()
+    by_hood = await store.report(T0, T0 + 7 * 24 * h, by="neighborhood")
+    assert {k: v.received for k, v in by_hood.districts.items()} == {NO_DISTRICT: 3, "Dixwell": 2}
+    with pytest.raises(ValueError, match="district layer"):
+        await store.report(T0, T0 + h, by="  ")
+
+    text = format_report(data)
+    table = text[text.index("by ward") :].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["Ward", "Ward", NO_DISTRICT]  # "(none)" last
+    assert "50%" in table[1] and table[3].split()[1:3] == ["2", "1"]
+
+
+def test_report_command_by_ward(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``intake311 report --by ward`` as an operator types it: text and --json from the store."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from intake311.cli import app
+
+    async def fill() -> None:
+        async with CaseStore(dsn) as store:
+            async with store.pool.connection() as conn:
+                await conn.execute("TRUNCATE requests CASCADE")
+            now = datetime.now(UTC)
+            await store.upsert_requests(
+                [
+                    make_request(
+                        "CLIW-0001",
+                        "c1",
+                        requested_datetime=now - timedelta(days=1),
+                        districts={"ward": "Ward 7"},
+                    ),
+                    make_request("CLIW-0002", "c2", requested_datetime=now - timedelta(days=2)),
+                ],
+                "public-works",
+            )
+
+    asyncio.run(fill())
+    monkeypatch.setenv("INTAKE311_CASE_STORE_DSN", dsn)
+    runner = CliRunner()
+    text = runner.invoke(app, ["report", "--by", "ward"])
+    assert text.exit_code == 0, text.output
+    assert "by ward" in text.output and "Ward 7" in text.output and "(none)" in text.output
+    as_json = runner.invoke(app, ["report", "--by", "ward", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    figures = json.loads(as_json.output)
+    assert figures["by"] == "ward"
+    assert {k: v["received"] for k, v in figures["districts"].items()} == {"(none)": 1, "Ward 7": 1}

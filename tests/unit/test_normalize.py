@@ -4,9 +4,9 @@ import pytest
 
 from intake311.stage import Record
 from normalizer.app import normalize_batch
+from normalizer.incidents import IncidentDesk
 from normalizer.location import extract_address
 from normalizer.normalize import Normalizer
-from normalizer.incidents import IncidentDesk
 from normalizer.state import Snapshot, StateStore, StoredRequest
 from schemas import DeadLetter, Location, Media, RawContact
 from schemas.taxonomy import load_taxonomy

@@ -113,3 +113,163 @@ def test_departments_subscribe_to_services_and_areas(taxonomy, tmp_path) -> None
     file.write_text("departments:\n  parks: {services: [no-such-service]}\n")
     with pytest.raises(ValueError, match="no-such-service"):
         Router(load_routing(), taxonomy, TOPICS, load_interests(file))
+
+
+# -- districts -------------------------------------------------------------------------------
+
+
+def located(service_code: str = "street-light", **districts: str) -> ServiceRequest:
+    """A request as the normalizer emits it once geocoded: built directly, no classifier involved."""
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    return ServiceRequest(
+        request_id="K7M4-QPXA",
+        event_id="e1",
+        service_code=service_code,
+        service_name=service_code,
+        lat=41.32,
+        long=-72.93,
+        districts=districts,
+        requested_datetime=at,
+        updated_datetime=at,
+        channel="web",
+        confidence=0.9,
+        source_contact_ids=("web:m1",),
+    )
+
+
+def test_rules_match_on_districts_with_lists_and_single_names(taxonomy) -> None:
+    table = RoutingTable.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "east-lighting",
+                    "services": ["street-light"],
+                    "districts": {"ward": ["Ward 7", "Ward 8"]},
+                    "departments": ["east-lighting"],
+                    "stop": True,
+                },
+                {
+                    "name": "dixwell",
+                    "districts": {"ward": "ward 7", "neighborhood": "Dixwell"},  # case is ignored
+                    "departments": ["dixwell-team"],
+                },
+            ]
+        }
+    )
+    assert table.rules[1].districts == {"ward": ("ward 7",), "neighborhood": ("Dixwell",)}
+    router = Router(table, taxonomy, TOPICS)
+    assert router.departments_for(located(ward="Ward 8")) == ["east-lighting"]
+    assert router.departments_for(located(ward="Ward 9")) == ["transportation"]
+    assert router.departments_for(located()) == ["transportation"]  # no district: no match
+    # Every listed layer must match; extra layers on the request do not matter.
+    pothole = located("pothole", ward="Ward 7", neighborhood="Dixwell", police="District 2")
+    assert router.departments_for(pothole) == ["dixwell-team"]
+    assert router.departments_for(located("pothole", ward="Ward 7")) == ["public-works"]
+    assert router.departments_for(located("pothole", neighborhood="Dixwell")) == ["public-works"]
+
+
+def test_districts_and_the_box_combine(taxonomy) -> None:
+    box = {"min_lat": 41.30, "max_lat": 41.33, "min_long": -72.94, "max_long": -72.90}
+    rule = {"name": "r", "within": box, "districts": {"ward": ["Ward 7"]}, "departments": ["x"]}
+    router = Router(RoutingTable.model_validate({"rules": [rule]}), taxonomy, TOPICS)
+    assert router.departments_for(located(ward="Ward 7")) == ["x"]
+    outside = located(ward="Ward 7").model_copy(update={"lat": 41.0})
+    assert router.departments_for(outside) == ["transportation"]
+
+
+@pytest.mark.parametrize(
+    ("districts", "message"),
+    [
+        ({}, "at least one layer"),
+        ({"ward": []}, "non-empty list"),
+        ({"ward": [""]}, "non-empty strings"),
+        ({"ward": "  "}, "non-empty strings"),
+        ({"": ["Ward 7"]}, "layer names must be non-empty"),
+        ({"ward": [None]}, "non-empty strings"),
+        ({"ward": {"a": 1}}, "non-empty list"),
+    ],
+)
+def test_district_conditions_are_validated(districts: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoutingTable.model_validate({"rules": [{"name": "r", "districts": districts, "departments": ["x"]}]})
+
+
+def test_numbers_are_district_names(taxonomy) -> None:
+    table = RoutingTable.model_validate(
+        {"rules": [{"name": "r", "districts": {"council": 3}, "departments": ["x"]}]}
+    )
+    assert table.rules[0].districts == {"council": ("3",)}
+    assert Router(table, taxonomy, TOPICS).departments_for(located(council="3")) == ["x"]
+
+
+def test_unknown_layers_are_refused_when_the_boundaries_are_known(taxonomy) -> None:
+    from router.routing import Interest
+
+    table = RoutingTable.model_validate(
+        {"rules": [{"name": "r", "districts": {"wrad": "Ward 7"}, "departments": ["x"]}]}
+    )
+    interests = {"ward-office": Interest.model_validate({"districts": {"ward": "Ward 7"}})}
+    with pytest.raises(ValueError, match="do not have: wrad"):
+        Router(table, taxonomy, TOPICS, interests, layers=("ward", "neighborhood"))
+    router = Router(table, taxonomy, TOPICS, interests)  # boundaries unknown: accepted
+    assert router.district_layers() == ["ward", "wrad"]
+
+
+def test_departments_subscribe_to_districts(taxonomy, tmp_path) -> None:
+    from router.routing import load_interests
+    from sinks.subscriptions import load_subscriptions
+
+    file = tmp_path / "subscriptions.yaml"
+    file.write_text(
+        "departments:\n"
+        '  "*": {sinks: [{name: file, type: jsonl}]}\n'
+        '  ward-7-office: {districts: {ward: "Ward 7"}}\n'
+        "  dixwell-team:\n"
+        "    services: [graffiti]\n"
+        "    districts: {neighborhood: [Dixwell, Newhallville]}\n"
+    )
+    load_subscriptions(file)  # the sinks stage accepts the key too
+    router = Router(load_routing(), taxonomy, TOPICS, load_interests(file))
+    assert router.departments_for(located(ward="Ward 7")) == ["transportation", "ward-7-office"]
+    assert router.departments_for(located(ward="Ward 8")) == ["transportation"]
+    graffiti = located("graffiti", ward="Ward 2", neighborhood="Newhallville")
+    assert router.departments_for(graffiti) == ["public-works", "dixwell-team"]
+    assert router.departments_for(located("pothole", neighborhood="Dixwell")) == ["public-works"]
+    file.write_text("departments:\n  ward-7-office: {districts: {ward: []}}\n")
+    with pytest.raises(ValueError, match="non-empty list"):
+        load_interests(file)
+
+
+def test_packaged_examples_parse_when_uncommented(taxonomy) -> None:
+    """The commented district examples in routing.yaml and subscriptions.yaml are valid as written."""
+    import yaml
+
+    from router.routing import DEFAULT_ROUTING_PATH, Interest
+
+    text = DEFAULT_ROUTING_PATH.read_text()
+    block = [line for line in text.splitlines() if line.startswith("  # ")]
+    rules = yaml.safe_load("\n".join(line[4:] for line in block if not line.strip().startswith("# noise")))
+    table = RoutingTable.model_validate({"rules": rules})
+    assert {r.name for r in table.rules if r.districts} == {
+        "east-side-streetlights",
+        "dixwell-illegal-dumping",
+    }
+    subs = (DEFAULT_ROUTING_PATH.parents[1] / "sinks" / "subscriptions.yaml").read_text()
+    assert 'districts: {ward: "Ward 7"}' in subs
+    assert Interest.model_validate(yaml.safe_load('districts: {ward: "Ward 7"}')).districts == {
+        "ward": ("Ward 7",)
+    }
+
+
+def test_build_router_checks_layers_against_the_boundaries(tmp_path) -> None:
+    from intake311.settings import GeoSettings, Settings
+    from router.app import build_router
+
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("rules: [{name: r, districts: {wrad: Ward 7}, departments: [x]}]\n")
+    boundaries = {"ward": tmp_path / "wards.geojson"}
+    with pytest.raises(ValueError, match="wrad"):
+        build_router(Settings(routing_file=routing, geo=GeoSettings(boundaries=boundaries)))
+    assert build_router(Settings(routing_file=routing)).district_layers() == ["wrad"]  # warned only

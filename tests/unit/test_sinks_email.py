@@ -302,3 +302,87 @@ def test_config_errors(extra: dict[str, object], message: str) -> None:
 def test_sink_type_is_registered() -> None:
     cfg = parse_sink_config({"name": "m", "type": "email", "host": "h", "from": "a@b.org", "to": ["c@d.org"]})
     assert isinstance(cfg.build(CTX), EmailSink)
+
+
+# -- districts and incidents -----------------------------------------------------------------
+
+
+def _incident_update(reports: int) -> ServiceRequest:
+    from schemas.contact import Media
+    from schemas.request import IncidentReport
+
+    updates = tuple(
+        IncidentReport(
+            request_id=f"ZZZZ-000{n}",
+            channel="sms",
+            reported_at=datetime(2026, 3, 2, 10 + n, 0, tzinfo=UTC),
+            description=f"Report {n}, call me on {PHONE}",
+            media=(Media(url="https://cdn.example.org/p/2.jpg"),) if n == 2 else (),
+        )
+        for n in range(2, reports + 1)
+    )
+    return make_request(
+        event_id="u" * 32,
+        incident_id="K7M4-QPXA",
+        incident_reports=reports,
+        incident_updates=updates,
+        districts={"ward": "Ward 7", "police_district": "District 2"},
+    )
+
+
+async def test_districts_are_facts(smtp: tuple[Mailbox, int]) -> None:
+    mailbox, port = smtp
+    request = make_request(districts={"ward": "Ward 7", "police_district": "District 2"})
+    await config(port).build(CTX).deliver(request, department="public-works", delivery_id="d1")
+    [(_, message)] = mailbox.messages
+    lines = message.get_body(("plain",)).get_content().replace("\r\n", "\n").splitlines()
+    assert lines[4:7] == [
+        "Address:         12 Elm Street",
+        "Ward:            Ward 7",
+        "Police district: District 2",
+    ]
+    assert message["Subject"] == "[311] K7M4-QPXA Pothole — 12 Elm Street"  # not an update
+
+
+async def test_a_later_report_is_not_mailed_as_new_work(smtp: tuple[Mailbox, int]) -> None:
+    mailbox, port = smtp
+    later = make_request(
+        request_id="ZZZZ-0002", event_id="l" * 32, incident_id="K7M4-QPXA", incident_reports=2
+    )
+    outcome = await deliver_with_retry(
+        config(port).build(CTX), later, department="public-works", delivery_id="l1", attempts=1, backoff_s=0
+    )
+    assert outcome.delivered
+    assert mailbox.messages == []
+
+
+async def test_the_incident_update_is_an_update_in_the_same_thread(smtp: tuple[Mailbox, int]) -> None:
+    mailbox, port = smtp
+    sink = config(port).build(CTX)
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    await sink.deliver(_incident_update(3), department="public-works", delivery_id="d2")
+    [(_, first), (_, update)] = mailbox.messages
+    assert update["Subject"] == "[311] K7M4-QPXA update: 3 reports Pothole — 12 Elm Street"
+    assert update["References"] == first["References"]  # one thread per incident
+    assert update["Message-ID"] != first["Message-ID"]
+    text = update.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("Update to service request K7M4-QPXA: Pothole, now reported by 3 residents\n")
+    assert "Reports:         3 residents reported this incident" in text
+    later = text[text.index("Later reports (newest first):") :].splitlines()
+    assert later[1:4] == [
+        f"  ZZZZ-0003 via sms, 2026-03-02 13:00 UTC: Report 3, call me on {REDACTED}",
+        f"  ZZZZ-0002 via sms, 2026-03-02 12:00 UTC: Report 2, call me on {REDACTED}",
+        "    photo: https://cdn.example.org/p/2.jpg",
+    ]
+    html_part = update.get_body(("html",)).get_content()
+    assert "<h2>Pothole · K7M4-QPXA · update: 3 reports</h2>" in html_part
+    assert "<li>ZZZZ-0002 via sms" in html_part and '<a href="https://cdn.example.org/p/2.jpg">' in html_part
+    assert PHONE not in update.as_string() and "555-0142" not in update.as_string()
+
+
+async def test_triage_reason_is_the_check(smtp: tuple[Mailbox, int]) -> None:
+    mailbox, port = smtp
+    request = make_request(triage=True, confidence=0.3, triage_reason="no address found in the text")
+    await config(port).build(CTX).deliver(request, department="triage", delivery_id="d1")
+    [(_, message)] = mailbox.messages
+    assert "Check:       no address found in the text" in message.get_body(("plain",)).get_content()

@@ -156,3 +156,24 @@ async def test_batch_with_a_bad_department_falls_back_to_one_by_one(tmp_path: Pa
     await sink.close()
     assert [(o.delivered, o.attempts, o.retryable) for o in outcomes] == [(True, 1, True), (False, 1, False)]
     assert [line["delivery_id"] for line in read_lines(tmp_path / "departments" / "roads.jsonl")] == ["d1"]
+
+
+async def test_a_later_report_is_a_line_with_its_incident(tmp_path: Path) -> None:
+    """Files get every report, the incident's later ones included, each saying which incident."""
+    first = make_request("pothole", "SM1")
+    later = make_request("same pothole", "SM2").model_copy(
+        update={"incident_id": first.request_id, "incident_reports": 2, "districts": {"ward": "Ward 7"}}
+    )
+    sink = build(tmp_path)
+    await sink.start()
+    try:
+        for request in (first, later):
+            await sink.deliver(request, department="roads", delivery_id=request.request_id)
+    finally:
+        await sink.close()
+    lines = read_lines(tmp_path / "departments" / "roads.jsonl")
+    assert [(line["request_id"], line["incident_id"]) for line in lines] == [
+        (first.request_id, None),
+        (later.request_id, first.request_id),
+    ]
+    assert lines[1]["incident_reports"] == 2 and lines[1]["districts"] == {"ward": "Ward 7"}

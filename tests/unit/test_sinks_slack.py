@@ -433,3 +433,155 @@ def test_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_config_errors(extra: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         parse_sink_config({"name": "s", "type": "slack", "channel": "C1", **extra})
+
+
+# -- districts and incidents -----------------------------------------------------------------
+
+
+LATER_REQUESTED = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
+
+
+def later_report(**changes: Any) -> ServiceRequest:
+    """The second resident's report of the same pothole: its own ticket, the incident's id."""
+    values: dict[str, Any] = {
+        "request_id": "ZZZZ-0002",
+        "event_id": "l" * 32,
+        "incident_id": "K7M4-QPXA",
+        "incident_reports": 2,
+        "description": f"Same hole, worse now. Text me {PHONE}",
+        "channel": "web",
+        "requested_datetime": LATER_REQUESTED,
+        "updated_datetime": LATER_REQUESTED,
+        "reporter": Sender(),
+        "reply": None,
+        "source_contact_ids": ("web:w2",),
+    }
+    values.update(changes)
+    return make_request(**values)
+
+
+def grown_incident(reports: int = 2) -> ServiceRequest:
+    """The incident's first request sent again: more reporters, the later reports on it."""
+    from schemas.contact import Media
+    from schemas.request import IncidentReport
+
+    updates = tuple(
+        IncidentReport(
+            request_id=f"ZZZZ-000{n}",
+            channel="web" if n % 2 else "email",
+            reported_at=LATER_REQUESTED.replace(hour=10 + n),
+            description=f"Report {n}: still there, call {PHONE}",
+            media=(Media(url=f"https://cdn.example.org/p/{n}.jpg"),) if n == 2 else (),
+        )
+        for n in range(2, reports + 1)
+    )
+    return make_request(
+        event_id="g" * 32, incident_id="K7M4-QPXA", incident_reports=reports, incident_updates=updates
+    )
+
+
+async def test_districts_are_fields(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(
+        make_request(districts={"ward": "Ward 7", "police_district": "District <2>"}),
+        department="public-works",
+        delivery_id="d1",
+    )
+    fields = [f["text"] for f in slack.calls[0].body["blocks"][2]["fields"]]
+    assert fields[-2:] == ["*Ward*\nWard 7", "*Police district*\nDistrict &lt;2&gt;"]
+
+
+async def test_many_district_layers_share_the_last_field(slack: FakeSlack, sink: SlackSink) -> None:
+    layers = {f"layer_{n}": f"D{n}" for n in range(6)}
+    await sink.deliver(make_request(districts=layers), department="public-works", delivery_id="d1")
+    fields = [f["text"] for f in slack.calls[0].body["blocks"][2]["fields"]]
+    assert len(fields) == 10  # Slack's limit: six facts, three layers, and the rest together
+    assert fields[6:9] == ["*Layer 0*\nD0", "*Layer 1*\nD1", "*Layer 2*\nD2"]
+    assert fields[9] == "*Districts*\nLayer 3: D3 · Layer 4: D4 · Layer 5: D5"
+
+
+async def test_a_later_report_is_a_thread_reply_under_the_incident(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    [ref] = await sink.messages.get("K7M4-QPXA")
+
+    later = later_report(districts={"ward": "Ward 7"})
+    await sink.deliver(later, department="public-works", delivery_id="l1")
+    await sink.deliver(later, department="public-works", delivery_id="l1")  # a replay: nothing more
+    reply = slack.calls[1]
+    assert [c.method for c in slack.calls] == ["chat.postMessage", "chat.postMessage"]
+    assert (reply.body["channel"], reply.body["thread_ts"]) == (ref.channel, ref.ts)
+    assert reply.body["text"] == "Another report of Pothole K7M4-QPXA: ZZZZ-0002"
+    assert reply.body["metadata"]["event_payload"]["incident_id"] == "K7M4-QPXA"
+    assert all(b["type"] != "actions" for b in reply.body["blocks"])  # the incident's message has them
+    context = reply.body["blocks"][1]["elements"][0]["text"]
+    assert "ZZZZ-0002 via web" in context and "*Ward:* Ward 7" in context
+    assert PHONE not in reply.raw.decode()
+    # The map still points at the incident's message only; the reply is kept apart.
+    assert [r.request_id for r in await sink.messages.get("ZZZZ-0002")] == []
+    stored = await sink.messages.find_reply("ZZZZ-0002", channel="C0PUBLIC")
+    assert stored is not None and (stored.thread_ts, stored.delivery_id) == (ref.ts, "l1")
+
+    # A newer version of the later report edits its reply.
+    await sink.deliver(later_report(description="Now two holes"), department="public-works", delivery_id="l2")
+    edit = slack.calls[-1]
+    assert edit.method == "chat.update" and edit.body["ts"] == stored.ts
+    assert edit.body["blocks"][0]["text"]["text"] == "Now two holes"
+
+
+async def test_a_later_report_without_the_incident_message_is_skipped(
+    slack: FakeSlack, sink: SlackSink
+) -> None:
+    outcome = await deliver_with_retry(
+        sink, later_report(), department="public-works", delivery_id="l1", attempts=1, backoff_s=0
+    )
+    assert outcome.delivered
+    assert slack.calls == []  # never a top-level message: it would read as new work
+
+
+async def test_the_incident_message_shows_the_reporters_and_latest_reports(
+    slack: FakeSlack, sink: SlackSink
+) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    [ref] = await sink.messages.get("K7M4-QPXA")
+    at = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    await sink.update_message("K7M4-QPXA", ref.channel, ref.ts, "acknowledged", "U024BE7LH", at=at)
+
+    await sink.deliver(grown_incident(5), department="public-works", delivery_id="d2")
+    update = slack.calls[-1]
+    assert update.method == "chat.update" and (update.body["channel"], update.body["ts"]) == (
+        ref.channel,
+        ref.ts,
+    )
+    assert update.body["text"] == "New Pothole request K7M4-QPXA at 12 Elm Street, reported by 5 residents"
+    blocks = update.body["blocks"]
+    [incident] = [b for b in blocks if b.get("block_id") == "intake311_incident"]
+    lines = incident["text"]["text"].split("\n")
+    assert lines[0] == "*Reported by 5 residents*"
+    # The newest three (ticket, channel, excerpt), then how many more; contact details removed.
+    assert [line.split(" ")[1:4] for line in lines[1:4]] == [
+        ["ZZZZ-0005", "via", "web"],
+        ["ZZZZ-0004", "via", "email"],
+        ["ZZZZ-0003", "via", "web"],
+    ]
+    assert "“Report 5: still there, call [contact removed]”" in lines[1]
+    assert lines[4] == "_and 1 earlier report_"
+    assert PHONE not in update.raw.decode()
+    # The status a person set stays.
+    [status] = [b for b in blocks if b.get("block_id") == "intake311_state"]
+    assert "Acknowledged" in status["elements"][0]["text"]
+    assert blocks.index(incident) < blocks.index(status)
+
+    await sink.deliver(grown_incident(2), department="public-works", delivery_id="d3")
+    [incident] = [b for b in slack.calls[-1].body["blocks"] if b.get("block_id") == "intake311_incident"]
+    assert "<https://cdn.example.org/p/2.jpg|photo>" in incident["text"]["text"]
+
+
+async def test_a_lone_report_has_no_incident_block(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(incident_id="K7M4-QPXA"), department="public-works", delivery_id="d1")
+    assert slack.calls[0].body["blocks"] == EXPECTED_BLOCKS
+
+
+async def test_triage_reason_is_shown(slack: FakeSlack, sink: SlackSink) -> None:
+    request = make_request(triage=True, confidence=0.3, triage_reason="no address <given>")
+    await sink.deliver(request, department="triage", delivery_id="d1")
+    context = slack.calls[0].body["blocks"][3]["elements"][0]["text"]
+    assert context.endswith(":warning: no address &lt;given&gt;")

@@ -399,3 +399,25 @@ async def test_close_is_idempotent_and_start_is_lazy() -> None:
             await sink.close()
     assert len(receiver.requests) == 1
     assert receiver.requests[0].verified
+
+
+async def test_a_later_report_is_delivered_with_its_incident() -> None:
+    """Machines get every report (no incident logic here): the payload says which incident it joins."""
+    later = make_request("SM2").model_copy(
+        update={"incident_id": "K7M4-QPXA", "incident_reports": 2, "districts": {"ward": "Ward 7"}}
+    )
+    async with Receiver() as receiver:
+        sink = webhook(receiver.url).build(SinkContext(data_dir=Path(".")))
+        await sink.start()
+        try:
+            await sink.deliver(later, department="public-works", delivery_id="l1")
+        finally:
+            await sink.close()
+    [received] = receiver.requests
+    payload = json.loads(received.body)
+    assert (payload["request_id"], payload["incident_id"], payload["incident_reports"]) == (
+        later.request_id,
+        "K7M4-QPXA",
+        2,
+    )
+    assert payload["districts"] == {"ward": "Ward 7"} and payload["incident_updates"] == []

@@ -511,3 +511,121 @@ async def test_default_lookup_is_sqlite_under_data_dir(settings: Settings, publi
         ticket = (await c.post(f"{BASE}/requests.json", data=valid())).json()[0]["service_request_id"]
         assert (await c.get(f"{BASE}/requests/{ticket}.json")).status_code == 200
     assert (settings.data_dir / "web" / "accepted.sqlite3").is_file()
+
+
+# --- extended attributes (extensions=true) --------------------------------------------------
+
+
+class DistrictLookup:
+    """A lookup that knows districts and incidents, as the case store does."""
+
+    def __init__(self, districts: dict[str, str]) -> None:
+        self.row = {
+            "service_request_id": "K7M4-QPXA",
+            "status": "open",
+            "service_code": "pothole",
+            "service_name": "Pothole",
+            "requested_datetime": datetime(2026, 3, 2, 9, 30, tzinfo=UTC),
+            "extended_attributes": {
+                "districts": districts,
+                "incident_id": "K7M4-QPXA",
+                "incident_reports": 3,
+                "location_precision": "address",
+            },
+        }
+
+    async def get(self, request_id: str) -> dict[str, object] | None:
+        return self.row if request_id == "K7M4-QPXA" else None
+
+    async def search(self, **query: object) -> list[dict[str, object]]:
+        return [self.row]
+
+
+def district_client(
+    settings: Settings, publisher: FakePublisher, districts: dict[str, str]
+) -> httpx.AsyncClient:
+    return asgi_client(
+        create_app(settings, publisher, TAXONOMY, lookup=DistrictLookup(districts)), "http://t"
+    )
+
+
+async def test_extensions_true_adds_extended_attributes_json(
+    settings: Settings, publisher: FakePublisher
+) -> None:
+    districts = {"ward": "Ward 7", "neighborhood": "Dixwell"}
+    async with district_client(settings, publisher, districts) as c:
+        plain = (await c.get(f"{BASE}/requests/K7M4-QPXA.json")).json()[0]
+        off = (await c.get(f"{BASE}/requests/K7M4-QPXA.json", params={"extensions": "false"})).json()[0]
+        one = (await c.get(f"{BASE}/requests/K7M4-QPXA.json", params={"extensions": "true"})).json()[0]
+        listed = (await c.get(f"{BASE}/requests.json", params={"extensions": "TRUE"})).json()
+    assert "extended_attributes" not in plain and "extended_attributes" not in off
+    assert list(plain) == list(one)[:-1]  # the spec's fields, then the extension
+    expected = {
+        "districts": {"ward": "Ward 7", "neighborhood": "Dixwell"},
+        "incident_id": "K7M4-QPXA",
+        "incident_reports": 3,
+        "location_precision": "address",
+    }
+    assert one["extended_attributes"] == expected
+    assert [r["extended_attributes"] for r in listed] == [expected]
+
+
+async def test_extensions_in_xml_use_valid_element_names(
+    settings: Settings, publisher: FakePublisher
+) -> None:
+    districts = {
+        "ward": "Ward 7",
+        "Police District": "D2 <east>",
+        "2020 Census Tract": "1401",
+        "Quartier é": "Q",
+    }
+    async with district_client(settings, publisher, districts) as c:
+        one = await c.get(f"{BASE}/requests/K7M4-QPXA.xml", params={"extensions": "true"})
+        listed = await c.get(f"{BASE}/requests.xml", params={"extensions": "true"})
+        plain = await c.get(f"{BASE}/requests/K7M4-QPXA.xml")
+    for response in (one, listed):
+        root = ET.fromstring(response.content)  # parses: every element name is a valid XML name
+        ext = root.find("request/extended_attributes")
+        assert ext is not None
+        layers = ext.find("districts")
+        assert layers is not None
+        found = {e.tag: e.text for e in layers}
+        assert found == {
+            "ward": "Ward 7",
+            "police_district": "D2 <east>",
+            "_2020_census_tract": "1401",
+            "quartier_e": "Q",
+        }
+        assert (ext.findtext("incident_id"), ext.findtext("incident_reports")) == ("K7M4-QPXA", "3")
+        assert ext.findtext("location_precision") == "address"
+    assert ET.fromstring(plain.content).find("request/extended_attributes") is None
+
+
+def test_xml_names() -> None:
+    from channels.web.open311 import _xml_districts, xml_name
+
+    assert xml_name("Ward") == "ward"
+    assert xml_name("Police District") == "police_district"
+    assert xml_name("7th precinct") == "_7th_precinct"
+    assert xml_name("XML layer") == "_xml_layer"
+    assert xml_name("école") == "ecole"
+    assert xml_name("  ") == "_"
+    assert _xml_districts({"Ward": "A", "ward": "B", "WARD!": "C"}) == {
+        "ward": "A",
+        "ward_2": "B",
+        "ward_3": "C",
+    }
+
+
+async def test_the_local_record_has_no_districts(client: httpx.AsyncClient) -> None:
+    """Without a case store the web process knows only what it accepted: an empty extension."""
+    ticket = (await client.post(f"{BASE}/requests.json", data=valid())).json()[0]["service_request_id"]
+    one = (await client.get(f"{BASE}/requests/{ticket}.json", params={"extensions": "true"})).json()[0]
+    assert one["extended_attributes"] == {}
+    listed = (await client.get(f"{BASE}/requests.json", params={"extensions": "true"})).json()
+    assert [r["extended_attributes"] for r in listed] == [{}]
+    xml = await client.get(f"{BASE}/requests/{ticket}.xml", params={"extensions": "true"})
+    ext = ET.fromstring(xml.content).find("request/extended_attributes")
+    assert ext is not None and list(ext) == []
+    plain = (await client.get(f"{BASE}/requests/{ticket}.json")).json()[0]
+    assert "extended_attributes" not in plain
