@@ -113,7 +113,8 @@ def replay(rows: list[dict]) -> tuple[Counter[str], list[tuple[dict, dict]], int
             received_at=at,
             text=row["text"][:20000],
             service_code=row["code"],
-            location=Location(lat=row["lat"], long=row["long"]),
+            # The app's pin and the address the resident saw or typed, as an Open311 app sends them.
+            location=Location(lat=row["lat"], long=row["long"], address=row["address"][:500] or None),
         )
         request = desk.handle(contact, snap).requests[0]
         counts["reports"] += 1

@@ -85,6 +85,7 @@ def decide(
         request_ids=[p.contact.request_id for p in prepared.values()],
         areas=merge_areas(a for p in prepared.values() if p.request and (a := desk.areas_for(p.request))),
     )
+    snap.prefetch(request_ids=snap.loaded_incidents())  # their first requests: one query
     index = {id(r): i for i, r in enumerate(records)}
     chosen = [r for i, r in enumerate(records) if i in prepared]
 

@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from normalizer.geo.types import EARTH_RADIUS_M
+from normalizer.geo.types import haversine_m as distance_m
 from normalizer.normalize import Normalizer, versioned
 from normalizer.state import Area, Incident, Snapshot, StoredRequest
 from schemas.contact import ACTION, ACTION_SPLIT, RawContact
@@ -35,7 +37,6 @@ from schemas.request import MAX_INCIDENT_UPDATES, IncidentReport, ServiceRequest
 from schemas.status import State, StatusChange
 from schemas.taxonomy import IncidentRule, Taxonomy
 
-EARTH_RADIUS_M = 6_371_008.8
 MAX_MEDIA = 20
 
 # A follow-up after a close that says the problem is back (English and Spanish).
@@ -53,12 +54,55 @@ def still_broken(text: str) -> bool:
     return bool(_STILL_BROKEN.search(text or ""))
 
 
-def distance_m(lat1: float, long1: float, lat2: float, long2: float) -> float:
-    """Great-circle distance in metres (haversine): exact enough at city scale."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(long2 - long1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+# Pole and fixture numbers residents copy from the tag: two different numbers, two problems.
+_POLE_ID = re.compile(
+    r"\b(?:poles?|ui|#)\W{0,3}(?:#|no\.?|number|num)?\W{0,2}([a-z]?\d{2,5})(?!\d)|\b([a-z]\d{3,4})\b", re.I
+)
+# Words of an address that do not name a street.
+_NOT_A_NAME_TEXT = """and at between of the near corner in front opp opposite across from intersection by
+    rear side new haven connecticut ct usa us city block entrance driveway"""
+_NOT_A_NAME = frozenset(_NOT_A_NAME_TEXT.split())
+
+
+def pole_ids(text: str) -> frozenset[str]:
+    """Pole or fixture numbers in a report ("pole #1247", "UI 2701", "N468")."""
+    return frozenset((a or b).lower() for a, b in _POLE_ID.findall(text or ""))
+
+
+def street_words(address: str | None) -> frozenset[str]:
+    """The words of an address that name its street(s): "45 Elm St" -> {"elm"}."""
+    from normalizer.geo.streets import DIRECTIONALS, SUFFIXES, key_tokens, raw_tokens
+
+    if not address:
+        return frozenset()
+    return frozenset(
+        t
+        for t in key_tokens(raw_tokens(address))
+        if t.isalpha()
+        and len(t) >= 3
+        and t not in SUFFIXES
+        and t not in DIRECTIONALS
+        and t not in _NOT_A_NAME
+    )
+
+
+def distinct_problems(a: ServiceRequest, b: ServiceRequest) -> str | None:
+    """Why two nearby reports of one service are still two problems (None: nothing says so).
+
+    Coordinates alone merge neighbours: two street lamps on one block, or two reports an app
+    placed on the same default point of different streets. What residents wrote can tell them
+    apart: different pole numbers, or addresses that share no street name (typos tolerated).
+    """
+    poles_a, poles_b = pole_ids(a.description), pole_ids(b.description)
+    if poles_a and poles_b and not poles_a & poles_b:
+        return "different pole numbers"
+    words_a, words_b = street_words(a.address_string), street_words(b.address_string)
+    if words_a and words_b and not words_a & words_b:
+        from rapidfuzz import fuzz
+
+        if not any(fuzz.ratio(x, y) >= 80 for x in words_a for y in words_b):
+            return "different streets"
+    return None
 
 
 def area_around(service_code: str, lat: float, long: float, radius_m: float, since: float) -> Area:
@@ -223,7 +267,13 @@ class IncidentDesk:
         if area is None:
             own = versioned(request)
             return self._emit(snap, replace(stored, request=own))
-        found = match(request, snap.incidents_in(area), rule, self.taxonomy.incidents.cooloff_hours)
+        candidates = [
+            i
+            for i in snap.incidents_in(area)
+            if (head := snap.request(i.incident_id)) is None
+            or distinct_problems(request, head.request) is None
+        ]
+        found = match(request, candidates, rule, self.taxonomy.incidents.cooloff_hours)
         if found.kind in ("join", "reopen") and found.incident is not None:
             first = snap.request(found.incident.incident_id)
             if first is not None:

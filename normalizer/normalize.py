@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from normalizer.classify import Classification, Classifier
+from normalizer.geo.geo import Place
 from normalizer.location import extract_address
 from schemas.contact import Media, RawContact
 from schemas.ids import digest, event_id_for
@@ -20,18 +21,6 @@ from schemas.taxonomy import Taxonomy
 
 MAX_DESCRIPTION = 4000
 OUTSIDE_CITY = "outside the city boundary"
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where a request is, as far as the geocoder could tell (see ``normalizer.geo``)."""
-
-    lat: float | None = None
-    long: float | None = None
-    address: str | None = None
-    precision: Precision | None = None
-    districts: dict[str, str] = field(default_factory=dict)
-    outside_city: bool = False
 
 
 class Locator(Protocol):
@@ -46,8 +35,7 @@ class TextOnly:
     def place(self, *, text: str, address: str | None, lat: float | None, long: float | None) -> Place:
         if lat is not None and long is not None:
             return Place(lat, long, address, Precision.GIVEN)
-        found = address or extract_address(text)
-        return Place(address=found)
+        return Place(None, None, address or extract_address(text), None)
 
 
 def versioned(request: ServiceRequest) -> ServiceRequest:
@@ -128,7 +116,7 @@ class Normalizer:
         )
         if whole_answer and place.address is None and place.lat is None and text:
             # A follow-up is often just the address ("45 Elm"): keep it whole for a person.
-            return Place(address=text[:500])
+            return Place(None, None, text[:500], None)
         return place
 
     def _merge(self, previous: ServiceRequest, contact: RawContact) -> ServiceRequest:

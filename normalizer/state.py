@@ -178,6 +178,10 @@ class Snapshot:
                 self._incidents.setdefault(incident_id, incident)
             self._areas.extend(wanted)
 
+    def loaded_incidents(self) -> list[str]:
+        """Ids of the incidents read so far (to prefetch their first requests in one query)."""
+        return [i for i, x in self._incidents.items() if x is not None]
+
     def request(self, request_id: str) -> StoredRequest | None:
         if request_id not in self._requests:
             self._requests[request_id] = self.loader.requests([request_id]).get(request_id)
@@ -444,6 +448,10 @@ class StateStore:
             result = work(snapshot)
             sql.write(snapshot)
             return result
+
+    def loaded_incidents(self) -> list[str]:
+        """Ids of the incidents read so far (to prefetch their first requests in one query)."""
+        return [i for i, x in self._incidents.items() if x is not None]
 
     def request(self, request_id: str) -> StoredRequest | None:
         """One stored request (operator tools and tests)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from normalizer.incidents import IncidentDesk, distance_m, match, still_broken
+from normalizer.incidents import IncidentDesk, distance_m, distinct_problems, match, pole_ids, still_broken
 from normalizer.normalize import Normalizer
 from normalizer.state import Incident, Snapshot, StateStore
 from schemas import Location, Media, RawContact
@@ -295,3 +295,49 @@ def test_report_made_before_the_close_joins_closed(desk: IncidentDesk) -> None:
     assert before.requests[1].status == Status.OPEN and before.requests[1].status_notes is None
     (closing,) = before.status
     assert closing.request_id == before.requests[0].request_id and closing.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Street lamp out just left of 242 Hallock AVENUE, pole # 607_ (one of two)", {"607"}),
+        ("Light pole 1126 is out pole number 1126", {"1126"}),
+        ("Replace street lamp bulb on UI 790", {"790"}),
+        ("NOT WORKING UI-2534 HIGH STREET", {"2534"}),
+        ("Replace street lamp bulb on N468", {"n468"}),
+        ("the light at 45 Elm Street is out", set()),
+    ],
+)
+def test_pole_ids(text: str, expected: set[str]) -> None:
+    assert pole_ids(text) == expected
+
+
+def test_nearby_reports_with_other_poles_or_streets_stay_apart(desk: IncidentDesk) -> None:
+    snap = Snapshot()
+    desk.handle(report("Street lamp out on pole 4782", pid="a"), snap)
+    other_pole = desk.handle(report("Street light out, pole 4790", NEAR, pid="b", minutes=1), snap)
+    assert not other_pole.requests[0].is_later_report
+    same_pole = desk.handle(report("streetlight 4782 still dark", NEAR, pid="c", minutes=2), snap)
+    assert same_pole.requests[0].is_later_report
+
+    def placed(pid: str, address: str, minutes: float) -> RawContact:
+        return make_contact(
+            "pothole",
+            provider_id=pid,
+            location=Location(lat=ELM[0], long=ELM[1], address=address),
+            received_at=T0 + timedelta(minutes=minutes),
+        )
+
+    desk.handle(placed("d", "45 Elm St", 10), snap)
+    assert not desk.handle(placed("e", "131 Columbus Ave", 11), snap).requests[0].is_later_report
+    assert desk.handle(placed("f", "Elm Street at College", 12), snap).requests[0].is_later_report
+    assert distinct_problems_for("23 Pendleton St", "23 Pendelton Street") is None  # a typo is no reason
+
+
+def distinct_problems_for(a: str, b: str) -> str | None:
+    normalizer = Normalizer.from_taxonomy(load_taxonomy())
+    first, second = (
+        normalizer.normalize(make_contact("pothole", provider_id=p, location=Location(address=x)))
+        for p, x in (("x1", a), ("x2", b))
+    )
+    return distinct_problems(first, second)
