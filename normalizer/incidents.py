@@ -221,7 +221,7 @@ class IncidentDesk:
         ):
             return self._replay(stored, contact, snap)
         if contact.metadata.get(ACTION) == ACTION_SPLIT:
-            return self.split(contact.request_id, snap)
+            return self.split(contact.request_id, snap, at=contact.received_at)
         if stored is None:
             request = prepared or self.normalizer.normalize(contact)
             return self._place_in_incident(request, snap, contact=contact)
@@ -388,8 +388,12 @@ class IncidentDesk:
         return out
 
     # -- operators ------------------------------------------------------------------------------
-    def split(self, request_id: str, snap: Snapshot) -> Outcome:
-        """Take a wrongly merged report out of its incident: it becomes an incident of its own."""
+    def split(self, request_id: str, snap: Snapshot, *, at: datetime) -> Outcome:
+        """Take a wrongly merged report out of its incident: it becomes an incident of its own.
+
+        Both requests get a note saying so and ``at`` as their update time, so the departments
+        and the case store see a newer version of each (not a replay of an older one).
+        """
         stored = snap.request(request_id)
         incident_id = snap.incident_of(request_id)
         if stored is None:
@@ -410,11 +414,19 @@ class IncidentDesk:
                         "incident_updates": tuple(
                             u for u in head.incident_updates if u.request_id != request_id
                         ),
+                        "status_notes": f"Report {request_id} was split out of this incident",
+                        "updated_datetime": max(head.updated_datetime, at),
                     }
                 )
                 out.extend(self._emit(snap, replace(first, request=versioned(head))))
         alone = stored.request.model_copy(
-            update={"incident_id": request_id, "incident_reports": 1, "incident_updates": ()}
+            update={
+                "incident_id": request_id,
+                "incident_reports": 1,
+                "incident_updates": (),
+                "status_notes": f"Split out of incident {incident_id}: a problem of its own",
+                "updated_datetime": max(stored.request.updated_datetime, at),
+            }
         )
         if alone.lat is not None and alone.long is not None:
             snap.put_incident(

@@ -243,3 +243,45 @@ def _head(city: City, ticket: str, reports: int) -> dict[str, Any] | None:
 async def _closed(store: CaseStore, ticket: str) -> Any:
     case = await store.get_case(ticket)
     return case if case and case.state == "closed" else None
+
+
+async def test_operator_splits_a_wrongly_merged_report(city: City) -> None:
+    async def web_report(text: str) -> str:
+        response = await city.web.post("/", data={"description": text, "address": "133 Elm Street"})
+        assert response.status_code == 200, response.text
+        return _ticket(response.text)
+
+    first = await web_report("Pothole in the bike lane")
+    await wait_for(lambda: _head(city, first, 1), what="the first report")
+    wrong = await web_report("Pothole near the crosswalk, a different one")
+    await wait_for(lambda: _head(city, first, 2), what="the second report merged")
+
+    forbidden = await city.web.post(f"/api/requests/{wrong}/split", headers={"Authorization": "Bearer nope"})
+    assert forbidden.status_code == 403
+    await wait_for(lambda: city.store.get_case(wrong), what="the later report in the case store")
+    split = await city.web.post(f"/api/requests/{wrong}/split", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert split.status_code == 202, split.text
+    assert split.json()["split_from"] == first
+
+    head = await wait_for(lambda: _head(city, first, 1), what="the incident back to one report")
+    assert head["incident_updates"] == []
+    alone = await wait_for(
+        lambda: next(
+            (
+                line
+                for line in reversed(city.lines("public-works"))
+                if line["request_id"] == wrong and line["incident_id"] == wrong
+            ),
+            None,
+        ),
+        what="the split report as its own incident",
+    )
+    assert alone["incident_reports"] == 1
+    again = await city.web.post(f"/api/requests/{wrong}/split", headers={"Authorization": f"Bearer {TOKEN}"})
+    await wait_for(lambda: _not_later(city.store, wrong), what="the case store sees it split")
+    assert again.status_code in (202, 409)
+
+
+async def _not_later(store: CaseStore, ticket: str) -> Any:
+    case = await store.get_case(ticket)
+    return case if case and not case.is_later_report else None

@@ -244,10 +244,13 @@ def test_split_takes_a_report_back_out(desk: IncidentDesk) -> None:
         request_id=wrong.request_id,
         continues=True,
         metadata={"action": "split"},
+        received_at=T0 + timedelta(minutes=10),
     )
     out = desk.handle(command, snap)
     head, alone = out.requests
     assert head.request_id == first.request_id and head.incident_reports == 1 and not head.incident_updates
+    assert head.event_id != desk.handle(first, Snapshot()).requests[0].event_id  # a new version
+    assert head.updated_datetime == command.received_at and "split out" in (head.status_notes or "")
     assert alone.request_id == wrong.request_id and alone.incident_id == wrong.request_id
     assert snap.incident_of(wrong.request_id) == wrong.request_id
     again = desk.handle(command, snap)  # replayed command: no change
