@@ -57,6 +57,17 @@ from sinks.base import Delivery  # noqa: E402
 from sinks.jsonl import JsonlSink, JsonlSinkConfig, line_for  # noqa: E402
 
 SCENARIOS = ("raw", "normalizer", "router", "sinks", "pipeline")
+# The city's own files (New Haven): with them the normalizer geocodes, finds districts and
+# matches incidents, which is what a real deployment runs.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+GEO = {
+    "address_points": SHARED_DATA / "newhaven_address_points.csv",
+    "boundaries": {
+        "ward": SHARED_DATA / "newhaven_wards_2012.geojson",
+        "neighborhood": SHARED_DATA / "newhaven_neighborhoods.geojson",
+    },
+}
+HAVE_GEO = GEO["address_points"].is_file()  # type: ignore[union-attr]
 BATCH = 500  # the stages' default max_batch, used by the raw baseline too
 POLL_S = 0.02
 # Only the "*" jsonl sink, written out so edits to the packaged default cannot change the figures.
@@ -117,6 +128,33 @@ def make_contacts(n: int, run: str) -> list[RawContact]:
                 provider_id=f"{run}-{i}",
                 now=now + timedelta(seconds=i),
                 address=f"{num} {street}" if i % 3 == 0 else None,
+            )
+        )
+    return contacts
+
+
+def city_contacts(n: int, run: str) -> list[RawContact]:
+    """N contacts from New Haven's real 2014 reports: the residents' words and the address they
+    gave, at the time they gave it (the file is replayed 400 days later as often as needed, so a
+    second pass does not join the first pass's incidents). About 8% of them are reports of an
+    incident someone reported first (bench/incidents_eval.py), as in a real city."""
+    import csv
+
+    from bench.classifier_eval import resident_text
+
+    with (SHARED_DATA / "seeclickfix_newhaven_2014.csv").open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["Created At Local"]]
+    rows.sort(key=lambda r: datetime.strptime(r["Created At Local"], "%m/%d/%Y - %I:%M%p"))
+    contacts = []
+    for i in range(n):
+        row, lap = rows[i % len(rows)], i // len(rows)
+        created = datetime.strptime(row["Created At Local"], "%m/%d/%Y - %I:%M%p").replace(tzinfo=UTC)
+        contacts.append(
+            operator_contact(
+                resident_text(row)[:4000] or row["Summary"] or "report",
+                provider_id=f"{run}-{i}",
+                now=created + timedelta(days=400 * lap),
+                address=(row["Address"] or "")[:500] or None,
             )
         )
     return contacts
@@ -184,11 +222,16 @@ class Progress:
         return self._done.is_set()
 
 
-async def count_topics(bootstrap: str, topics: Sequence[str], tally: Progress) -> None:
+async def count_topics(
+    bootstrap: str, topics: Sequence[str], tally: Progress, *, distinct_keys: bool = False
+) -> None:
     """Count records on ``topics`` by reading them (Tansu's end_offsets cannot be trusted).
 
     No group: partitions are assigned locally, so counting starts without a group join.
+    ``distinct_keys``: count each key once (a report joining an incident also re-emits the
+    incident's first request, under that request's key: one contact, one count).
     """
+    seen: set[bytes | None] = set()
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -202,7 +245,12 @@ async def count_topics(bootstrap: str, topics: Sequence[str], tally: Progress) -
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=20, max_records=2000)
-            tally.add(sum(len(b) for b in batches.values()))
+            if distinct_keys:
+                before = len(seen)
+                seen.update(r.key for b in batches.values() for r in b)
+                tally.add(len(seen) - before)
+            else:
+                tally.add(sum(len(b) for b in batches.values()))
     finally:
         await consumer.stop()
 
@@ -324,7 +372,7 @@ class Run:
     def prefix(self, scenario: str) -> str:
         return f"{self.run_prefix}{scenario}"
 
-    def settings(self, scenario: str) -> Settings:
+    def settings(self, scenario: str, *, geo: bool = False) -> Settings:
         data_dir = self.scratch / scenario
         data_dir.mkdir(parents=True, exist_ok=True)
         subscriptions = data_dir / "subscriptions.yaml"
@@ -337,6 +385,7 @@ class Run:
                 "topic_prefix": self.prefix(scenario),
                 "session_timeout_ms": 2000,
             },
+            geo=GEO if geo else {},
         )
 
     @property
@@ -431,18 +480,31 @@ async def prepare_topics(settings: Settings, bootstrap: str) -> None:
 
 
 async def bench_normalizer(run: Run) -> list[Result]:
-    settings = run.settings("normalizer")
-    await prepare_topics(settings, run.bootstrap)
-    await preload(run.bootstrap, contact_records(settings, make_contacts(run.messages, "normalizer")))
-    return [
-        await measure_stage(
-            run,
-            "normalizer",
-            settings,
-            ["normalizer"],
-            lambda tally: count_topics(run.bootstrap, [settings.topics.requests], tally),
+    """The normalizer without the city's files (synthetic reports), and with them on New Haven's
+    real reports (geocoding the address and text, districts, incident matching)."""
+    results = []
+    for name, geo in (("normalizer", False), ("normalizer+geo", True)):
+        if geo and not HAVE_GEO:
+            progress(f"  {name}: skipped, {SHARED_DATA} not found")
+            continue
+        settings = run.settings(name.replace("+", "-"), geo=geo)
+        await prepare_topics(settings, run.bootstrap)
+        contacts = city_contacts(run.messages, name) if geo else make_contacts(run.messages, name)
+        await preload(run.bootstrap, contact_records(settings, contacts))
+        results.append(
+            await measure_stage(
+                run,
+                name,
+                settings,
+                ["normalizer"],
+                # A report that joins an incident also re-emits the incident's first request:
+                # count the contacts' own requests, not every record on the topic.
+                lambda tally, s=settings: count_topics(
+                    run.bootstrap, [s.topics.requests], tally, distinct_keys=True
+                ),
+            )
         )
-    ]
+    return results
 
 
 def department_topics(settings: Settings) -> list[str]:
@@ -565,6 +627,21 @@ def pure_rates(n: int, scratch: Path) -> list[tuple[str, int, float]]:
             ],
         ),
     ]
+    if HAVE_GEO:
+        from normalizer.geo import Geo
+
+        geo = Geo.from_settings(Settings(geo=GEO).geo)
+        located = Normalizer.from_taxonomy(taxonomy, geo)
+        texts = [c.text for c in contacts]
+        fresh = Geo.from_settings(Settings(geo=GEO).geo)  # a cold cache: every text seen once
+        rows += [
+            timed(
+                "Geo.place (free text, cold cache)",
+                n,
+                lambda: [fresh.place(text=t, address=None, lat=None, long=None) for t in texts],
+            ),
+            timed("normalize() with geo", n, lambda: [located.normalize(c) for c in contacts]),
+        ]
     # Storage touched once per batch: measured on a slice so a slow disk cannot stall the run.
     m = min(n, 5 * BATCH)
     scratch_dir = scratch / "pure"

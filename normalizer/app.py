@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from faststream.kafka import KafkaBroker
@@ -63,9 +63,7 @@ def prepare(
     def handle(record: Record) -> list[Outgoing]:
         contact = RawContact.model_validate_json(record.value)
         # Continuations need the stored request; everything else can be normalized now.
-        request = (
-            None if contact.continues or contact.metadata.get(ACTION) else normalizer.normalize(contact)
-        )
+        request = None if contact.continues or contact.metadata.get(ACTION) else normalizer.normalize(contact)
         prepared[index[id(record)]] = Prepared(contact, request)
         return []
 
@@ -85,13 +83,18 @@ def decide(
         request_ids=[p.contact.request_id for p in prepared.values()],
         areas=merge_areas(a for p in prepared.values() if p.request and (a := desk.areas_for(p.request))),
     )
-    snap.prefetch(request_ids=snap.loaded_incidents())  # their first requests: one query
+    # The first requests of the incidents each report could join: one query, not one per report.
+    snap.prefetch(
+        request_ids=[
+            i.incident_id for p in prepared.values() if p.request for i in desk.near(p.request, snap)
+        ]
+    )
     index = {id(r): i for i, r in enumerate(records)}
     chosen = [r for i, r in enumerate(records) if i in prepared]
 
     def handle(record: Record) -> list[Outgoing]:
         item = prepared[index[id(record)]]
-        return outgoing(desk.handle(item.contact, snap, item.request), topics)
+        return outgoing(desk.handle(item.contact, snap, item.request), topics, snap.json_of)
 
     out, _ = process_batch(chosen, handle, stage=STAGE, deadletter_topic=topics.deadletter)
     return out
@@ -111,17 +114,22 @@ def status_batch(
     """Status changes -> request and incident state; an incident's close closes its reports."""
 
     def handle(record: Record) -> list[Outgoing]:
-        return outgoing(desk.handle_status(StatusChange.model_validate_json(record.value), snap), topics)
+        change = StatusChange.model_validate_json(record.value)
+        return outgoing(desk.handle_status(change, snap), topics, snap.json_of)
 
     out, _ = process_batch(records, handle, stage=STAGE, deadletter_topic=topics.deadletter)
     return out
 
 
-def outgoing(outcome: Outcome, topics: Topics) -> list[Outgoing]:
-    """Kafka records for an outcome, each keyed by its request so its versions stay in order."""
-    out = [
-        Outgoing(topics.requests, r.model_dump_json().encode(), key=r.request_id) for r in outcome.requests
-    ]
+def outgoing(
+    outcome: Outcome, topics: Topics, dump: Callable[[ServiceRequest], bytes] | None = None
+) -> list[Outgoing]:
+    """Kafka records for an outcome, each keyed by its request so its versions stay in order.
+
+    ``dump``: the snapshot's serialiser, so a request written to the store and to Kafka is
+    serialised once."""
+    to_json = dump or (lambda r: r.model_dump_json().encode())
+    out = [Outgoing(topics.requests, to_json(r), key=r.request_id) for r in outcome.requests]
     out += [
         Outgoing(topics.outbound(m.channel), m.model_dump_json().encode(), key=m.request_id)
         for m in outcome.messages

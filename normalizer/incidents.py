@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from normalizer.geo.types import EARTH_RADIUS_M
 from normalizer.geo.types import haversine_m as distance_m
@@ -64,11 +65,13 @@ _NOT_A_NAME_TEXT = """and at between of the near corner in front opp opposite ac
 _NOT_A_NAME = frozenset(_NOT_A_NAME_TEXT.split())
 
 
+@lru_cache(maxsize=16384)
 def pole_ids(text: str) -> frozenset[str]:
     """Pole or fixture numbers in a report ("pole #1247", "UI 2701", "N468")."""
     return frozenset((a or b).lower() for a, b in _POLE_ID.findall(text or ""))
 
 
+@lru_cache(maxsize=16384)
 def street_words(address: str | None) -> frozenset[str]:
     """The words of an address that name its street(s): "45 Elm St" -> {"elm"}."""
     from normalizer.geo.streets import DIRECTIONALS, SUFFIXES, key_tokens, raw_tokens
@@ -200,17 +203,33 @@ class IncidentDesk:
         # Channels that can send (configured ones): a message for any other would sit on a
         # topic nobody reads. None: every channel (tests).
         self.reply_channels = reply_channels
+        # Looked up for every request: resolved once (taxonomy lookups go through pydantic).
+        self._rules = {code: self.taxonomy.incident_rule(code) for code in self.taxonomy.codes}
+        self._no_rule = IncidentRule(radius_m=0)
+        self._cooloff_hours = self.taxonomy.incidents.cooloff_hours
+
+    def rule(self, service_code: str) -> IncidentRule:
+        return self._rules.get(service_code, self._no_rule)
 
     # -- planning: what to prefetch for a batch -----------------------------------------------
     def areas_for(self, request: ServiceRequest) -> Area | None:
         """Where incidents that ``request`` could join are (None: it cannot join any)."""
-        rule = self.taxonomy.incident_rule(request.service_code)
+        rule = self.rule(request.service_code)
         if not matchable(request, rule):
             return None
         assert request.lat is not None and request.long is not None
-        horizon = rule.window_hours * 3600 + self.taxonomy.incidents.cooloff_hours * 3600
+        horizon = rule.window_hours * 3600 + self._cooloff_hours * 3600
         since = _epoch(request.requested_datetime) - horizon
         return area_around(request.service_code, request.lat, request.long, rule.radius_m, since)
+
+    def near(self, request: ServiceRequest, snap: Snapshot) -> list[Incident]:
+        """Incidents of the request's service within its radius (any state)."""
+        area = self.areas_for(request)
+        if area is None or request.lat is None or request.long is None:
+            return []
+        radius = self.rule(request.service_code).radius_m
+        lat, long = request.lat, request.long
+        return [i for i in snap.incidents_in(area) if distance_m(lat, long, i.lat, i.long) <= radius]
 
     # -- contacts -------------------------------------------------------------------------------
     def handle(self, contact: RawContact, snap: Snapshot, prepared: ServiceRequest | None = None) -> Outcome:
@@ -262,7 +281,7 @@ class IncidentDesk:
         state: StoredRequest | None = None,
     ) -> Outcome:
         stored = state or StoredRequest(request)
-        rule = self.taxonomy.incident_rule(request.service_code)
+        rule = self.rule(request.service_code)
         area = self.areas_for(request)
         if area is None:
             own = versioned(request)
@@ -273,7 +292,7 @@ class IncidentDesk:
             if (head := snap.request(i.incident_id)) is None
             or distinct_problems(request, head.request) is None
         ]
-        found = match(request, candidates, rule, self.taxonomy.incidents.cooloff_hours)
+        found = match(request, candidates, rule, self._cooloff_hours)
         if found.kind in ("join", "reopen") and found.incident is not None:
             first = snap.request(found.incident.incident_id)
             if first is not None:

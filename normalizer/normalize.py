@@ -63,9 +63,8 @@ def versioned(request: ServiceRequest) -> ServiceRequest:
             request.status_notes or "",
         ).hex()[:16]
     )
-    return request.model_copy(
-        update={"event_id": event_id_for(request.request_id, request.source_contact_ids, revision)}
-    )
+    event_id = event_id_for(request.request_id, request.source_contact_ids, revision)
+    return request if event_id == request.event_id else request.model_copy(update={"event_id": event_id})
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -155,8 +156,10 @@ class Snapshot:
     loader: Loader = field(default_factory=_NoLoader)
     _requests: dict[str, StoredRequest | None] = field(default_factory=dict)
     _incidents: dict[str, Incident | None] = field(default_factory=dict)
+    _cells: dict[tuple[str, int, int], set[str]] = field(default_factory=dict)  # where each incident is
     _members: dict[str, str | None] = field(default_factory=dict)
     _areas: list[Area] = field(default_factory=list)
+    _json: dict[int, tuple[ServiceRequest, bytes]] = field(default_factory=dict)
     dirty_requests: set[str] = field(default_factory=set)
     dirty_incidents: set[str] = field(default_factory=set)
     dirty_members: set[str] = field(default_factory=set)
@@ -175,7 +178,8 @@ class Snapshot:
         wanted = [a for a in areas if not any(_covers(known, a) for known in self._areas)]
         if wanted:
             for incident_id, incident in self.loader.incidents_in(wanted).items():
-                self._incidents.setdefault(incident_id, incident)
+                if incident_id not in self._incidents:
+                    self._remember(incident)
             self._areas.extend(wanted)
 
     def loaded_incidents(self) -> list[str]:
@@ -189,8 +193,22 @@ class Snapshot:
 
     def incident(self, incident_id: str) -> Incident | None:
         if incident_id not in self._incidents:
-            self._incidents[incident_id] = self.loader.incidents([incident_id]).get(incident_id)
+            found = self.loader.incidents([incident_id]).get(incident_id)
+            if found is None:
+                self._incidents[incident_id] = None
+            else:
+                self._remember(found)
         return self._incidents[incident_id]
+
+    def _remember(self, incident: Incident) -> None:
+        """Cache an incident and index it by service and ~500 m cell (a batch holds thousands)."""
+        old = self._incidents.get(incident.incident_id)
+        if old is not None and (old.lat, old.long) != (incident.lat, incident.long):
+            self._cells.get(_cell(old.service_code, old.lat, old.long), set()).discard(old.incident_id)
+        self._incidents[incident.incident_id] = incident
+        self._cells.setdefault(_cell(incident.service_code, incident.lat, incident.long), set()).add(
+            incident.incident_id
+        )
 
     def incident_of(self, request_id: str) -> str | None:
         """The incident a request belongs to (None: never placed in one)."""
@@ -201,15 +219,32 @@ class Snapshot:
     def incidents_in(self, area: Area) -> list[Incident]:
         """Incidents of ``area``'s service inside its box, active since ``area.since``."""
         self.prefetch(areas=[area])
+        _, lat0, long0 = _cell(area.service_code, area.min_lat, area.min_long)
+        _, lat1, long1 = _cell(area.service_code, area.max_lat, area.max_long)
+        ids = [
+            incident_id
+            for y in range(lat0, lat1 + 1)
+            for x in range(long0, long1 + 1)
+            for incident_id in self._cells.get((area.service_code, y, x), ())
+        ]
+        found = (self._incidents.get(i) for i in ids)
         return [
             i
-            for i in self._incidents.values()
+            for i in found
             if i is not None
-            and i.service_code == area.service_code
             and area.min_lat <= i.lat <= area.max_lat
             and area.min_long <= i.long <= area.max_long
             and max(i.last_report_at, i.closed_at or 0.0) >= area.since
         ]
+
+    def json_of(self, request: ServiceRequest) -> bytes:
+        """``request`` as JSON, serialised once for both Kafka and the store (it is the costly part)."""
+        cached = self._json.get(id(request))
+        if cached is not None and cached[0] is request:
+            return cached[1]
+        body = request.model_dump_json().encode()
+        self._json[id(request)] = (request, body)
+        return body
 
     # -- writes -------------------------------------------------------------------------------
     def put_request(self, stored: StoredRequest) -> None:
@@ -217,7 +252,7 @@ class Snapshot:
         self.dirty_requests.add(stored.request.request_id)
 
     def put_incident(self, incident: Incident) -> None:
-        self._incidents[incident.incident_id] = incident
+        self._remember(incident)
         self.dirty_incidents.add(incident.incident_id)
         for member in incident.members:
             if self._members.get(member) != incident.incident_id:
@@ -229,6 +264,13 @@ class Snapshot:
         incidents = [x for i in sorted(self.dirty_incidents) if (x := self._incidents.get(i)) is not None]
         members = [(m, i) for m in sorted(self.dirty_members) if (i := self._members.get(m)) is not None]
         return requests, incidents, members
+
+
+CELL_DEG = 0.005  # ~550 m of latitude: a few cells cover any incident radius
+
+
+def _cell(service_code: str, lat: float, long: float) -> tuple[str, int, int]:
+    return service_code, math.floor(lat / CELL_DEG), math.floor(long / CELL_DEG)
 
 
 def _covers(known: Area, wanted: Area) -> bool:
@@ -356,7 +398,7 @@ class _Sql:
                 [
                     (
                         s.request.request_id,
-                        s.request.model_dump_json(),
+                        snapshot.json_of(s.request).decode(),
                         s.state.value,
                         s.state_at,
                         json.dumps(list(s.absorbed)),
@@ -448,10 +490,6 @@ class StateStore:
             result = work(snapshot)
             sql.write(snapshot)
             return result
-
-    def loaded_incidents(self) -> list[str]:
-        """Ids of the incidents read so far (to prefetch their first requests in one query)."""
-        return [i for i, x in self._incidents.items() if x is not None]
 
     def request(self, request_id: str) -> StoredRequest | None:
         """One stored request (operator tools and tests)."""
