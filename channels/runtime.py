@@ -29,18 +29,18 @@ from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
+    RawBatch,
     Record,
     batch_subscriber,
     dead_letter,
     explain,
     publish_with_retry,
-    raw_batch,
     records_from,
 )
 from schemas.contact import mask
 from schemas.outbound import OutboundMessage
 
-MessageRecords = raw_batch(OutboundMessage)  # what the AsyncAPI document shows
+MessageRecords = RawBatch[OutboundMessage]  # what the AsyncAPI document shows
 STAGE = "outbound"
 log = get_logger(__name__)
 

@@ -13,7 +13,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
@@ -161,6 +161,24 @@ class _DocumentedAs:
 def raw_batch(model: type[BaseModel]) -> Any:
     """The handler annotation for a batch of raw records documented as ``model``."""
     return list[Annotated[bytes, _DocumentedAs(model)]]
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+if TYPE_CHECKING:
+
+    class RawBatch(list[bytes], Generic[_M]):
+        """To mypy, ``RawBatch[Model]`` is a list of raw bytes (what the handler receives)."""
+
+else:
+
+    class RawBatch:
+        """``RawBatch[Model]``: the handler annotation for a batch of raw records documented as
+        ``Model``, i.e. ``raw_batch(Model)``, so FastStream's AsyncAPI document shows the real
+        payload schema while the handler still gets the raw bytes of each record."""
+
+        def __class_getitem__(cls, model: type[BaseModel]) -> Any:
+            return raw_batch(model)
 
 
 async def _raw_bodies(message: Any) -> Any:

@@ -17,11 +17,11 @@ from intake311.bus import Outgoing
 from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
+    RawBatch,
     Record,
     batch_subscriber,
     process_batch,
     publish_with_retry,
-    raw_batch,
     records_from,
 )
 from normalizer.incidents import IncidentDesk, Outcome
@@ -33,8 +33,8 @@ from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import Topics
 
-ContactRecords = raw_batch(RawContact)  # what the AsyncAPI document shows
-StatusRecords = raw_batch(StatusChange)
+ContactRecords = RawBatch[RawContact]  # what the AsyncAPI document shows
+StatusRecords = RawBatch[StatusChange]
 STAGE = "normalizer"
 log = get_logger(__name__)
 GROUP_ID = "intake311.normalizer"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -13,21 +12,18 @@ from intake311.bus import Outgoing
 from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
+    RawBatch,
     Record,
     batch_subscriber,
     process_batch,
     publish_with_retry,
-    raw_batch,
     records_from,
 )
 from router.routing import Router, load_interests, load_routing
 from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
 
-if TYPE_CHECKING:
-    RequestRecords = list[bytes]
-else:
-    RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows (raw bytes to mypy)
+RequestRecords = RawBatch[ServiceRequest]  # what the AsyncAPI document shows
 STAGE = "router"
 log = get_logger(__name__)
 GROUP_ID = "intake311.router"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.ids import is_slug, make_contact_id, parse_ticket
 
-CONTACT_SCHEMA_VERSION = 1
+CONTACT_SCHEMA_VERSION: Final = 1
 
 MetadataValue = str | int | float | bool | None
 # ``RawContact.metadata["action"]`` of an operator command that is not a report (it travels the

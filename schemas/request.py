@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.contact import Media, ReplyVia, Sender
 
-REQUEST_SCHEMA_VERSION = 1
+REQUEST_SCHEMA_VERSION: Final = 1
 MAX_INCIDENT_UPDATES = 20  # later reports shown on an incident; the count keeps growing
 
 

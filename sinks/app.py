@@ -20,12 +20,12 @@ from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
+    RawBatch,
     Record,
     batch_subscriber,
     dead_letter,
     explain,
     publish_with_retry,
-    raw_batch,
     records_from,
 )
 from schemas.ids import delivery_id_for
@@ -37,8 +37,8 @@ from sinks.retry import deliver_all
 from sinks.status import register as record_status_changes
 from sinks.subscriptions import Subscriptions, load_subscriptions
 
-RequestRecords = raw_batch(ServiceRequest)  # what the AsyncAPI document shows
-StatusRecords = raw_batch(StatusChange)
+RequestRecords = RawBatch[ServiceRequest]  # what the AsyncAPI document shows
+StatusRecords = RawBatch[StatusChange]
 STAGE = "sinks"
 log = get_logger(__name__)
 

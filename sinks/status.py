@@ -19,12 +19,12 @@ from intake311.bus import Outgoing
 from intake311.logging import get_logger
 from intake311.settings import Settings
 from intake311.stage import (
+    RawBatch,
     Record,
     batch_subscriber,
     dead_letter,
     explain,
     publish_with_retry,
-    raw_batch,
     records_from,
 )
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
@@ -32,7 +32,7 @@ from schemas.status import State, StatusChange
 from schemas.topics import Topics
 from sinks.postgres.store import Case, CaseStore
 
-StatusRecords = raw_batch(StatusChange)  # what the AsyncAPI document shows
+StatusRecords = RawBatch[StatusChange]  # what the AsyncAPI document shows
 STAGE = "status"
 GROUP_ID = "intake311.casestore.status"
 log = get_logger(__name__)
