@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 
 from channels.plugin import ChannelPlugin
@@ -173,3 +175,18 @@ class DepartmentFiles:
 
     def for_ticket(self, department: str, ticket: str) -> list[dict[str, Any]]:
         return [line for line in self.lines(department) if line["request_id"] == ticket]
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    """``../shared/data/<name>``: skip with the reason when it is absent, but fail under CI
+    (CI always has the shared data, so a missing file there is a broken run, not a skip)."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        reason = f"shared dataset file not present: {path} (see ../shared/data/README.md)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so tests on the real data must run")
+        pytest.skip(reason)
+    return path

@@ -1,12 +1,12 @@
 """The free-text classifier: obvious reports, the fallback, confidence, speed and real-data accuracy."""
 
 import time
-from pathlib import Path
 
 import pytest
 
 from normalizer.classify import Classification, Classifier, stem
 from schemas.taxonomy import Service, Taxonomy, load_taxonomy
+from tests.support import shared_file
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +132,9 @@ HELDOUT_FLOOR_NO_TITLE = 0.64
 
 
 def test_heldout_accuracy_on_new_haven_data() -> None:
-    from bench.classifier_eval import DEFAULT_CSV, evaluate, load_rows
+    from bench.classifier_eval import evaluate, load_rows
 
-    csv_path = Path(DEFAULT_CSV)
-    if not csv_path.exists():
-        pytest.skip(f"shared dataset not present at {csv_path}")
+    csv_path = shared_file("seeclickfix_newhaven_2014.csv")
     clf = Classifier(load_taxonomy())
     rows = load_rows(csv_path, "heldout")
     assert 2700 < len(rows) < 3300  # the ~30% split, so the floor is measured on the right rows

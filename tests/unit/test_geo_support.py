@@ -2,33 +2,20 @@
 
 The shared data lives outside the repository (../shared/data). A test that needs it skips with
 the reason on a developer's machine without it, but FAILS when ``CI`` is set: CI must never pass
-by silently skipping the real-data checks. (tests/conftest.py knows the directory, SHARED_DATA;
-this module adds the CI rule.)
+by silently skipping the real-data checks (``tests.support.shared_file``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.support import shared_file  # the geo tests import it from here
 
 ORIGIN = (41.30, -72.92)  # tiny fixtures are laid out in metres around this point
-
-
-def shared_file(name: str) -> Path:
-    """``SHARED_DATA / name``; skip (or fail under CI) with the reason when it is not there."""
-    path = SHARED_DATA / name
-    if not path.exists():
-        reason = f"shared dataset file not present: {path} (see /work/shared/data/README.md)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so the real-data geo tests must run")
-        pytest.skip(reason)
-    return path
 
 
 def at(x_m: float, y_m: float) -> tuple[float, float]:
@@ -95,7 +82,7 @@ def write_geojson(path: Path, features: list[tuple[str | None, list[list[list[fl
 def test_missing_shared_data_fails_under_ci_and_skips_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(f"{__name__}.SHARED_DATA", tmp_path)
+    monkeypatch.setattr("tests.support.SHARED_DATA", tmp_path)
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         shared_file("newhaven_address_points.csv")
