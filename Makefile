@@ -16,8 +16,9 @@ install: $(BIN)/intake311
 up: install          ## web form + Open311 API + every stage + embedded broker, in one process
 	$(BIN)/intake311 up
 
-test: install        ## lint, then every test (integration tests start their own broker)
+test: install        ## lint, type-check, then every test (integration tests start their own broker)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: install       ## throughput figures, printed (not asserted)
@@ -25,4 +26,4 @@ bench: install       ## throughput figures, printed (not asserted)
 	$(BIN)/python bench/classifier_eval.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -18,10 +18,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from intake311.sqlite import connect
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 # Later statuses win over earlier ones; callbacks can arrive out of order (sent after delivered).
 _STATUS_RANK = {
@@ -241,7 +244,7 @@ class SqliteConversationStore:
                 "SELECT status, error_code, request_id FROM deliveries WHERE sid = ?", (sid,)
             ).fetchone()
             old_status, old_error, old_request = row if row else (None, None, None)
-            if not should_replace(old_status, status):
+            if old_status is not None and not should_replace(old_status, status):
                 return Delivery(sid, old_status, old_error, old_request, now)
             record = Delivery(sid, status, error_code or old_error, request_id or old_request, now)
             self._db.execute(
@@ -336,7 +339,7 @@ class RedisConversationStore:
         self, sid: str, status: str, error_code: str | None = None, request_id: str | None = None
     ) -> Delivery:
         key = self._delivery(sid)
-        old = await self._redis.hgetall(key)
+        old = cast("dict[str, str]", await self._redis.hgetall(key))  # decode_responses=True
         now = time.time()
         if old and not should_replace(old.get("status"), status):
             return Delivery(
@@ -349,7 +352,7 @@ class RedisConversationStore:
             request_id or old.get("request_id") or None,
             now,
         )
-        fields = {"status": record.status, "updated_at": str(now)}
+        fields: dict[FieldT, EncodableT] = {"status": record.status, "updated_at": str(now)}
         if record.error_code:
             fields["error_code"] = record.error_code
         if record.request_id:
@@ -361,7 +364,7 @@ class RedisConversationStore:
         return record
 
     async def delivery(self, sid: str) -> Delivery | None:
-        data = await self._redis.hgetall(self._delivery(sid))
+        data = cast("dict[str, str]", await self._redis.hgetall(self._delivery(sid)))  # decode_responses=True
         if not data:
             return None
         return Delivery(

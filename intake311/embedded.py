@@ -69,7 +69,7 @@ class EmbeddedKafka:
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
             )
         finally:
-            if out is not subprocess.DEVNULL:
+            if not isinstance(out, int):  # an opened log file, not subprocess.DEVNULL
                 out.close()
         self._wait_ready(timeout)
         log.info("embedded broker started", bootstrap=self.bootstrap, pid=self._process.pid)

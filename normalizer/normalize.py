@@ -8,7 +8,7 @@ replayed contact yields the same event with the same ``event_id``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from normalizer.classify import Classification, Classifier
@@ -161,7 +161,7 @@ class Normalizer:
         place: Place,
         media: tuple[Media, ...],
         contact_ids: tuple[str, ...],
-        requested: object = None,
+        requested: datetime | None = None,
         base: ServiceRequest | None = None,
     ) -> ServiceRequest:
         service = self.taxonomy.get(classification.service_code) or self.taxonomy.get(

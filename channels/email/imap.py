@@ -88,10 +88,8 @@ class ImapPoller:
         """Log in, read what is past the checkpoint (at most ``batch`` messages), log out."""
         imap = self._connect()
         try:
-            typ, data = imap.login(self.config.username, self.config.secret.get_secret_value())
-            _ok(typ, data, "LOGIN")
-            typ, data = imap.select(_quote(self.config.folder), readonly=True)
-            _ok(typ, data, "EXAMINE")
+            _ok(*imap.login(self.config.username, self.config.secret.get_secret_value()), "LOGIN")
+            _ok(*imap.select(_quote(self.config.folder), readonly=True), "EXAMINE")
             _, validity = imap.response("UIDVALIDITY")
             if not validity or validity[0] is None:
                 raise ImapError("server sent no UIDVALIDITY")

@@ -201,7 +201,7 @@ class MastodonNetwork(SocialNetwork):
             mentions = [m for m in map(parse_notification, page) if m is not None]
             newest = max(cursors, key=_order) if cursors else None
             return MentionPage(sorted(mentions, key=lambda m: _order(m.cursor)), newest, self._rate_limit())
-        mentions: list[Mention] = []
+        mentions = []
         cursor = since
         for _ in range(MAX_PAGES):
             page = self._notifications(min_id=cursor, limit=PAGE)

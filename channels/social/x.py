@@ -261,7 +261,7 @@ class XNetwork(SocialNetwork):
             mentions = parse_mentions(body)
             newest = (body.get("meta") or {}).get("newest_id")
             return MentionPage(_oldest_first(mentions), newest, _rate_limit(response))
-        mentions: list[Mention] = []
+        mentions = []
         newest = None
         token = None
         limit = None

@@ -125,8 +125,9 @@ def confirmation_page(contact: RawContact, service_name: str | None) -> HTMLResp
 
 def asyncapi_page(spec: Mapping[str, Any]) -> HTMLResponse:
     """A readable list of the event channels, linking to the JSON; no CDN viewer needed."""
-    info = spec.get("info") if isinstance(spec.get("info"), Mapping) else {}
-    channels = spec.get("channels") if isinstance(spec.get("channels"), Mapping) else {}
+    raw_info, raw_channels = spec.get("info"), spec.get("channels")
+    info: Mapping[str, Any] = raw_info if isinstance(raw_info, Mapping) else {}
+    channels: Mapping[str, Any] = raw_channels if isinstance(raw_channels, Mapping) else {}
     items = []
     for key, channel in channels.items():
         channel = channel if isinstance(channel, Mapping) else {}

@@ -245,11 +245,10 @@ class Case:
         return self.incident_id is not None and self.incident_id != self.request_id
 
 
-@dataclass(frozen=True)
-class DepartmentFigures:
-    """One department's figures in a report; hours are from report to close."""
+@dataclass(frozen=True, kw_only=True)
+class ServiceLevels:
+    """Volume and service-level figures of one group of requests; hours are from report to close."""
 
-    department: str
     received: int = 0
     closed: int = 0
     median_hours_to_close: float | None = None
@@ -261,27 +260,23 @@ class DepartmentFigures:
     def share_within_sla(self) -> float | None:
         """Closed within the service level / closed with a service level (None when 0)."""
         return self.closed_within_sla / self.closed_with_sla if self.closed_with_sla else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DepartmentFigures(ServiceLevels):
+    """One department's figures in a report."""
+
+    department: str
 
 
 NO_DISTRICT = "(none)"  # the report row for requests outside every district of the layer
 
 
-@dataclass(frozen=True)
-class DistrictFigures:
-    """One district's figures in a report by layer (``report(by="ward")``), defined as per department."""
+@dataclass(frozen=True, kw_only=True)
+class DistrictFigures(ServiceLevels):
+    """One district's figures in a report by layer (``report(by="ward")``)."""
 
     district: str
-    received: int = 0
-    closed: int = 0
-    median_hours_to_close: float | None = None
-    closed_with_sla: int = 0
-    closed_within_sla: int = 0
-    open_overdue: int = 0
-
-    @property
-    def share_within_sla(self) -> float | None:
-        """Closed within the service level / closed with a service level (None when 0)."""
-        return self.closed_within_sla / self.closed_with_sla if self.closed_with_sla else None
 
 
 @dataclass(frozen=True)
