@@ -9,7 +9,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -358,16 +358,11 @@ incidents_app = typer.Typer(help="Incidents: reports of one problem grouped toge
 app.add_typer(incidents_app, name="incidents")
 
 
-@incidents_app.command("show")
-def incidents_show(
-    ticket: Annotated[str, typer.Argument(help="any ticket of the incident")],
-    config: ConfigOpt = None,
-) -> None:
-    """The incident a ticket belongs to: its state and every report of it (normalizer state)."""
+def _incident_of(settings: Settings, ticket: str) -> tuple[str, Any, Any]:
+    """(request id, the normalizer's stored request or None, its incident or None) for a typed ticket."""
     from normalizer.app import open_state
     from schemas.ids import parse_ticket
 
-    settings = _settings(config)
     request_id = parse_ticket(ticket)
     if request_id is None:
         typer.echo(f"not a ticket number: {ticket!r}", err=True)
@@ -378,6 +373,17 @@ def incidents_show(
         incident = store.incident(stored.request.incident) if stored else None
     finally:
         store.close()
+    return request_id, stored, incident
+
+
+@incidents_app.command("show")
+def incidents_show(
+    ticket: Annotated[str, typer.Argument(help="any ticket of the incident")],
+    config: ConfigOpt = None,
+) -> None:
+    """The incident a ticket belongs to: its state and every report of it (normalizer state)."""
+    settings = _settings(config)
+    request_id, stored, incident = _incident_of(settings, ticket)
     if stored is None:
         typer.echo(f"{request_id}: not known to the normalizer", err=True)
         raise typer.Exit(1)
@@ -399,20 +405,10 @@ def incidents_split(
 ) -> None:
     """Take a wrongly merged report out of its incident (it becomes an incident of its own)."""
     from intake311.bus import Outgoing, make_broker, publish_all
-    from normalizer.app import open_state
     from schemas.contact import split_command
-    from schemas.ids import parse_ticket
 
     settings = _settings(config)
-    request_id = parse_ticket(ticket)
-    if request_id is None:
-        typer.echo(f"not a ticket number: {ticket!r}", err=True)
-        raise typer.Exit(2)
-    store = open_state(settings)
-    try:
-        stored = store.request(request_id)
-    finally:
-        store.close()
+    request_id, stored, _ = _incident_of(settings, ticket)
     if stored is None or not stored.request.is_later_report:
         typer.echo(f"{request_id} is not part of another incident; nothing to split", err=True)
         raise typer.Exit(1)

@@ -37,7 +37,7 @@ from intake311.settings import Settings
 from schemas.contact import split_command
 from schemas.ids import parse_ticket
 from schemas.status import StatusChange, parse_state
-from sinks.postgres.store import CaseStore
+from sinks.postgres.store import Case, CaseStore
 from sinks.slack import ACTION_PREFIX
 
 log = get_logger(__name__)
@@ -70,10 +70,11 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
             broker, [Outgoing(topics.status, change.model_dump_json().encode(), key=change.request_id)]
         )
 
-    async def change_status(request_id: str, token: str, state: str, notes: str | None, via: str) -> Response:
+    async def authorized(request_id: str, token: str, via: str) -> tuple[str, Case] | Response:
+        """The token's department and the request, if that department may act on it; else the 4xx."""
         department = department_for_token(settings, token)
         if department is None:
-            log.warning("status change refused: bad token", via=via)
+            log.warning("department request refused: bad token", via=via)
             return _error(403, "a valid department token is required")
         ticket = parse_ticket(request_id)
         case = await store.get_case(ticket) if ticket else None
@@ -81,9 +82,19 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
             return _error(404, f"no service request {request_id!r}")
         if department not in case.departments and department != case.agency_responsible:
             log.warning(
-                "status change refused: other department", request_id=case.request_id, department=department
+                "department request refused: other department",
+                request_id=case.request_id,
+                department=department,
+                via=via,
             )
             return _error(403, f"request {case.request_id} is not routed to {department}")
+        return department, case
+
+    async def change_status(request_id: str, token: str, state: str, notes: str | None, via: str) -> Response:
+        found = await authorized(request_id, token, via)
+        if isinstance(found, Response):
+            return found
+        department, case = found
         try:
             change = StatusChange.new(
                 case.request_id,
@@ -117,31 +128,28 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
 
     @router.post("/api/requests/{request_id}/status", status_code=202)
     async def api_status(request_id: str, body: StatusBody, request: Request) -> Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return await change_status(
-            request_id, token.strip() if scheme.lower() == "bearer" else "", body.state, body.notes, "api"
-        )
+        return await change_status(request_id, _bearer(request), body.state, body.notes, "api")
 
     @router.post("/api/requests/{request_id}/split", status_code=202)
     async def api_split(request_id: str, request: Request) -> Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        department = department_for_token(settings, token.strip() if scheme.lower() == "bearer" else "")
-        if department is None:
-            return _error(403, "a valid department token is required")
-        ticket = parse_ticket(request_id)
-        case = await store.get_case(ticket) if ticket else None
-        if case is None:
-            return _error(404, f"no service request {request_id!r}")
-        if department not in case.departments and department != case.agency_responsible:
-            return _error(403, f"request {case.request_id} is not routed to {department}")
-        incident_id = getattr(case, "incident_id", None)
+        found = await authorized(request_id, _bearer(request), "split")
+        if isinstance(found, Response):
+            return found
+        department, case = found
+        incident_id = case.incident_id
         if incident_id in (None, case.request_id):
             return _error(409, f"request {case.request_id} is not part of another incident")
         contact = split_command(case.request_id, incident_id=incident_id, now=_now(), by=f"api:{department}")
         try:
             await publish_all(
                 broker,
-                [Outgoing(topics.contacts(contact.channel), contact.model_dump_json().encode(), key=ticket)],
+                [
+                    Outgoing(
+                        topics.contacts(contact.channel),
+                        contact.model_dump_json().encode(),
+                        key=case.request_id,
+                    )
+                ],
             )
         except Exception:
             log.warning("split not published", request_id=case.request_id, exc_info=True)
@@ -189,6 +197,12 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
         return Response(status_code=200)  # Slack wants an empty 200 within 3 s
 
     return router
+
+
+def _bearer(request: Request) -> str:
+    """The token of an ``Authorization: Bearer …`` header ("" without one)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _now() -> datetime:

@@ -54,3 +54,37 @@ def test_bad_boundary_file_is_named(geo_env: Path, monkeypatch: pytest.MonkeyPat
     result = runner.invoke(app, ["locate", "45 Elm St"])
     assert result.exit_code == 2
     assert "broken.geojson" in result.output and "geo.boundaries" in result.output
+
+
+def test_incidents_show_and_split_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from normalizer.incidents import IncidentDesk
+    from normalizer.normalize import Normalizer
+    from normalizer.state import StateStore
+    from schemas import Location
+    from schemas.taxonomy import load_taxonomy
+    from tests.conftest import make_contact
+
+    monkeypatch.setenv("INTAKE311_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("INTAKE311_CASE_STORE_DSN", raising=False)
+    desk = IncidentDesk(Normalizer.from_taxonomy(load_taxonomy()))
+    store = StateStore.sqlite(tmp_path / "normalizer" / "state.sqlite3")
+    first = make_contact("pothole", provider_id="a", location=Location(lat=41.30712, long=-72.92652))
+    second = make_contact(
+        "pothole here",
+        provider_id="b",
+        location=Location(lat=41.30714, long=-72.92650),
+        received_at=first.received_at + timedelta(minutes=5),
+    )
+    for contact in (first, second):
+        store.run(lambda snap, c=contact: desk.handle(c, snap))
+    store.close()
+
+    shown = runner.invoke(app, ["incidents", "show", second.request_id])
+    assert shown.exit_code == 0, shown.output
+    assert f"incident {first.request_id}" in shown.stdout and "2 report(s)" in shown.stdout
+    assert f"{first.request_id}  (first)" in shown.stdout and second.request_id in shown.stdout
+    refused = runner.invoke(app, ["incidents", "split", first.request_id])
+    assert refused.exit_code == 1 and "nothing to split" in refused.output
+    assert runner.invoke(app, ["incidents", "show", "nope"]).exit_code == 2
