@@ -146,3 +146,30 @@ def test_contact_rejects_naive_time_and_bad_ticket() -> None:
     with pytest.raises(ValueError):
         make_contact(request_id="nope")
     assert make_contact(received_at=datetime(2026, 1, 1, tzinfo=UTC)).received_at.tzinfo
+
+
+class _FixedPlace:
+    """A locator that puts every contact at one place (the geocoder itself is tested apart)."""
+
+    def __init__(self, place: object) -> None:
+        self.found = place
+
+    def place(self, **_: object) -> object:
+        return self.found
+
+
+def test_a_point_outside_the_city_goes_to_triage_with_the_reason() -> None:
+    from normalizer.geo import Place
+    from schemas.request import Precision
+
+    outside = Place(41.2, -73.1, "12 Main St", Precision.ADDRESS, {}, True)
+    normalizer = Normalizer.from_taxonomy(load_taxonomy(), _FixedPlace(outside))
+    request = normalizer.normalize(make_contact("There is a pothole outside 12 Main Street"))
+    assert request.service_code == "pothole" and request.triage
+    assert request.triage_reason == "outside the city boundary"
+    inside = Place(41.307, -72.926, "45 Elm St", Precision.INTERPOLATED, {"ward": "Ward 7"}, False)
+    placed = Normalizer.from_taxonomy(load_taxonomy(), _FixedPlace(inside)).normalize(
+        make_contact("There is a pothole outside 45 Elm Street")
+    )
+    assert not placed.triage and placed.triage_reason is None
+    assert placed.districts == {"ward": "Ward 7"} and placed.location_precision is Precision.INTERPOLATED
