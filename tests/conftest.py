@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+import structlog
 
 from schemas import RawContact, make_contact_id, ticket_for
 
@@ -54,3 +55,13 @@ def postgres() -> None:
             f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres ({exc}); "
             "start it (.ci/run does) to run the case store tests"
         )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_config() -> Iterator[None]:
+    """Undo a CLI test's ``configure_logging``: it turns on structlog's logger caching for the
+    whole session, after which ``capture_logs`` in a later test no longer sees the loggers that
+    were first used in between (the result would depend on the order tests run in)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
