@@ -1,10 +1,16 @@
 """Measure the free-text classifier on real New Haven 311 reports (SeeClickFix, 2014).
 
     python bench/classifier_eval.py [--csv PATH] [--part heldout|tune] [--errors N]
+        [--mode cold|learned|both] [--estimator svm|logreg] [--train-titles keep|drop|both]
+        [--save-model PATH]
 
 Rows are split by a hash of their Id: ~70% "tune" (look at these to improve keywords/examples in
 schemas/taxonomy.yaml), ~30% "heldout" (only ever measured, never inspected row by row; the
 script refuses to list held-out errors). See docs/classifier.md for the category mapping.
+
+``--mode learned`` trains normalizer.learned on the tune rows only (its calibration rows are a
+hashed part of tune), then measures the model alone and blended with the taxonomy scorer on the
+held-out rows, with and without the app's default titles. ``--mode both`` adds the cold start.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ if str(ROOT) not in sys.path:  # running as a script puts bench/ first, not the 
     sys.path.insert(0, str(ROOT))
 
 from normalizer.classify import Classifier  # noqa: E402
+from normalizer.learned import BlendedClassifier, LearnedModel, load_category_map, train  # noqa: E402
 from schemas.taxonomy import Taxonomy, load_taxonomy  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "seeclickfix_newhaven_2014.csv"
+CATEGORY_MAP_FILE = Path(__file__).with_name("newhaven_category_map.yaml")  # training labels
 TUNE_PERCENT = 70
 
 # Dataset category -> our service codes that count as correct; the first is the one charged in
@@ -119,23 +127,32 @@ def load_rows(path: str | Path, part: str | None = None, *, keep_default_title: 
 
 def evaluate(
     rows: Iterable[Mapping[str, Any]],
-    classifier: Classifier | None = None,
+    classifier: Any = None,
     taxonomy: Taxonomy | None = None,
 ) -> dict[str, Any]:
     """Top-1 accuracy, per-code precision/recall, triage figures and speed for labelled rows.
 
-    Each row needs ``text`` and ``accepted`` (codes that count as correct, primary first);
-    ``category`` is optional and gives a per-category breakdown.
+    ``classifier`` is anything with ``classify(text) -> Classification`` (cold start, learned
+    model or blended); ``taxonomy`` defaults to ``classifier.taxonomy``. Each row needs ``text``
+    and ``accepted`` (codes that count as correct, primary first); ``category`` is optional and
+    gives a per-category breakdown. Speed is measured on the first pass (caches as they are)
+    and on a second pass over the same texts (warm caches).
     """
     if classifier is None:
         taxonomy = taxonomy or load_taxonomy()
         classifier = Classifier(taxonomy)
-    threshold = classifier.taxonomy.triage_threshold
+    taxonomy = taxonomy or classifier.taxonomy
+    assert taxonomy is not None
+    threshold = taxonomy.triage_threshold
     rows = list(rows)
     texts = [r["text"] for r in rows]
     started = time.perf_counter()
     results = [classifier.classify(t) for t in texts]
     elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    for t in texts:
+        classifier.classify(t)
+    elapsed_warm = time.perf_counter() - started
 
     correct = triaged = auto_correct = 0
     true_counts: Counter[str] = Counter()
@@ -143,7 +160,7 @@ def evaluate(
     hit_counts: Counter[str] = Counter()
     confusions: Counter[tuple[str, str]] = Counter()
     per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    bins: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    bins: dict[int, list[float]] = defaultdict(lambda: [0, 0, 0.0])
     for row, result in zip(rows, results, strict=True):
         accepted = tuple(row["accepted"])
         ok = result.service_code in accepted
@@ -165,6 +182,7 @@ def evaluate(
         b = bins[min(int(result.confidence * 5), 4)]
         b[0] += 1
         b[1] += ok
+        b[2] += result.confidence
 
     n = len(rows)
     auto = n - triaged
@@ -175,7 +193,7 @@ def evaluate(
             "precision": hit_counts[code] / pred_counts[code] if pred_counts[code] else None,
             "recall": hit_counts[code] / true_counts[code] if true_counts[code] else None,
         }
-        for code in classifier.taxonomy.codes
+        for code in taxonomy.codes
         if true_counts[code] or pred_counts[code]
     }
     return {
@@ -189,10 +207,15 @@ def evaluate(
         "per_category": {c: {"n": v[0], "accuracy": v[1] / v[0]} for c, v in per_category.items()},
         "confusions": confusions.most_common(12),
         "calibration": {
-            f"{k / 5:.1f}-{(k + 1) / 5:.1f}": {"n": v[0], "accuracy": v[1] / v[0]}
+            f"{k / 5:.1f}-{(k + 1) / 5:.1f}": {
+                "n": int(v[0]),
+                "accuracy": v[1] / v[0],
+                "mean_confidence": v[2] / v[0],
+            }
             for k, v in sorted(bins.items())
         },
         "per_second": n / elapsed if elapsed > 0 else float("inf"),
+        "per_second_warm": n / elapsed_warm if elapsed_warm > 0 else float("inf"),
     }
 
 
@@ -211,7 +234,10 @@ def report(title: str, m: dict[str, Any]) -> None:
         n_rest = sum(s["n"] for s in rest)
         acc_rest = sum(s["n"] * s["accuracy"] for s in rest) / n_rest
         print(f"top-1 accuracy excluding rows labelled Other*  {acc_rest:.3f}  ({n_rest} rows)")
-    print(f"classifications/s         {m['per_second']:,.0f}")
+    print(
+        f"classifications/s         {m['per_second']:,.0f} (first pass), "
+        f"{m['per_second_warm']:,.0f} (second pass, warm caches)"
+    )
     print("\ncode                  support predicted precision recall")
     for code, s in sorted(m["per_code"].items(), key=lambda kv: -kv[1]["support"]):
         counts = f"{code:22s}{s['support']:7d}{s['predicted']:10d}"
@@ -219,12 +245,47 @@ def report(title: str, m: dict[str, Any]) -> None:
     print("\ncategory (dataset)                         n  accuracy")
     for cat, s in sorted(m["per_category"].items(), key=lambda kv: -kv[1]["n"]):
         print(f"{cat:40s}{s['n']:5d}    {s['accuracy']:.3f}")
-    print("\nconfidence  n     accuracy")
+    print("\nconfidence  n     mean conf  accuracy   (reliability)")
     for b, s in m["calibration"].items():
-        print(f"{b:10s}{s['n']:5d}     {s['accuracy']:.3f}")
+        print(f"{b:10s}{s['n']:5d}     {s['mean_confidence']:.3f}      {s['accuracy']:.3f}")
     print("\nmost common confusions (expected -> predicted: count)")
     for (true, pred), count in m["confusions"]:
         print(f"  {true} -> {pred}: {count}")
+
+
+def training_rows(path: str | Path, titles: str = "both") -> list[tuple[Any, str]]:
+    """The tune rows as ``(text or (with title, without), category)`` for ``learned.train``."""
+    kept = load_rows(path, "tune")
+    if titles == "keep":
+        return [(r["text"], r["category"]) for r in kept]
+    bare = load_rows(path, "tune", keep_default_title=False)
+    if titles == "drop":
+        return [(r["text"], r["category"]) for r in bare]
+    return [
+        ((k["text"], b["text"]) if k["text"] != b["text"] else k["text"], k["category"])
+        for k, b in zip(kept, bare, strict=True)
+    ]
+
+
+def train_learned(
+    path: str | Path, taxonomy: Taxonomy, *, estimator: str = "svm", titles: str = "both"
+) -> tuple[LearnedModel, float]:
+    """Train on the tune split only (calibration rows are a hashed part of it); also the time."""
+    mapping = load_category_map(CATEGORY_MAP_FILE, taxonomy)
+    started = time.perf_counter()
+    model = train(training_rows(path, titles), taxonomy, mapping, estimator=estimator)
+    return model, time.perf_counter() - started
+
+
+def summary(title: str, variants: list[tuple[str, dict[str, Any]]]) -> None:
+    """One line per variant: the figures the issue asks for."""
+    print(f"\n== {title}")
+    print("variant                               top-1  triage  non-triaged acc (rows)   /s first   /s warm")
+    for name, m in variants:
+        print(
+            f"{name:36s} {m['accuracy']:.3f}   {m['triage_share']:.3f}   {m['non_triaged_accuracy']:.3f} "
+            f"({m['non_triaged_n']:4d})   {m['per_second']:9,.0f} {m['per_second_warm']:9,.0f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,14 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("heldout", "tune"), default="heldout")
     parser.add_argument("--taxonomy", type=Path, default=None, help="taxonomy YAML (default: packaged)")
     parser.add_argument("--errors", type=int, default=0, help="list N misclassified rows (tune part only)")
+    parser.add_argument("--mode", choices=("cold", "learned", "both"), default="cold")
+    parser.add_argument("--estimator", choices=("svm", "logreg"), default="svm", help="learned mode's model")
+    parser.add_argument(
+        "--train-titles", choices=("keep", "drop", "both"), default="both", help="default titles in training"
+    )
+    parser.add_argument("--save-model", type=Path, default=None, help="also write the learned model file")
     args = parser.parse_args(argv)
     if not args.csv.exists():
         print(f"dataset not found: {args.csv}", file=sys.stderr)
         return 2
     if args.errors and args.part != "tune":
         parser.error("--errors is only allowed with --part tune: held-out rows are not for inspection")
+    if args.mode != "cold" and args.part != "heldout":
+        parser.error("--mode learned/both trains on tune, so it measures on --part heldout only")
 
-    classifier = Classifier(load_taxonomy(args.taxonomy))
+    taxonomy = load_taxonomy(args.taxonomy)
+    classifier = Classifier(taxonomy)
     rows = load_rows(args.csv, args.part)
     print(f"dataset {args.csv.name}, part {args.part} (sha256(Id) % 100 < {TUNE_PERCENT} -> tune)")
     bare = load_rows(args.csv, args.part, keep_default_title=False)
@@ -248,18 +318,60 @@ def main(argv: list[str] | None = None) -> int:
         ("Summary + Description + answers", rows),
         ("same, Summary dropped when it is just a category name", bare),
     )
-    for title, part_rows in variants:
-        report(title, evaluate(part_rows, classifier))
-    print("\n== subsets (top-1 accuracy)")
-    for title, part_rows in variants:
-        residents = [r for r in part_rows if not r["staff_notice"]]
-        typed = [r for r in part_rows if r["text"]]
-        print(f"{title}:")
-        for label, subset in (
-            ("without staff no-parking notices", residents),
-            ("rows with any text left", typed),
-        ):
-            print(f"  {label:34s}{evaluate(subset, classifier)['accuracy']:.3f}  ({len(subset)} rows)")
+    if args.mode in ("cold", "both"):
+        for title, part_rows in variants:
+            report(f"cold start: {title}", evaluate(part_rows, classifier))
+        print("\n== subsets (top-1 accuracy)")
+        for title, part_rows in variants:
+            residents = [r for r in part_rows if not r["staff_notice"]]
+            typed = [r for r in part_rows if r["text"]]
+            print(f"{title}:")
+            for label, subset in (
+                ("without staff no-parking notices", residents),
+                ("rows with any text left", typed),
+            ):
+                print(f"  {label:34s}{evaluate(subset, classifier)['accuracy']:.3f}  ({len(subset)} rows)")
+
+    if args.mode in ("learned", "both"):
+        model, seconds = train_learned(args.csv, taxonomy, estimator=args.estimator, titles=args.train_titles)
+        meta = model.meta
+        print(
+            f"\n== learned model: {meta['estimator']}, trained on tune only in {seconds:.1f}s "
+            f"(titles: {args.train_titles}; {meta['fit_texts']} fit texts, {meta['calibration_texts']} "
+            f"calibration texts, {meta['rows_without_text']} rows without text skipped)"
+        )
+        print(
+            f"codes the model knows: {len(model.codes)} of {len(taxonomy.codes)}; "
+            f"unmapped: {meta['unmapped']}"
+        )
+        print(f"softmax temperature {meta['temperature']:.2f}; blend weight {meta['blend_weight']}")
+        print(f"blend weight search on calibration rows (accuracy): {meta['blend_search']}")
+        if args.save_model:
+            print(f"model written to {model.save(args.save_model)}")
+        blended = BlendedClassifier(classifier, model)
+        for title, part_rows in variants:
+            measured = [
+                ("cold start (taxonomy only)", evaluate(part_rows, classifier)),
+                ("learned model alone", evaluate(part_rows, model, taxonomy)),
+                ("blended (model + taxonomy)", evaluate(part_rows, blended, taxonomy)),
+            ]
+            summary(f"held out: {title}", measured)
+            typed = [r for r in part_rows if r["text"]]
+            print(
+                f"  rows with any text left ({len(typed)}): "
+                + ", ".join(
+                    f"{name} {evaluate(typed, clf, taxonomy)['accuracy']:.3f}"
+                    for name, clf in (("cold", classifier), ("learned", model), ("blended", blended))
+                )
+            )
+            for name, m in measured[1:]:
+                print(f"\n  reliability, {name} (held out):")
+                print("  confidence  n     mean conf  accuracy")
+                for b, cal in m["calibration"].items():
+                    print(
+                        f"  {b:10s}{cal['n']:5d}     {cal['mean_confidence']:.3f}      {cal['accuracy']:.3f}"
+                    )
+            report(f"blended, per code: {title}", measured[2][1])
 
     if args.errors:
         print(f"\n== first {args.errors} misclassified {args.part} rows")

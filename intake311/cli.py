@@ -429,6 +429,48 @@ def incidents_split(
     typer.echo(f"{request_id} split from incident {stored.request.incident}")
 
 
+classifier_app = typer.Typer(
+    help="The free-text classifier: train a model on a city's labelled reports.", no_args_is_help=True
+)
+app.add_typer(classifier_app, name="classifier")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    file: Annotated[
+        Path, typer.Argument(help="labelled reports (CSV with a header row)", exists=True, dir_okay=False)
+    ],
+    text: Annotated[list[str], typer.Option("--text", help="a text column; repeat for several")],
+    label: Annotated[str, typer.Option("--label", help="the column holding the city's category")],
+    out: Annotated[Path, typer.Option("--out", help="the model file to write (.joblib)")],
+    map_file: Annotated[
+        Path | None,
+        typer.Option("--map", help="YAML: city category -> service code", exists=True, dir_okay=False),
+    ] = None,
+    taxonomy: Annotated[
+        Path | None,
+        typer.Option("--taxonomy", help="taxonomy YAML (default: packaged)", exists=True, dir_okay=False),
+    ] = None,
+    estimator: Annotated[str, typer.Option("--estimator", help="svm (default) or logreg")] = "svm",
+    titles: Annotated[
+        str,
+        typer.Option("--titles", help="text equal to a category name (default titles): keep, drop or both"),
+    ] = "both",
+) -> None:
+    """Train the learned classifier from a CSV export; prints the training report as JSON.
+
+    Point ``INTAKE311_CLASSIFIER_MODEL`` at the file and restart the normalizer to use it.
+    """
+    from normalizer.learned import train_command
+
+    try:
+        report = train_command(file, text, label, map_file, out, taxonomy, estimator=estimator, titles=titles)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+
+
 def main() -> None:
     app()
 

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")
     subscriptions_file: Path | None = Field(default=None, description="None: the packaged default")
+    classifier_model: Path | None = Field(
+        default=None, description="learned classifier (`intake311 classifier train`); None: taxonomy only"
+    )
     case_store_dsn: SecretStr | None = Field(
         default=None,
         description="PostgreSQL case store (libpq DSN): enables status changes, Open311 GET "

@@ -162,7 +162,9 @@ def build_locator(settings: Settings) -> Locator | None:
 
 
 def build_desk(settings: Settings) -> IncidentDesk:
-    normalizer = Normalizer.from_taxonomy(load_taxonomy(settings.taxonomy_file), build_locator(settings))
+    normalizer = Normalizer.from_taxonomy(
+        load_taxonomy(settings.taxonomy_file), build_locator(settings), settings.classifier_model
+    )
     return IncidentDesk(normalizer, reply_channels=frozenset(settings.channels))
 
 

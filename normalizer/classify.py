@@ -1,12 +1,18 @@
 """Free-text classifier: resident text -> (service_code, confidence), driven only by the taxonomy.
 
 Why this design: it runs on every contact and the city edits the taxonomy, so there is no trained
-model to retrain. In ``__init__`` the keywords, names and examples are turned into one index of
-features (stemmed words and 2-4 word phrases) with per-service weights; ``classify`` only tokenises,
-looks features up and sums. Weights are IDF-style (a word several services share counts for less),
-keywords count more than words that merely occur in examples, and longer phrases count more.
-Confidence is a logistic function of how much evidence the winner has and how clearly it beats
-the runner-up, fitted on the tune split so that e.g. 0.8 means roughly 80% correct on real reports.
+model to retrain (this is the cold start; ``normalizer.learned`` adds a model trained on a city's
+own labelled reports and blends it with this scorer). In ``__init__`` the keywords, names and
+examples are turned into one index of features (stemmed words and 2-4 word phrases) with
+per-service weights; ``classify`` only tokenises, looks features up and sums. Weights are
+IDF-style (a word several services share counts for less), keywords count more than words that
+merely occur in examples, and longer phrases count more. Confidence is a logistic function of how
+much evidence the winner has and how clearly it beats the runner-up, fitted on the tune split so
+that e.g. 0.8 means roughly 80% correct on real reports.
+
+Words are stemmed with the Snowball stemmer of the text's language (``classify(text,
+language="es")``); the taxonomy is indexed once per language, so Spanish keywords listed in the
+taxonomy match Spanish reports. Stopword lists live in ``schemas/stopwords/<language>.txt``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+
+import snowballstemmer
 
 from schemas.taxonomy import Taxonomy
 
@@ -31,69 +40,97 @@ CONF_BIAS = -2.624
 CONF_EVIDENCE = 0.792
 CONF_MARGIN = 2.519
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
-_APOSTROPHES = str.maketrans("", "", "'\u2019`")
+DEFAULT_LANGUAGE = "en"
+# ISO 639-1 code -> Snowball algorithm. Any other language is stemmed as English (the taxonomy's
+# keywords are English), which is also what happens to a code the channel got wrong.
+SNOWBALL_LANGUAGES = {
+    "en": "english",
+    "es": "spanish",
+    "fr": "french",
+    "pt": "portuguese",
+    "it": "italian",
+    "de": "german",
+    "nl": "dutch",
+    "ca": "catalan",
+}
+STOPWORDS_DIR = Path(__file__).resolve().parents[1] / "schemas" / "stopwords"
 
-# Function words carry no service signal. Negations and particles ("not", "out", "down", "up") are
-# kept on purpose: "light out", "limb down", "not picked up" are the phrases that matter.
-_STOPWORDS_TEXT = """a an the and or but if then of to in on at by for from with about as into onto than so
-    is are was were be been being am it its this that these those there here i me my mine we us our
-    you your he him his she her they them their who whom which what when where how why
-    have has had having do does did doing will would can could should may might must shall
-    please thank thanks hi hello dear just very really also still again already even some any
-    all each every such only own same too get got getting let lets im ive dont doesnt didnt isnt
-    several more most many much lot lots between since because while during until need needs needed
-    wasnt arent werent hasnt havent wont cant couldnt shouldnt wouldnt s t re ve ll d m"""
-STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+_TOKEN_RE = re.compile(r"[^\W_]+")
 
-# Irregular forms the suffix rules below would get wrong or merge with another service's word.
-_STEM_EXCEPTIONS = {
-    "parking": "parking",
-    "parked": "parking",
-    "parks": "park",
-    "leaves": "leaf",
-    "lives": "live",
-    "buses": "bus",
-    "busses": "bus",
-    "mice": "mouse",
-    "children": "child",
-    "people": "person",
-    "trees": "tree",
-    "ceiling": "ceiling",
-    "building": "building",
-    "buildings": "building",
+# Snowball merges these with another service's word ("parking" -> "park" would tie parking
+# violations to park maintenance) or leaves irregular plurals apart; checked before stemming.
+_STEM_EXCEPTIONS: dict[str, dict[str, str]] = {
+    "en": {
+        "parking": "parking",
+        "parked": "parking",
+        "leaves": "leaf",
+        "mice": "mous",
+        "children": "child",
+        "people": "person",
+    },
 }
 
-_VOWELS = frozenset("aeiouy")
+
+def language_key(language: str | None) -> str:
+    """The supported language code for ``language`` ("es-MX" -> "es"); unknown -> "en"."""
+    code = (language or DEFAULT_LANGUAGE).lower().replace("_", "-").split("-")[0]
+    return code if code in SNOWBALL_LANGUAGES else DEFAULT_LANGUAGE
 
 
-@lru_cache(maxsize=65536)
-def stem(word: str) -> str:
-    """Light suffix stripping; only has to be consistent between taxonomy and text, not pretty."""
-    if word in _STEM_EXCEPTIONS:
-        return _STEM_EXCEPTIONS[word]
-    if len(word) <= 3 or word.isdigit():
+@lru_cache(maxsize=16)
+def stopwords(language: str = DEFAULT_LANGUAGE) -> frozenset[str]:
+    """The stopword list of ``language`` from ``schemas/stopwords/<code>.txt`` (empty if none)."""
+    path = STOPWORDS_DIR / f"{language_key(language)}.txt"
+    if not path.exists():
+        return frozenset()
+    words: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.lstrip().startswith("#"):
+            words.update(w.lower().replace("'", "") for w in line.split())
+    return frozenset(words)
+
+
+STOPWORDS = stopwords(DEFAULT_LANGUAGE)
+
+
+@lru_cache(maxsize=16)
+def _stemmer(language: str) -> snowballstemmer.Stemmer:
+    return snowballstemmer.stemmer(SNOWBALL_LANGUAGES[language_key(language)])
+
+
+@lru_cache(maxsize=131072)
+def stem(word: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """Snowball stem of a lowercase word in ``language`` (plus a few exceptions, see above)."""
+    return _stem(word, language_key(language))
+
+
+def _stem(word: str, lang: str) -> str:
+    special = _STEM_EXCEPTIONS.get(lang)
+    if special and word in special:
+        return special[word]
+    if len(word) <= 2 or word.isdigit():
         return word
-    w = word
-    if w.endswith("ies") and len(w) > 4:
-        w = w[:-3] + "y"
-    elif w.endswith(("sses", "xes", "ches", "shes", "zes")):
-        w = w[:-2]
-    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        w = w[:-1]
-    for suffix in ("ing", "ed"):
-        if w.endswith(suffix) and len(w) > len(suffix) + 2:
-            base = w[: -len(suffix)]
-            if suffix == "ed" and base.endswith("e"):  # speed, need, bleed: not past tenses
-                break
-            if _VOWELS.intersection(base) and len(base) >= 3:
-                if len(base) > 3 and base[-1] == base[-2] and base[-1] not in "lsz":
-                    base = base[:-1]  # trimming -> trim, dumped stays dump
-                w = base
-            break
-    if len(w) >= 5 and w.endswith("e"):
-        w = w[:-1]  # prune/pruned/pruning all end up as "prun"
-    return w
+    return str(_stemmer(lang).stemWord(word))
+
+
+_STEM_CACHE_MAX = 131072
+_stem_caches: dict[str, dict[str, str]] = {}
+
+
+def stem_words(ws: tuple[str, ...] | list[str], language: str = DEFAULT_LANGUAGE) -> list[str]:
+    """``[stem(w, language) for w in ws]`` through a plain per-language dict (the hot path)."""
+    lang = language_key(language)
+    cache = _stem_caches.get(lang)
+    if cache is None:
+        cache = _stem_caches[lang] = {}
+    out = [cache.get(w) for w in ws]
+    if None in out:
+        if len(cache) > _STEM_CACHE_MAX:
+            cache.clear()
+        for i, w in enumerate(ws):
+            if out[i] is None:
+                out[i] = cache[w] = _stem(w, lang)
+    return out  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -110,61 +147,89 @@ class Classification:
         return self.triage or self.confidence < threshold
 
 
+_last_words: tuple[str, tuple[str, ...]] = ("", ())
+
+
+def words(text: str) -> tuple[str, ...]:
+    """Lowercase words of ``text`` without apostrophes and bare numbers (shared with the model).
+
+    The last answer is kept, because the blended classifier asks twice for the same text.
+    """
+    global _last_words
+    last = _last_words  # one read: safe across threads
+    if last[0] == text:
+        return last[1]
+    lowered = text.lower().replace("'", "").replace("\u2019", "").replace("`", "")
+    found = tuple(w for w in _TOKEN_RE.findall(lowered) if not w.isdigit())
+    _last_words = (text, found)
+    return found
+
+
 class _Tokenizer:
     """Words -> stems, joining split compounds ("pot hole", "street light") the taxonomy knows."""
 
-    def __init__(self, compounds: frozenset[str] = frozenset()) -> None:
+    def __init__(self, language: str = DEFAULT_LANGUAGE, compounds: frozenset[str] = frozenset()) -> None:
+        self.language = language_key(language)
         self.compounds = compounds
+        self.stopwords = stopwords(self.language)
+        # Stemming only rewrites the end of a word, so a pair can only join into a compound whose
+        # first letters the first word shares: a set lookup that skips most stem() calls.
+        self._heads = frozenset(c[:k] for c in compounds for k in (1, 2, 3))
 
     def tokens(self, text: str) -> list[str]:
-        words = [w for w in _TOKEN_RE.findall(text.lower().translate(_APOSTROPHES)) if not w.isdigit()]
+        ws = words(text)
+        lang = self.language
+        stems = stem_words(ws, lang)
         out: list[str] = []
         i = 0
-        n = len(words)
+        n = len(ws)
         compounds = self.compounds
+        heads = self._heads
+        skip = self.stopwords
         while i < n:
-            word = words[i]
-            if compounds and i + 1 < n:
-                joined = stem(word + words[i + 1])
+            word = ws[i]
+            if i + 1 < n and word[:3] in heads:
+                joined = stem(word + ws[i + 1], lang)
                 if joined in compounds:
                     out.append(joined)
                     i += 2
                     continue
-            if word not in STOPWORDS:
-                out.append(stem(word))
+            if word not in skip:
+                out.append(stems[i])
             i += 1
         return out
 
 
-def _ngrams(tokens: list[str], max_n: int) -> set[str]:
+def _ngrams(tokens: list[str], max_n: int, prefixes: frozenset[str] | None = None) -> set[str]:
+    """Tokens and their 2..max_n-word phrases; with ``prefixes``, only phrases that extend one."""
     feats = set(tokens)
-    for n in range(2, max_n + 1):
-        for i in range(len(tokens) - n + 1):
-            feats.add(" ".join(tokens[i : i + n]))
+    n_tokens = len(tokens)
+    for i in range(n_tokens):
+        phrase = tokens[i]
+        for j in range(i + 1, min(n_tokens, i + max_n)):
+            if prefixes is not None and phrase not in prefixes:
+                break  # no indexed phrase starts this way: longer ones cannot match either
+            phrase = f"{phrase} {tokens[j]}"
+            feats.add(phrase)
     return feats
 
 
-class Classifier:
-    """Scores text against every service in a taxonomy; build once, call ``classify`` per contact."""
+class _Index:
+    """The taxonomy's features and weights, with every phrase stemmed in one language."""
 
-    def __init__(self, taxonomy: Taxonomy) -> None:
-        self.taxonomy = taxonomy
-        self._codes = taxonomy.codes
-        self._fallback = taxonomy.fallback_code
-        self._threshold = taxonomy.triage_threshold
-        n_services = len(self._codes)
-
+    def __init__(self, taxonomy: Taxonomy, language: str) -> None:
+        n_services = len(taxonomy.services)
         # Single-word stems seen anywhere in the taxonomy; "street light" in text is joined into
         # "streetlight" only when the taxonomy spells it that way somewhere.
-        plain = _Tokenizer()
+        plain = _Tokenizer(language)
         compounds: set[str] = set()
         for service in taxonomy.services:
             for phrase in (service.name, *service.keywords):
                 toks = plain.tokens(phrase)
                 if len(toks) == 1:
                     compounds.add(toks[0])
-        self._tokenizer = _Tokenizer(frozenset(compounds))
-        tok = self._tokenizer.tokens
+        self.tokenizer = _Tokenizer(language, frozenset(compounds))
+        tok = self.tokenizer.tokens
 
         keyword_weights: list[dict[str, float]] = []
         example_counts: list[Counter[str]] = []
@@ -184,7 +249,7 @@ class Classifier:
             for sentence in (*service.examples, service.description):
                 counts.update(_ngrams(tok(sentence), 2))
             example_counts.append(counts)
-        self._max_n = min(longest, MAX_NGRAM)
+        self.max_n = min(longest, MAX_NGRAM)
 
         # IDF over services: a feature that k of N services use anywhere (keywords or examples) is
         # worth log(1 + N/k). Counting examples too is what damps place words: "sidewalk" is a
@@ -196,30 +261,60 @@ class Classifier:
         for si, (kw, counts) in enumerate(zip(keyword_weights, example_counts, strict=True)):
             for feat, weight in kw.items():
                 index[feat][si] = weight * math.log(1 + n_services / df[feat])
-            n_examples = max(1, len(self.taxonomy.services[si].examples))
+            n_examples = max(1, len(taxonomy.services[si].examples))
             for feat, count in counts.items():
                 # Words that recur across a service's examples are more typical of it.
                 share = min(1.0, count / n_examples) ** 0.5
                 weight = EXAMPLE_WEIGHT * share * math.log(1 + n_services / df[feat])
                 index[feat][si] = index[feat].get(si, 0.0) + weight
-        self._index: dict[str, tuple[tuple[int, float], ...]] = {
+        self.weights: dict[str, tuple[tuple[int, float], ...]] = {
             feat: tuple(per_service.items()) for feat, per_service in index.items()
         }
+        # Every proper word-prefix of an indexed phrase ("hole in the" of "hole in the road").
+        prefixes: set[str] = set()
+        for feat in self.weights:
+            parts = feat.split(" ")
+            prefixes.update(" ".join(parts[:k]) for k in range(1, len(parts)))
+        self.prefixes = frozenset(prefixes)
 
-    def scores(self, text: str) -> list[float]:
+
+class Classifier:
+    """Scores text against every service in a taxonomy; build once, call ``classify`` per contact."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.taxonomy = taxonomy
+        self._codes = taxonomy.codes
+        self._fallback = taxonomy.fallback_code
+        self._threshold = taxonomy.triage_threshold
+        # English is indexed now; another language the first time a text in it arrives.
+        self._indexes: dict[str, _Index] = {DEFAULT_LANGUAGE: _Index(taxonomy, DEFAULT_LANGUAGE)}
+
+    def _index(self, language: str) -> _Index:
+        lang = language_key(language)
+        index = self._indexes.get(lang)
+        if index is None:
+            index = self._indexes[lang] = _Index(self.taxonomy, lang)
+        return index
+
+    def tokens(self, text: str, language: str = DEFAULT_LANGUAGE) -> list[str]:
+        """The stems ``classify`` looks at (for debugging and for the learned model's features)."""
+        return self._index(language).tokenizer.tokens(text)
+
+    def scores(self, text: str, language: str = DEFAULT_LANGUAGE) -> list[float]:
         """Raw per-service scores in taxonomy order (for evaluation and debugging)."""
         scores = [0.0] * len(self._codes)
-        index = self._index
-        for feat in _ngrams(self._tokenizer.tokens(text), self._max_n):
-            hits = index.get(feat)
+        idx = self._index(language)
+        weights = idx.weights
+        for feat in _ngrams(idx.tokenizer.tokens(text), idx.max_n, idx.prefixes):
+            hits = weights.get(feat)
             if hits:
                 for si, weight in hits:
                     scores[si] += weight
         return scores
 
-    def classify(self, text: str) -> Classification:
+    def classify(self, text: str, language: str = DEFAULT_LANGUAGE) -> Classification:
         """Best service for ``text``; no evidence at all gives the fallback with confidence 0."""
-        scores = self.scores(text or "")
+        scores = self.scores(text or "", language)
         best = second = -1
         for i, score in enumerate(scores):  # ties keep file order
             if best < 0 or score > scores[best]:

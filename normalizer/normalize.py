@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from normalizer.classify import Classification, Classifier
@@ -21,6 +22,12 @@ from schemas.taxonomy import Taxonomy
 
 MAX_DESCRIPTION = 4000
 OUTSIDE_CITY = "outside the city boundary"
+
+
+class TextClassifier(Protocol):
+    """``normalizer.classify.Classifier`` (taxonomy only) or ``normalizer.learned.BlendedClassifier``."""
+
+    def classify(self, text: str, language: str = "en") -> Classification: ...
 
 
 class Locator(Protocol):
@@ -72,18 +79,26 @@ class Normalizer:
     """Holds the taxonomy, its classifier and the locator (built once, reused for every contact)."""
 
     taxonomy: Taxonomy
-    classifier: Classifier
+    classifier: TextClassifier
     locator: Locator = field(default_factory=TextOnly)
 
     @classmethod
-    def from_taxonomy(cls, taxonomy: Taxonomy, locator: Locator | None = None) -> Normalizer:
-        return cls(taxonomy, Classifier(taxonomy), locator or TextOnly())
+    def from_taxonomy(
+        cls, taxonomy: Taxonomy, locator: Locator | None = None, model_file: Path | None = None
+    ) -> Normalizer:
+        """The taxonomy scorer alone (a city with no history), or blended with a learned model."""
+        classifier: TextClassifier = Classifier(taxonomy)
+        if model_file is not None:
+            from normalizer.learned import BlendedClassifier, LearnedModel
+
+            classifier = BlendedClassifier(Classifier(taxonomy), LearnedModel.load(model_file, taxonomy))
+        return cls(taxonomy, classifier, locator or TextOnly())
 
     def classify(self, contact: RawContact, text: str) -> Classification:
         """The resident's own choice wins; otherwise the classifier decides from the text."""
         if contact.service_code and self.taxonomy.get(contact.service_code):
             return Classification(contact.service_code, 1.0)
-        return self.classifier.classify(text)
+        return self.classifier.classify(text, contact.language or "en")
 
     def normalize(self, contact: RawContact, previous: ServiceRequest | None = None) -> ServiceRequest:
         """The request this contact opens, or ``previous`` updated with what the contact adds."""

@@ -97,6 +97,26 @@ def test_stemming_is_consistent() -> None:
     assert stem("speeding") == stem("speed")
 
 
+def test_stemming_follows_the_language() -> None:
+    assert stem("baches", "es") == stem("bache", "es")
+    assert stem("calles", "es") == stem("calle", "es")
+    assert stem("potholes", "en") == stem("potholes")
+    assert stem("potholes", "xx") == stem("potholes")  # unknown language: English
+
+
+def test_spanish_stopwords_do_not_count() -> None:
+    taxonomy = Taxonomy(
+        services=(
+            Service(code="pothole", name="Pothole", department="public-works", keywords=("bache",)),
+            Service(code="misc", name="Misc", department="triage", keywords=("la calle",)),
+        ),
+        fallback_code="misc",
+    )
+    clf = Classifier(taxonomy)
+    assert clf.tokens("hay un bache en la calle", language="es") == [stem("bache", "es"), stem("calle", "es")]
+    assert clf.classify("hay un bache en la calle", language="es").service_code == "pothole"
+
+
 def test_only_the_given_taxonomy_is_used() -> None:
     taxonomy = Taxonomy(
         services=(
@@ -127,8 +147,8 @@ def test_throughput(classifier: Classifier) -> None:
 
 # Held-out accuracy on real New Haven reports (bench/classifier_eval.py; figures in docs/classifier.md).
 # Floors sit a few points under the measured values so that a regression fails, noise does not.
-HELDOUT_FLOOR = 0.80
-HELDOUT_FLOOR_NO_TITLE = 0.64
+HELDOUT_FLOOR = 0.81  # measured 0.828 (Snowball stemmer, 2026-12-01)
+HELDOUT_FLOOR_NO_TITLE = 0.65  # measured 0.670
 
 
 def test_heldout_accuracy_on_new_haven_data() -> None:
