@@ -325,23 +325,16 @@ def gated(func: Callable[..., Awaitable[Any]], gate: asyncio.Event) -> Callable[
 
 @contextlib.contextmanager
 def instrumented(prefix: str, gate: asyncio.Event) -> Iterator[None]:
-    """Hold every stage handler until ``gate`` opens, and give the run its own consumer groups.
+    """Hold every stage handler until ``gate`` opens (the run's consumer groups are its own:
+    groups are named under the topic prefix).
 
     Why the gate: FastStream starts subscribers one by one and aiokafka's ``start()`` waits for
     the group's assignment, so the first consumer works while later ones (the sinks stage has
     one per department) are still joining. Holding each handler at its first await (publishing,
     or delivering for sinks) until ``running_broker`` has returned keeps join time out of the
     rate; at most one batch per consumer is parsed/normalized before the clock starts.
-
-    Why the groups: the stages' group ids are fixed names; on a shared ``--bootstrap`` cluster
-    the bench must not join (and rebalance) the groups of real stages.
     """
     with contextlib.ExitStack() as stack:
-        stack.enter_context(patched(normalizer_app, "GROUP_ID", f"{prefix}.normalizer"))
-        stack.enter_context(patched(router_app, "GROUP_ID", f"{prefix}.router"))
-        stack.enter_context(
-            patched(sinks_app, "group_id", lambda department, sink: f"{prefix}.sink.{department}.{sink}")
-        )
         for module, name in (
             (normalizer_app, "publish_with_retry"),
             (router_app, "publish_with_retry"),

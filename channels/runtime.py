@@ -171,7 +171,7 @@ def _subscribe_outbound(
     @batch_subscriber(
         broker,
         settings.topics.outbound(plugin.name),
-        group_id=f"intake311.outbound.{plugin.name}",
+        group_id=settings.topics.group(f"outbound.{plugin.name}"),
         settings=settings,
         title=f"outbound {plugin.name}",
         description=f"Messages to residents sent through the {plugin.name} channel.",

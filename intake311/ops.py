@@ -27,7 +27,7 @@ def department_rows(settings: Settings) -> list[dict[str, Any]]:
             "department": name,
             "topic": settings.topics.department(name),
             "sinks": [
-                {"name": s.name, "type": s.type, "group": group_id(name, s.name)}
+                {"name": s.name, "type": s.type, "group": group_id(settings.topics, name, s.name)}
                 for s in subscriptions.sinks_for(name)
             ],
         }
@@ -127,7 +127,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-REPLAY_GROUP = "intake311.deadletter-replay"
+REPLAY_GROUP = "deadletter-replay"
 
 
 async def replay_dead_letters(
@@ -152,7 +152,7 @@ async def replay_dead_letters(
     consumer = AIOKafkaConsumer(
         settings.topics.deadletter,
         bootstrap_servers=bootstrap,
-        group_id=REPLAY_GROUP,
+        group_id=settings.topics.group(REPLAY_GROUP),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=settings.kafka.consumer_session_timeout_ms,

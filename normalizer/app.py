@@ -37,8 +37,8 @@ ContactRecords = RawBatch[RawContact]  # what the AsyncAPI document shows
 StatusRecords = RawBatch[StatusChange]
 STAGE = "normalizer"
 log = get_logger(__name__)
-GROUP_ID = "intake311.normalizer"
-STATUS_GROUP_ID = "intake311.normalizer.status"
+GROUP = "normalizer"  # consumer groups: Topics.group(GROUP) -> "intake311.normalizer"
+STATUS_GROUP = "normalizer.status"
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     @batch_subscriber(
         broker,
         pattern=topics.contacts_pattern,
-        group_id=GROUP_ID,
+        group_id=topics.group(GROUP),
         settings=settings,
         title="normalizer",
         description="Raw contacts from every channel (RawContact JSON) -> one ServiceRequest each, "
@@ -208,7 +208,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     @batch_subscriber(
         broker,
         topics.status,
-        group_id=STATUS_GROUP_ID,
+        group_id=topics.group(STATUS_GROUP),
         settings=settings,
         title="normalizer status",
         description="Status changes -> the normalizer's request and incident state; closing an "

@@ -26,7 +26,7 @@ from schemas.taxonomy import load_taxonomy
 RequestRecords = RawBatch[ServiceRequest]  # what the AsyncAPI document shows
 STAGE = "router"
 log = get_logger(__name__)
-GROUP_ID = "intake311.router"
+GROUP = "router"  # consumer group: Topics.group(GROUP)
 
 
 def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str) -> list[Outgoing]:
@@ -82,7 +82,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     @batch_subscriber(
         broker,
         topics.requests,
-        group_id=GROUP_ID,
+        group_id=settings.topics.group(GROUP),
         settings=settings,
         title="router",
         description="Canonical requests -> the topic of each department the routing table names.",

@@ -43,6 +43,11 @@ class Topics:
         """Messages to residents, sent by the channel they used (``intake311.outbound.sms``)."""
         return f"{self.prefix}.outbound.{_slug(channel)}"
 
+    def group(self, name: str) -> str:
+        """A consumer group under the same prefix (``intake311.normalizer``): two deployments
+        that share a cluster under different prefixes must never share a group."""
+        return f"{self.prefix}.{name}"
+
     @property
     def deadletter(self) -> str:
         """Anything a stage could not process, with the reason and the original bytes."""

@@ -32,6 +32,7 @@ from schemas.ids import delivery_id_for
 from schemas.request import ServiceRequest
 from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
+from schemas.topics import Topics
 from sinks.base import Delivery, Sink, SinkConfig, SinkContext
 from sinks.retry import deliver_all
 from sinks.status import register as record_status_changes
@@ -43,8 +44,9 @@ STAGE = "sinks"
 log = get_logger(__name__)
 
 
-def group_id(department: str, sink_name: str) -> str:
-    return f"intake311.sink.{department}.{sink_name}"
+def group_id(topics: Topics, department: str, sink_name: str) -> str:
+    """One consumer group per (department, sink), so a slow sink never holds back another."""
+    return topics.group(f"sink.{department}.{sink_name}")
 
 
 def departments(settings: Settings, subscriptions: Subscriptions) -> list[str]:
@@ -116,7 +118,7 @@ def _subscribe(
     @batch_subscriber(
         broker,
         settings.topics.department(department),
-        group_id=group_id(department, config.name),
+        group_id=group_id(settings.topics, department, config.name),
         settings=settings,
         title=f"sink {department}/{config.name}",
         description=f"Delivers {department}'s requests to its '{config.name}' sink ({config.type}).",
@@ -170,7 +172,7 @@ def _subscribe_status(
     @batch_subscriber(
         broker,
         settings.topics.status,
-        group_id=group_id(department, config.name) + ".status",
+        group_id=group_id(settings.topics, department, config.name) + ".status",
         settings=settings,
         title=f"sink {department}/{config.name} status",
         description=f"Shows status changes on {department}'s '{config.name}' sink ({config.type}).",

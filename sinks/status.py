@@ -34,7 +34,7 @@ from sinks.postgres.store import Case, CaseStore
 
 StatusRecords = RawBatch[StatusChange]  # what the AsyncAPI document shows
 STAGE = "status"
-GROUP_ID = "intake311.casestore.status"
+GROUP = "casestore.status"  # consumer group: Topics.group(GROUP)
 log = get_logger(__name__)
 
 # Public channels get no staff notes: a note may name a person or a place.
@@ -138,7 +138,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     @batch_subscriber(
         broker,
         topics.status,
-        group_id=GROUP_ID,
+        group_id=topics.group(GROUP),
         settings=settings,
         title="case store status",
         description="Status changes -> case store history -> one message to the resident per change.",

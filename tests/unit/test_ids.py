@@ -61,3 +61,10 @@ def test_event_and_delivery_ids() -> None:
     assert a == event_id_for("K7M4-QPXA", ["sms:2", "sms:1"])
     assert a != event_id_for("K7M4-QPXA", ["sms:1"])
     assert delivery_id_for(a, "public-works", "file") != delivery_id_for(a, "public-works", "hook")
+
+
+def test_consumer_groups_live_under_the_topic_prefix() -> None:
+    from schemas.topics import Topics
+
+    assert Topics().group("normalizer") == "intake311.normalizer"
+    assert Topics("springfield").group("sink.parks.file") == "springfield.sink.parks.file"
