@@ -16,8 +16,9 @@ from normalizer.classify import Classification, Classifier
 from normalizer.geo.geo import Place
 from normalizer.location import extract_address
 from schemas.contact import Media, RawContact
+from schemas.emergency import EmergencyRules, default_rules
 from schemas.ids import digest, event_id_for
-from schemas.request import Precision, ServiceRequest, Status
+from schemas.request import Precision, Priority, ServiceRequest, Status
 from schemas.taxonomy import Taxonomy
 
 MAX_DESCRIPTION = 4000
@@ -81,6 +82,7 @@ class Normalizer:
     taxonomy: Taxonomy
     classifier: TextClassifier
     locator: Locator = field(default_factory=TextOnly)
+    emergencies: EmergencyRules = field(default_factory=default_rules)
 
     @classmethod
     def from_taxonomy(
@@ -186,6 +188,7 @@ class Normalizer:
         requested_at = requested or contact.received_at
         expected = requested_at + timedelta(hours=service.sla_hours) if service.sla_hours else None
         triage = classification.needs_triage(self.taxonomy.triage_threshold)
+        danger = self.emergencies.detect(description)
         reason = None
         if place.outside_city:
             triage, reason = True, OUTSIDE_CITY
@@ -214,6 +217,8 @@ class Normalizer:
             confidence=round(classification.confidence, 4),
             triage=triage,
             triage_reason=reason,
+            priority=Priority.EMERGENCY if danger else Priority.NORMAL,
+            emergency=danger.kind if danger else None,
             incident_id=base.incident_id if base else contact.request_id,
             incident_reports=base.incident_reports if base else 1,
             incident_updates=base.incident_updates if base else (),

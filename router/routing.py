@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.ids import is_slug
-from schemas.request import ServiceRequest
+from schemas.request import Priority, ServiceRequest
 from schemas.taxonomy import Taxonomy
 from schemas.topics import Topics
 
@@ -123,6 +123,9 @@ class Rule(BaseModel):
 class RoutingTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     triage_department: str = "triage"
+    # Gets a copy of every request whose text describes an emergency (as well as its owner, or
+    # triage): a dispatcher watching one topic. None: no copy.
+    emergency_department: str | None = "emergency"
     routes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
 
@@ -137,6 +140,11 @@ class RoutingTable(BaseModel):
     @classmethod
     def _triage(cls, value: str) -> str:
         return _departments(value)[0]
+
+    @field_validator("emergency_department")
+    @classmethod
+    def _emergency(cls, value: str | None) -> str | None:
+        return _departments(value)[0] if value else None
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> RoutingTable:
@@ -236,9 +244,14 @@ class Router:
     def departments_for(self, request: ServiceRequest) -> list[str]:
         """The owner first (rules, routes, taxonomy), then every department subscribed to it."""
         if request.triage:
-            return [self.table.triage_department]
-        owners = self._owners(request)
-        return owners + [d for d, i in self.interests.items() if d not in owners and i.matches(request)]
+            chosen = [self.table.triage_department]
+        else:
+            owners = self._owners(request)
+            chosen = owners + [d for d, i in self.interests.items() if d not in owners and i.matches(request)]
+        emergency = self.table.emergency_department
+        if request.priority == Priority.EMERGENCY and emergency and emergency not in chosen:
+            chosen.append(emergency)
+        return chosen
 
     def _owners(self, request: ServiceRequest) -> list[str]:
         chosen: list[str] = []
@@ -263,6 +276,8 @@ class Router:
     def all_departments(self) -> list[str]:
         """Every department this table can route to: the topics that must exist."""
         found = {self.table.triage_department, *(s.department for s in self.taxonomy.services)}
+        if self.table.emergency_department:
+            found.add(self.table.emergency_department)
         for deps in self.table.routes.values():
             found.update(deps)
         for rule in self.table.rules:

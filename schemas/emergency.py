@@ -113,6 +113,12 @@ class EmergencyMatch:
 
 
 @lru_cache(maxsize=1)
+def default_rules() -> EmergencyRules:
+    """The packaged rules, loaded once per process (channels check every inbound text)."""
+    return EmergencyRules.load()
+
+
+@lru_cache(maxsize=1)
 def _fold_table() -> dict[int, str]:
     """A one-to-one character map: lowercase, accents dropped ("Á" -> "a", "ñ" -> "n").
 

@@ -41,6 +41,17 @@ class Precision(StrEnum):
         return self is not Precision.STREET
 
 
+class Priority(StrEnum):
+    """How soon a request needs a person. ``emergency``: the resident described a danger to life
+    (gas, fire, a live wire, someone hurt); they were told to call 911 and the emergency
+    department gets a copy."""
+
+    EMERGENCY = "emergency"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
 class IncidentReport(BaseModel):
     """A later report of the same incident, as the department sees it on the incident."""
 
@@ -97,6 +108,8 @@ class ServiceRequest(BaseModel):
     confidence: float = Field(ge=0, le=1, description="classifier confidence in service_code")
     triage: bool = Field(default=False, description="confidence too low: a person must classify")
     triage_reason: str | None = Field(default=None, description="why a person must look at it")
+    priority: Priority = Priority.NORMAL
+    emergency: str | None = Field(default=None, description='what emergency the text describes ("gas")')
     incident_id: str | None = Field(default=None, description="ticket of the incident's first request")
     incident_reports: int = Field(default=1, ge=1, description="reports of the incident so far")
     incident_updates: tuple[IncidentReport, ...] = Field(

@@ -22,9 +22,19 @@ from channels.sms.location import has_location
 from channels.sms.parse import CHANNEL, Keyword, keyword, media_of, parse_sms, sender_number, sms_contact_id
 from intake311.logging import get_logger
 from schemas.contact import RawContact, mask
+from schemas.emergency import default_rules
 from schemas.ids import ticket_for
+from schemas.messages import render as render_message
 
 log = get_logger("channels.sms")
+
+
+def _warn_if_emergency(text: str, reply: str, language: str) -> str:
+    """Emergency language gets "call 911" first, before anything else in the reply: the request
+    is still created (and copied to the emergency department), but a text is no way to get help."""
+    if default_rules().detect(text) is None:
+        return reply
+    return f"{render_message('call_911', language)} {reply}"
 
 
 class BusDown(Exception):
@@ -112,7 +122,8 @@ class SmsDialogue:
         contact = parse_sms(form, received_at=received_at, language=conversation.language)
         await self._publish(contact, release=(number, conversation.opened_by))
         key = "received_ask" if conversation.awaiting == "location" else "received"
-        return Outcome("opened", self._text(key, conversation.language, ticket=contact.request_id), contact)
+        reply = self._text(key, conversation.language, ticket=contact.request_id)
+        return Outcome("opened", _warn_if_emergency(contact.text, reply, conversation.language), contact)
 
     async def _continue(
         self,
@@ -142,7 +153,8 @@ class SmsDialogue:
             self.config.window_s,
         )
         key = "location_added" if answers == "location" else "added"
-        return Outcome("continued", self._text(key, language, ticket=contact.request_id), contact)
+        reply = self._text(key, language, ticket=contact.request_id)
+        return Outcome("continued", _warn_if_emergency(body, reply, language), contact)
 
     async def _publish(self, contact: RawContact, *, release: tuple[str, str] | None) -> None:
         bound = log.bind(contact_id=contact.contact_id, request_id=contact.request_id, channel=CHANNEL)

@@ -106,6 +106,7 @@ async def city(
         subscriptions.write_text(
             'departments:\n  "*":\n    sinks:\n      - {name: file, type: jsonl}\n'
             f"      - {{name: cases, type: postgres, dsn: '{dsn}'}}\n"
+            "  emergency: {}\n"
         )
         async with fake_relay() as relay:
             async for twilio in serve_fake_twilio(FakeTwilio()):
@@ -285,3 +286,28 @@ async def test_operator_splits_a_wrongly_merged_report(city: City) -> None:
 async def _not_later(store: CaseStore, ticket: str) -> Any:
     case = await store.get_case(ticket)
     return case if case and not case.is_later_report else None
+
+
+async def test_sms_gas_leak_gets_the_911_answer_and_reaches_the_emergency_department(city: City) -> None:
+    import xml.etree.ElementTree as ET
+
+    response = await post_signed(
+        city.web,
+        "/channels/sms/inbound",
+        sms_params("I smell gas in the basement at 100 Elm St", sender="+12035550155"),
+    )
+    assert response.status_code == 200, response.text
+    reply = ET.fromstring(response.text).findtext("Message") or ""
+    assert reply.startswith("If anyone is in danger, call 911 now"), reply
+    ticket = _ticket(reply)
+    copy = await wait_for(
+        lambda: next((line for line in city.lines("emergency") if line["request_id"] == ticket), None),
+        what="the request in the emergency department's file",
+    )
+    assert copy["priority"] == "emergency" and copy["emergency"] == "gas"
+    plain = await post_signed(
+        city.web,
+        "/channels/sms/inbound",
+        sms_params("graffiti on the wall at 1 Elm St", sender="+12035550156"),
+    )
+    assert "911" not in (ET.fromstring(plain.text).findtext("Message") or "")

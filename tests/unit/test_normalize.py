@@ -173,3 +173,14 @@ def test_a_point_outside_the_city_goes_to_triage_with_the_reason() -> None:
     )
     assert not placed.triage and placed.triage_reason is None
     assert placed.districts == {"ward": "Ward 7"} and placed.location_precision is Precision.INTERPOLATED
+
+
+def test_emergency_language_sets_priority(normalizer: Normalizer) -> None:
+    from schemas.request import Priority
+
+    gas = normalizer.normalize(make_contact("there is a gas leak smell and someone is bleeding"))
+    assert gas.priority is Priority.EMERGENCY and gas.emergency in ("gas", "injury")
+    es = normalizer.normalize(make_contact("huele a gas en el edificio", provider_id="es1"))
+    assert es.priority is Priority.EMERGENCY and es.emergency == "gas"
+    plain = normalizer.normalize(make_contact("the gas station on Whalley has graffiti", provider_id="p1"))
+    assert plain.priority is Priority.NORMAL and plain.emergency is None

@@ -273,3 +273,24 @@ def test_build_router_checks_layers_against_the_boundaries(tmp_path) -> None:
     with pytest.raises(ValueError, match="wrad"):
         build_router(Settings(routing_file=routing, geo=GeoSettings(boundaries=boundaries)))
     assert build_router(Settings(routing_file=routing)).district_layers() == ["wrad"]  # warned only
+
+
+def test_emergencies_are_copied_to_the_emergency_department() -> None:
+    from normalizer.normalize import Normalizer
+    from router.routing import Router, load_routing
+    from schemas.request import Priority
+    from schemas.taxonomy import load_taxonomy
+    from schemas.topics import TOPICS
+    from tests.conftest import make_contact
+
+    router = Router(load_routing(), load_taxonomy(), TOPICS)
+    request = Normalizer.from_taxonomy(load_taxonomy()).normalize(
+        make_contact("water leak from a pipe, and I smell gas in the basement")
+    )
+    assert request.priority is Priority.EMERGENCY
+    assert router.departments_for(request)[-1] == "emergency"
+    assert "emergency" in router.all_departments()
+    unsure = request.model_copy(update={"triage": True})
+    assert router.departments_for(unsure) == ["triage", "emergency"]
+    calm = request.model_copy(update={"priority": Priority.NORMAL})
+    assert "emergency" not in router.departments_for(calm)

@@ -20,8 +20,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_file_gives_every_department_a_jsonl_sink() -> None:
     subs = load_subscriptions(None)
-    assert set(subs.departments) == {"*"}
-    for department in ("public-works", "parks", "anything-new"):
+    assert set(subs.departments) == {"*", "emergency"}  # emergency: the router's copy department
+    for department in ("public-works", "parks", "emergency", "anything-new"):
         sinks = subs.sinks_for(department)
         assert [(s.name, s.type) for s in sinks] == [("file", "jsonl")]
         assert isinstance(sinks[0], JsonlSinkConfig)
