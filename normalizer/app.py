@@ -121,15 +121,12 @@ def status_batch(
     return out
 
 
-def outgoing(
-    outcome: Outcome, topics: Topics, dump: Callable[[ServiceRequest], bytes] | None = None
-) -> list[Outgoing]:
+def outgoing(outcome: Outcome, topics: Topics, dump: Callable[[ServiceRequest], bytes]) -> list[Outgoing]:
     """Kafka records for an outcome, each keyed by its request so its versions stay in order.
 
     ``dump``: the snapshot's serialiser, so a request written to the store and to Kafka is
     serialised once."""
-    to_json = dump or (lambda r: r.model_dump_json().encode())
-    out = [Outgoing(topics.requests, to_json(r), key=r.request_id) for r in outcome.requests]
+    out = [Outgoing(topics.requests, dump(r), key=r.request_id) for r in outcome.requests]
     out += [
         Outgoing(topics.outbound(m.channel), m.model_dump_json().encode(), key=m.request_id)
         for m in outcome.messages

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from intake311.logging import get_logger
 from normalizer.geo.types import EARTH_RADIUS_M
 from normalizer.geo.types import haversine_m as distance_m
 from normalizer.normalize import Normalizer, versioned
@@ -38,6 +39,7 @@ from schemas.request import MAX_INCIDENT_UPDATES, IncidentReport, ServiceRequest
 from schemas.status import State, StatusChange
 from schemas.taxonomy import IncidentRule, Taxonomy
 
+log = get_logger(__name__)
 MAX_MEDIA = 20
 
 # A follow-up after a close that says the problem is back (English and Spanish).
@@ -495,7 +497,15 @@ class IncidentDesk:
     ) -> list[OutboundMessage]:
         """ "Already reported" to the resident of a later report, on their channel, in their language."""
         reply = report.reply
-        if reply is None or (self.reply_channels is not None and reply.channel not in self.reply_channels):
+        if reply is None:
+            return []
+        if self.reply_channels is not None and reply.channel not in self.reply_channels:
+            # A message on a topic no channel reads would never be sent: say so, keep going.
+            log.info(
+                "resident not told the incident is known: channel not configured",
+                request_id=report.request_id,
+                channel=reply.channel,
+            )
             return []
         language = resolve_language(reply.language or report.language)
         values = {

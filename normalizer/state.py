@@ -29,7 +29,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -181,10 +181,6 @@ class Snapshot:
                 if incident_id not in self._incidents:
                     self._remember(incident)
             self._areas.extend(wanted)
-
-    def loaded_incidents(self) -> list[str]:
-        """Ids of the incidents read so far (to prefetch their first requests in one query)."""
-        return [i for i, x in self._incidents.items() if x is not None]
 
     def request(self, request_id: str) -> StoredRequest | None:
         if request_id not in self._requests:
@@ -518,8 +514,3 @@ class _PgLocked:
 
     def __exit__(self, *exc: Any) -> Any:
         return self.tx.__exit__(*exc)
-
-
-def with_state(stored: StoredRequest, request: ServiceRequest) -> StoredRequest:
-    """The same workflow state, a new version of the request."""
-    return replace(stored, request=request)
