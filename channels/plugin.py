@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from channels.base import ContactPublisher
 from intake311.bus import Outgoing, publish_all
 from intake311.logging import get_logger
+from schemas.emergency import EmergencyRules, rules_for
 from schemas.ids import is_slug
 from schemas.outbound import OutboundMessage
 
@@ -113,6 +114,11 @@ class ChannelPlugin:
         self.config = config
         self.context = context
 
+    @property
+    def emergencies(self) -> EmergencyRules:
+        """The emergency rules of ``settings.emergency_rules_file``: what gets "call 911" first."""
+        return rules_for(self.context.settings.emergency_rules_file)
+
     def http_routes(self) -> APIRouter | None:
         """Endpoints mounted at ``/channels/<name>``: provider webhooks."""
         return None
@@ -188,4 +194,3 @@ def configured_channels(settings: Settings) -> list[tuple[type[ChannelPlugin], C
     if problems:
         raise ValueError("invalid channel configuration:\n  " + "\n  ".join(problems))
     return out
-

@@ -253,14 +253,17 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     by: Annotated[
         str | None,
-        typer.Option("--by", metavar="LAYER", help="also per district of a boundary layer, e.g. ward"),
+        typer.Option(
+            "--by", metavar="LAYER", help="also per district of a boundary layer (e.g. ward), or per priority"
+        ),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Volume by channel and service, median time to close, share within the service level.
 
     With --by ward, the same figures per ward too (requests in no ward as "(none)"): where the
-    work is, which is what a council member asks about.
+    work is, which is what a council member asks about. With --by priority, per priority
+    (emergency, high, normal, low): whether the urgent work is done in time.
     """
     from datetime import timedelta
 
@@ -352,6 +355,45 @@ def locate(
                 + (f"  [{districts}]" if districts else "")
                 + ("  OUTSIDE THE CITY" if place.outside_city else "")
             )
+
+
+@app.command()
+def classify(
+    text: Annotated[str | None, typer.Argument(help="a resident's report")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="one report per line", exists=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
+    language: Annotated[str | None, typer.Option("--language", help="skip detection: this language")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """What the normalizer makes of a text: service, confidence, triage, priority, language, emergency.
+
+    Uses the configured taxonomy, learned model and emergency rules, so a city can try them
+    before going live. No broker, no state: nothing is published.
+    """
+    from normalizer.app import build_normalizer
+    from normalizer.trial import trial
+
+    if (text is None) == (file is None):
+        typer.echo("give either TEXT or --file FILE", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    try:
+        normalizer = build_normalizer(settings, locate=False)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    lines = [text or ""] if file is None else file.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        row = trial(normalizer, line, language)
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        flags = [f for f in ("triage" if row["triage"] else "", row["emergency"] or "") if f]
+        typer.echo(
+            f"{row['service_code']:<22}{row['confidence']:.2f}  {row['priority']:<10}{row['language']}"
+            + (f"  [{', '.join(flags)}]" if flags else "")
+            + f"  {line[:60]}"
+        )
 
 
 incidents_app = typer.Typer(help="Incidents: reports of one problem grouped together.", no_args_is_help=True)

@@ -74,7 +74,8 @@ async def service_report(
     settings: Settings, since: datetime, until: datetime, by: str | None = None
 ) -> dict[str, Any]:
     """Volume by channel and service, median time to close and share within the service level;
-    with ``by`` (a boundary layer such as ``ward``) the same per district of that layer."""
+    with ``by`` (a boundary layer such as ``ward``) the same per district of that layer, with
+    ``by="priority"`` per priority."""
     from schemas.taxonomy import load_taxonomy
     from sinks.postgres.store import CaseStore
 
@@ -116,7 +117,12 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         *_figure_rows("department", report["departments"], sorted(report["departments"])),
     ]
-    if report.get("by"):
+    if report.get("by") and "priorities" in report:
+        priorities = report["priorities"]  # already most urgent first
+        lines += ["", *_figure_rows("by priority", priorities, list(priorities))]
+        if not priorities:
+            lines.append("  (no requests in this period)")
+    elif report.get("by"):
         from sinks.postgres.store import NO_DISTRICT  # listed last, not among the names
 
         districts = report["districts"]

@@ -102,6 +102,9 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Runtime]:
     """A started broker with ``stages`` registered, on the configured or an embedded cluster."""
+    from schemas.messages import use_messages_dir
+
+    use_messages_dir(settings.messages_dir)  # every stage of the process talks with the city's words
     embedded: EmbeddedKafka | None = None
     servers = settings.kafka.bootstrap_servers
     if settings.kafka.embedded:

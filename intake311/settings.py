@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from schemas.language import DEFAULT_LANGUAGES, check_languages
 from schemas.topics import Topics
 
 CONFIG_ENV = "INTAKE311_CONFIG"
@@ -156,6 +157,14 @@ class Settings(BaseSettings):
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")
     subscriptions_file: Path | None = Field(default=None, description="None: the packaged default")
+    messages_dir: Path | None = Field(
+        default=None,
+        description="the city's message files (xx.yaml): add languages or override packaged "
+        "messages key by key; None: the packaged schemas/messages only",
+    )
+    emergency_rules_file: Path | None = Field(
+        default=None, description="emergency phrases (see schemas/emergency.yaml); None: the packaged file"
+    )
     classifier_model: Path | None = Field(
         default=None, description="learned classifier (`intake311 classifier train`); None: taxonomy only"
     )
@@ -175,11 +184,21 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="channel name -> its config; a channel runs when it has an entry here",
     )
+    languages: CommaList = Field(
+        default_factory=lambda: list(DEFAULT_LANGUAGES),
+        description="ISO 639-1 codes residents are answered in, the default first (docs/language.md)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_batch: int = Field(default=500, ge=1, description="records a stage takes per poll")
     retry_attempts: int = Field(default=5, ge=1, description="tries before a delivery is dead-lettered")
     retry_backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each try")
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        # A code the detector does not know stops the process at start, not at the first text.
+        return list(check_languages(value))
 
     @property
     def topics(self) -> Topics:

@@ -28,6 +28,8 @@ from normalizer.incidents import IncidentDesk, Outcome
 from normalizer.normalize import Locator, Normalizer
 from normalizer.state import Snapshot, StateStore, merge_areas
 from schemas.contact import ACTION, RawContact
+from schemas.emergency import rules_for
+from schemas.language import detector
 from schemas.request import ServiceRequest
 from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
@@ -158,11 +160,19 @@ def build_locator(settings: Settings) -> Locator | None:
     return Geo.from_settings(geo)
 
 
-def build_desk(settings: Settings) -> IncidentDesk:
-    normalizer = Normalizer.from_taxonomy(
-        load_taxonomy(settings.taxonomy_file), build_locator(settings), settings.classifier_model
+def build_normalizer(settings: Settings, *, locate: bool = True) -> Normalizer:
+    """The normalizer the stage runs (and ``intake311 classify`` tries): taxonomy, model, rules."""
+    return Normalizer.from_taxonomy(
+        load_taxonomy(settings.taxonomy_file),
+        build_locator(settings) if locate else None,
+        settings.classifier_model,
+        emergencies=rules_for(settings.emergency_rules_file),
+        languages=detector(settings.languages),
     )
-    return IncidentDesk(normalizer, reply_channels=frozenset(settings.channels))
+
+
+def build_desk(settings: Settings) -> IncidentDesk:
+    return IncidentDesk(build_normalizer(settings), reply_channels=frozenset(settings.channels))
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,6 +69,16 @@ _STEM_EXCEPTIONS: dict[str, dict[str, str]] = {
         "children": "child",
         "people": "person",
     },
+    # Spanish stems that would collide with everyday words: "meter" (parking meter) with
+    # "meten"/"metieron" (put in), "poda"/"podar" (pruning) with "podemos" (we can).
+    "es": {
+        "meter": "meter",
+        "meters": "meter",
+        "poda": "podar",
+        "podar": "podar",
+        "podaron": "podar",
+        "podando": "podar",
+    },
 }
 
 
@@ -104,10 +115,26 @@ def stem(word: str, language: str = DEFAULT_LANGUAGE) -> str:
     return _stem(word, language_key(language))
 
 
+# Languages whose residents often type without accents ("tuberia", "senal", "dueno"): their words
+# are folded (accents and tilde dropped) before stemming, so both spellings share one stem.
+_FOLDED_LANGUAGES = frozenset({"es", "pt", "ca"})
+
+
+def _fold(word: str) -> str:
+    """``word`` without combining marks: "tubería" -> "tuberia", "señal" -> "senal"."""
+    if word.isascii():
+        return word
+    return "".join(c for c in unicodedata.normalize("NFD", word) if not unicodedata.combining(c))
+
+
 def _stem(word: str, lang: str) -> str:
     special = _STEM_EXCEPTIONS.get(lang)
     if special and word in special:
         return special[word]
+    if lang in _FOLDED_LANGUAGES:
+        word = _fold(word)
+        if special and word in special:
+            return special[word]
     if len(word) <= 2 or word.isdigit():
         return word
     return str(_stemmer(lang).stemWord(word))

@@ -30,12 +30,13 @@ from intake311.logging import get_logger
 from normalizer.geo.types import EARTH_RADIUS_M
 from normalizer.geo.types import haversine_m as distance_m
 from normalizer.normalize import Normalizer, versioned
+from normalizer.priority import raise_to
 from normalizer.state import Area, Incident, Snapshot, StoredRequest
 from schemas.contact import ACTION, ACTION_SPLIT, RawContact
 from schemas.ids import digest
 from schemas.messages import render, resolve_language
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
-from schemas.request import MAX_INCIDENT_UPDATES, IncidentReport, ServiceRequest, Status
+from schemas.request import MAX_INCIDENT_UPDATES, IncidentReport, Priority, ServiceRequest, Status
 from schemas.status import State, StatusChange
 from schemas.taxonomy import IncidentRule, Taxonomy
 
@@ -213,6 +214,34 @@ class IncidentDesk:
     def rule(self, service_code: str) -> IncidentRule:
         return self._rules.get(service_code, self._no_rule)
 
+    def _prioritised(
+        self, request: ServiceRequest, *, keep: bool = True, report: ServiceRequest | None = None
+    ) -> ServiceRequest:
+        """``request`` with the priority its text and report count give now (the count is known
+        only here: an incident reaching ``escalate_after`` reports becomes at least high).
+
+        ``keep``: never lower what it had (a join); False after a split, where the count drops.
+        ``report``: a later report of the incident whose own cue raises the first request too
+        (to high at most: an emergency in a later report is copied to the emergency department
+        as that report). The service level follows the priority.
+        """
+        now = self.normalizer.priority(request)
+        if keep:
+            now = raise_to(now, (request.priority, request.priority_reason or now[1]))
+        if (
+            report is not None
+            and report.request_id != request.request_id
+            and report.priority in (Priority.EMERGENCY, Priority.HIGH)
+        ):
+            now = raise_to(now, (Priority.HIGH, f"report {report.request_id}: {report.priority_reason}"))
+        priority, why = now
+        if priority == request.priority and why == request.priority_reason:
+            return request
+        update: dict[str, object] = {"priority": priority, "priority_reason": why}
+        if priority != request.priority:
+            update["expected_datetime"] = self.normalizer.expected(request, priority)
+        return request.model_copy(update=update)
+
     # -- planning: what to prefetch for a batch -----------------------------------------------
     def areas_for(self, request: ServiceRequest) -> Area | None:
         """Where incidents that ``request`` could join are (None: it cannot join any)."""
@@ -352,9 +381,13 @@ class IncidentDesk:
         )
         snap.put_incident(joined)
         report = versioned(
-            request.model_copy(update={"incident_id": incident.incident_id, "incident_reports": len(members)})
+            self._prioritised(
+                request.model_copy(
+                    update={"incident_id": incident.incident_id, "incident_reports": len(members)}
+                )
+            )
         )
-        head = _with_report(first.request, report, len(members))
+        head = self._prioritised(_with_report(first.request, report, len(members)), report=report)
         head_state = first
         if reopen:
             head = head.model_copy(
@@ -439,15 +472,19 @@ class IncidentDesk:
                         "updated_datetime": max(head.updated_datetime, at),
                     }
                 )
+                head = self._prioritised(head, keep=False)
                 out.extend(self._emit(snap, replace(first, request=versioned(head))))
-        alone = stored.request.model_copy(
-            update={
-                "incident_id": request_id,
-                "incident_reports": 1,
-                "incident_updates": (),
-                "status_notes": f"Split out of incident {incident_id}: a problem of its own",
-                "updated_datetime": max(stored.request.updated_datetime, at),
-            }
+        alone = self._prioritised(
+            stored.request.model_copy(
+                update={
+                    "incident_id": request_id,
+                    "incident_reports": 1,
+                    "incident_updates": (),
+                    "status_notes": f"Split out of incident {incident_id}: a problem of its own",
+                    "updated_datetime": max(stored.request.updated_datetime, at),
+                }
+            ),
+            keep=False,
         )
         if alone.lat is not None and alone.long is not None:
             snap.put_incident(

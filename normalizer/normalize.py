@@ -15,9 +15,11 @@ from typing import Protocol
 from normalizer.classify import Classification, Classifier
 from normalizer.geo.geo import Place
 from normalizer.location import extract_address
+from normalizer.priority import PriorityRules, priority_of, raise_to
 from schemas.contact import Media, RawContact
 from schemas.emergency import EmergencyRules, default_rules
 from schemas.ids import digest, event_id_for
+from schemas.language import LanguageDetector, detector
 from schemas.request import Precision, Priority, ServiceRequest, Status
 from schemas.taxonomy import Taxonomy
 
@@ -83,24 +85,68 @@ class Normalizer:
     classifier: TextClassifier
     locator: Locator = field(default_factory=TextOnly)
     emergencies: EmergencyRules = field(default_factory=default_rules)
+    priorities: PriorityRules | None = None  # None: the taxonomy's cues and escalation
+    # For a contact whose channel set no language (an Open311 client, a plugin): the city's.
+    languages: LanguageDetector = field(default_factory=detector)
+
+    def __post_init__(self) -> None:
+        if self.priorities is None:
+            object.__setattr__(self, "priorities", PriorityRules.from_taxonomy(self.taxonomy))
+
+    def priority(self, request: ServiceRequest, *, reports: int | None = None) -> tuple[Priority, str]:
+        """``priority_of`` for a request as it stands (its text, service, emergency, reports)."""
+        assert self.priorities is not None
+        service = self.taxonomy.get(request.service_code) or self.taxonomy.get(self.taxonomy.fallback_code)
+        assert service is not None
+        return priority_of(
+            request.description,
+            service,
+            emergency=request.emergency,
+            incident_reports=request.incident_reports if reports is None else reports,
+            rules=self.priorities,
+        )
+
+    def expected(self, request: ServiceRequest, priority: Priority) -> datetime | None:
+        """When a request of this service at ``priority`` is due (None: no service level)."""
+        hours = self.taxonomy.sla_hours(request.service_code, priority)
+        return request.requested_datetime + timedelta(hours=hours) if hours else None
 
     @classmethod
     def from_taxonomy(
-        cls, taxonomy: Taxonomy, locator: Locator | None = None, model_file: Path | None = None
+        cls,
+        taxonomy: Taxonomy,
+        locator: Locator | None = None,
+        model_file: Path | None = None,
+        *,
+        emergencies: EmergencyRules | None = None,
+        languages: LanguageDetector | None = None,
     ) -> Normalizer:
-        """The taxonomy scorer alone (a city with no history), or blended with a learned model."""
+        """The taxonomy scorer alone (a city with no history), or blended with a learned model.
+
+        ``emergencies``: the city's rules (``rules_for(settings.emergency_rules_file)``); None: packaged.
+        """
         classifier: TextClassifier = Classifier(taxonomy)
         if model_file is not None:
             from normalizer.learned import BlendedClassifier, LearnedModel
 
             classifier = BlendedClassifier(Classifier(taxonomy), LearnedModel.load(model_file, taxonomy))
-        return cls(taxonomy, classifier, locator or TextOnly())
+        return cls(
+            taxonomy,
+            classifier,
+            locator or TextOnly(),
+            emergencies=emergencies or default_rules(),
+            languages=languages or detector(),
+        )
+
+    def language_of(self, contact: RawContact, text: str) -> str:
+        """The channel's language for the contact, else the detector's reading of its text."""
+        return contact.language or self.languages.choose(text)
 
     def classify(self, contact: RawContact, text: str) -> Classification:
         """The resident's own choice wins; otherwise the classifier decides from the text."""
         if contact.service_code and self.taxonomy.get(contact.service_code):
             return Classification(contact.service_code, 1.0)
-        return self.classifier.classify(text, contact.language or "en")
+        return self.classifier.classify(text, self.language_of(contact, text))
 
     def normalize(self, contact: RawContact, previous: ServiceRequest | None = None) -> ServiceRequest:
         """The request this contact opens, or ``previous`` updated with what the contact adds."""
@@ -186,9 +232,19 @@ class Normalizer:
         )
         assert service is not None  # the taxonomy validates that the fallback exists
         requested_at = requested or contact.received_at
-        expected = requested_at + timedelta(hours=service.sla_hours) if service.sla_hours else None
         triage = classification.needs_triage(self.taxonomy.triage_threshold)
         danger = self.emergencies.detect(description)
+        reports = base.incident_reports if base else 1
+        assert self.priorities is not None
+        priority, why = priority_of(
+            description, service, emergency=danger, incident_reports=reports, rules=self.priorities
+        )
+        if base is not None:
+            # A follow-up adds, never takes away: what raised the request (a later report's cue,
+            # an escalation) still holds.
+            priority, why = raise_to((priority, why), (base.priority, base.priority_reason or why))
+        hours = self.taxonomy.sla_hours(service.code, priority)
+        expected = requested_at + timedelta(hours=hours) if hours else None
         reason = None
         if place.outside_city:
             triage, reason = True, OUTSIDE_CITY
@@ -213,11 +269,12 @@ class Normalizer:
             channel=base.channel if base else contact.channel,
             reporter=base.reporter if base else contact.sender,
             reply=(base.reply if base else None) or contact.reply,
-            language=contact.language or (base.language if base else "en"),
+            language=contact.language or (base.language if base else self.languages.choose(description)),
             confidence=round(classification.confidence, 4),
             triage=triage,
             triage_reason=reason,
-            priority=Priority.EMERGENCY if danger else Priority.NORMAL,
+            priority=priority,
+            priority_reason=why,
             emergency=danger.kind if danger else None,
             incident_id=base.incident_id if base else contact.request_id,
             incident_reports=base.incident_reports if base else 1,

@@ -58,6 +58,21 @@ def _districts(value: object) -> object:
     return out
 
 
+def _priorities(value: object) -> object:
+    """``priority: high`` or ``[emergency, high]`` -> a tuple; an empty list is an error (a rule
+    that never matches), unknown values are refused by the field's type."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list | tuple) and not items:
+        raise ValueError(
+            "priority must name at least one of emergency, high, normal, low (leave it out to match all)"
+        )
+    if isinstance(items, list | tuple):
+        return tuple(str(i).strip().lower() if isinstance(i, str) else i for i in items)
+    return items
+
+
 def in_districts(wanted: Districts | None, found: Mapping[str, str]) -> bool:
     """Every listed layer's district is one of its names (case-insensitive); None matches all.
 
@@ -98,6 +113,7 @@ class Rule(BaseModel):
     channels: tuple[str, ...] | None = None
     within: Box | None = None
     districts: Districts | None = None
+    priority: tuple[Priority, ...] | None = None
     departments: tuple[str, ...]
     stop: bool = False
 
@@ -111,12 +127,18 @@ class Rule(BaseModel):
     def _district_names(cls, value: object) -> object:
         return _districts(value)
 
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_names(cls, value: object) -> object:
+        return _priorities(value)
+
     def matches(self, request: ServiceRequest) -> bool:
         return (
             (self.services is None or request.service_code in self.services)
             and (self.channels is None or request.channel in self.channels)
             and (self.within is None or self.within.contains(request.lat, request.long))
             and in_districts(self.districts, request.districts)
+            and (self.priority is None or request.priority in self.priority)
         )
 
 
@@ -160,42 +182,52 @@ class Interest(BaseModel):
 
     ``services: [noise]`` makes the department receive every noise request as well as whoever
     owns it; ``within`` (a box) and ``districts`` (``{ward: ["Ward 7"]}``) narrow that to an
-    area, or alone subscribe to everything there (a ward office). All unset: nothing extra.
+    area, or alone subscribe to everything there (a ward office); ``priority: [emergency, high]``
+    narrows to the urgent ones, or alone subscribes to every urgent request (a duty officer).
+    All unset: nothing extra.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)  # the sinks stage reads the rest
     services: tuple[str, ...] | None = None
     within: Box | None = None
     districts: Districts | None = None
+    priority: tuple[Priority, ...] | None = None
 
     @field_validator("districts", mode="before")
     @classmethod
     def _district_names(cls, value: object) -> object:
         return _districts(value)
 
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_names(cls, value: object) -> object:
+        return _priorities(value)
+
     def matches(self, request: ServiceRequest) -> bool:
-        if self.services is None and self.within is None and self.districts is None:
+        if self.services is None and self.within is None and self.districts is None and self.priority is None:
             return False
         return (
             (self.services is None or request.service_code in self.services)
             and (self.within is None or self.within.contains(request.lat, request.long))
             and in_districts(self.districts, request.districts)
+            and (self.priority is None or request.priority in self.priority)
         )
 
 
 def load_interests(path: str | Path | None) -> dict[str, Interest]:
     """Departments' declared interests from the subscriptions file (None: the packaged default)."""
     file = Path(path) if path else Path(__file__).resolve().parents[1] / "sinks" / "subscriptions.yaml"
+    department = None
     try:
         data = yaml.safe_load(file.read_text()) or {}
-        departments = data.get("departments") or {}
-        return {
-            d: Interest.model_validate(entry or {})
-            for d, entry in departments.items()
-            if d != "*" and _departments(d)
-        }
+        interests: dict[str, Interest] = {}
+        for department, entry in (data.get("departments") or {}).items():
+            if department != "*" and _departments(department):
+                interests[department] = Interest.model_validate(entry or {})
+        return interests
     except (OSError, yaml.YAMLError, ValidationError, ValueError, AttributeError) as exc:
-        raise ValueError(f"subscriptions {file}: {exc}") from exc
+        where = f" department {department!r}:" if department is not None else ""
+        raise ValueError(f"subscriptions {file}:{where} {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from schemas.messages import render
+
 DEFAULT_EMERGENCY_PATH = Path(__file__).with_name("emergency.yaml")
 
 MAX_GAP_WORDS = 3  # what "..." in a phrase allows between its neighbours
@@ -116,6 +118,33 @@ class EmergencyMatch:
 def default_rules() -> EmergencyRules:
     """The packaged rules, loaded once per process (channels check every inbound text)."""
     return EmergencyRules.load()
+
+
+@lru_cache(maxsize=8)
+def rules_for(path: Path | None) -> EmergencyRules:
+    """The rules of the ``emergency_rules_file`` setting (``None``: the packaged ones), loaded once
+    per path: every channel and the normalizer of a process share one compiled copy."""
+    return default_rules() if path is None else EmergencyRules.load(path)
+
+
+def warning(
+    text: str, language: str | None, rules: EmergencyRules | None = None, *, key: str = "call_911"
+) -> str | None:
+    """The "call 911" line in ``language`` when ``text`` reads like an emergency, else ``None``.
+
+    The one check every channel's immediate reply makes; the reply puts it first. ``key`` picks
+    the wording (``voice.call_911`` is written for text-to-speech). ``rules``: ``rules_for(...)``
+    of the configured file; ``None``: the packaged rules.
+    """
+    if (rules or default_rules()).detect(text) is None:
+        return None
+    return render(key, language)
+
+
+def with_warning(text: str, reply: str, language: str | None, rules: EmergencyRules | None = None) -> str:
+    """``reply`` with the "call 911" line in front when ``text`` reads like an emergency."""
+    line = warning(text, language, rules)
+    return reply if line is None else f"{line} {reply}"
 
 
 @lru_cache(maxsize=1)

@@ -109,6 +109,11 @@ class ServiceRequest(BaseModel):
     triage: bool = Field(default=False, description="confidence too low: a person must classify")
     triage_reason: str | None = Field(default=None, description="why a person must look at it")
     priority: Priority = Priority.NORMAL
+    priority_reason: str | None = Field(
+        default=None,
+        max_length=300,
+        description='why this priority, for an operator ("cue: blocking the road", "service default")',
+    )
     emergency: str | None = Field(default=None, description='what emergency the text describes ("gas")')
     incident_id: str | None = Field(default=None, description="ticket of the incident's first request")
     incident_reports: int = Field(default=1, ge=1, description="reports of the incident so far")

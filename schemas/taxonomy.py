@@ -7,6 +7,7 @@ keywords and service levels without touching code; the classifier and router rea
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from schemas.emergency import phrase_pattern
+from schemas.request import Priority
 
 DEFAULT_TAXONOMY_PATH = Path(__file__).with_name("taxonomy.yaml")
 
@@ -48,10 +52,21 @@ class IncidentDefaults(IncidentRule):
     """The rule for services that set none, and how long a closed incident may be reopened.
 
     A report within ``cooloff_hours`` of a close reopens the incident (the fix did not hold);
-    after that, it opens a new incident linked to the closed one.
+    after that, it opens a new incident linked to the closed one. An incident reaching
+    ``escalate_after`` reports becomes at least ``high`` priority (None: never).
     """
 
     cooloff_hours: float = Field(default=48.0, ge=0)
+    escalate_after: int | None = Field(default=3, ge=2)
+
+
+# Most urgent first: comparisons ("at least high") use the index.
+PRIORITY_ORDER: tuple[Priority, ...] = (Priority.EMERGENCY, Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+def more_urgent(a: Priority, b: Priority) -> Priority:
+    """The more urgent of two priorities."""
+    return a if PRIORITY_ORDER.index(a) <= PRIORITY_ORDER.index(b) else b
 
 
 class Service(BaseModel):
@@ -66,8 +81,49 @@ class Service(BaseModel):
     group: str = ""
     keywords: tuple[str, ...] = ()
     examples: tuple[str, ...] = ()
-    sla_hours: float | None = Field(default=None, gt=0)
+    sla_hours: float | None = Field(default=None, gt=0, description="the target at the service's priority")
+    sla_by_priority: dict[Priority, float] = Field(
+        default_factory=dict, description="explicit targets per priority (sla_hours: {high: 24, ...})"
+    )
+    priority: Priority = Field(default=Priority.NORMAL, description="the default: high, normal or low")
     incident: IncidentRule | None = Field(default=None, description="None: the taxonomy's default")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sla_per_priority(cls, data: Any) -> Any:
+        """``sla_hours: {high: 24, normal: 72}`` -> ``sla_by_priority`` plus ``sla_hours`` at the
+        service's own priority (which the mapping must give), so ``sla_hours`` stays one number."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("sla_hours"), Mapping):
+            return data
+        if "sla_by_priority" in data:
+            raise ValueError("give sla_hours either as a mapping or sla_by_priority, not both")
+        out = dict(data)
+        by_priority = dict(out.pop("sla_hours"))
+        own = str(out.get("priority") or Priority.NORMAL.value)
+        if own not in {str(k) for k in by_priority}:
+            raise ValueError(
+                f"sla_hours per priority must give the service's own priority {own!r}"
+                f" (given: {', '.join(map(str, by_priority)) or 'none'})"
+            )
+        out["sla_hours"] = next(v for k, v in by_priority.items() if str(k) == own)
+        out["sla_by_priority"] = by_priority
+        return out
+
+    @field_validator("sla_by_priority")
+    @classmethod
+    def _positive_hours(cls, value: dict[Priority, float]) -> dict[Priority, float]:
+        if bad := [f"{p.value}: {h}" for p, h in value.items() if not h > 0]:
+            raise ValueError(f"sla_hours must be greater than 0 ({', '.join(bad)})")
+        return value
+
+    @field_validator("priority")
+    @classmethod
+    def _no_default_emergency(cls, value: Priority) -> Priority:
+        if value is Priority.EMERGENCY:
+            # Emergency means "the text describes a danger to life" (schemas/emergency.yaml): the
+            # resident is told to call 911. A service cannot be one by default.
+            raise ValueError("a service's priority is high, normal or low (emergency comes from the text)")
+        return value
 
     @field_validator("code")
     @classmethod
@@ -98,8 +154,31 @@ class Taxonomy(BaseModel):
     fallback_code: str = "other"
     triage_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
     incidents: IncidentDefaults = IncidentDefaults()
+    # Phrases (English and Spanish; emergency.yaml's syntax) that raise a request to high.
+    priority_cues: tuple[str, ...] = ()
+    # Ones that look like a cue but are not ("not dangerous"): the text they cover is ignored.
+    not_priority_cues: tuple[str, ...] = ()
+    # The longest a request of this priority may wait, whatever its service's sla_hours says
+    # (a service's explicit per-priority hours win). Priorities not listed keep the service's.
+    priority_sla_hours: dict[Priority, float] = Field(default_factory=dict)
 
     _by_code: dict[str, Service] = PrivateAttr(default_factory=dict)
+
+    @field_validator("priority_cues", "not_priority_cues")
+    @classmethod
+    def _phrases_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for phrase in value:
+            if not phrase.strip():
+                raise ValueError("phrases must not be empty strings")
+            phrase_pattern(phrase)  # raises ValueError naming the phrase
+        return value
+
+    @field_validator("priority_sla_hours")
+    @classmethod
+    def _positive_caps(cls, value: dict[Priority, float]) -> dict[Priority, float]:
+        if bad := [f"{p.value}: {h}" for p, h in value.items() if not h > 0]:
+            raise ValueError(f"hours must be greater than 0 ({', '.join(bad)})")
+        return value
 
     @model_validator(mode="after")
     def _check_codes(self) -> Taxonomy:
@@ -126,6 +205,32 @@ class Taxonomy(BaseModel):
         if service is None or code == self.fallback_code:
             return IncidentRule(radius_m=0)
         return service.incident or self.incidents
+
+    def sla_hours(self, code: str, priority: Priority) -> float | None:
+        """The service level of a request of service ``code`` at ``priority`` (None: none).
+
+        A service's own hours for that priority (``sla_hours: {high: 24, normal: 72}``) win;
+        otherwise its ``sla_hours``, shortened to ``priority_sla_hours[priority]`` when that is
+        less. A service without a service level has none at any priority.
+        """
+        service = self._by_code.get(code)
+        if service is None:
+            return None
+        if priority in service.sla_by_priority:
+            return service.sla_by_priority[priority]
+        if service.sla_hours is None:
+            return None
+        cap = self.priority_sla_hours.get(priority)
+        return min(service.sla_hours, cap) if cap is not None else service.sla_hours
+
+    def sla_table(self) -> list[tuple[str, Priority, float]]:
+        """Every (service code, priority, hours) with a service level: what the case store joins on."""
+        return [
+            (code, priority, hours)
+            for code in self.codes
+            for priority in PRIORITY_ORDER
+            if (hours := self.sla_hours(code, priority)) is not None
+        ]
 
     @property
     def codes(self) -> tuple[str, ...]:

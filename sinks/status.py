@@ -27,8 +27,9 @@ from intake311.stage import (
     publish_with_retry,
     records_from,
 )
+from schemas.messages import render, resolve_language, service_name
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
-from schemas.status import State, StatusChange
+from schemas.status import StatusChange
 from schemas.topics import Topics
 from sinks.postgres.store import Case, CaseStore
 
@@ -40,25 +41,6 @@ log = get_logger(__name__)
 # Public channels get no staff notes: a note may name a person or a place.
 PUBLIC_CHANNELS = frozenset({"x", "mastodon"})
 
-_EN = "311 update, ticket {ticket}: "
-_ES = "Actualización 311, caso {ticket}: "
-TEMPLATES: dict[str, dict[State, str]] = {
-    "en": {
-        State.NEW: _EN + "your {service} report has been reopened.{notes}",
-        State.ACKNOWLEDGED: _EN + "{agency} has received your {service} report.{notes}",
-        State.IN_PROGRESS: _EN + "work on your {service} report has started.{notes}",
-        State.CLOSED: _EN + "your {service} report is closed.{notes} Thank you.",
-    },
-    "es": {
-        State.NEW: _ES + "su reporte de {service} se ha reabierto.{notes}",
-        State.ACKNOWLEDGED: _ES + "{agency} recibió su reporte de {service}.{notes}",
-        State.IN_PROGRESS: _ES + "comenzó el trabajo en su reporte de {service}.{notes}",
-        State.CLOSED: _ES + "su reporte de {service} está cerrado.{notes} Gracias.",
-    },
-}
-SUBJECTS = {"en": "Update on your 311 request {ticket}", "es": "Actualización de su solicitud 311 {ticket}"}
-NOTE_PREFIX = {"en": " Note: ", "es": " Nota: "}
-
 
 def notification_for(case: Case, change: StatusChange) -> OutboundMessage | None:
     """The message telling the resident about ``change``, or None when we cannot reach them."""
@@ -66,16 +48,17 @@ def notification_for(case: Case, change: StatusChange) -> OutboundMessage | None
     channel, address = reply.get("channel"), reply.get("address")
     if not channel or not address:
         return None
-    language = str(reply.get("language") or case.language or "en")[:2]
-    if language not in TEMPLATES:
-        language = "en"
+    language = resolve_language(str(reply.get("language") or case.language or ""))
     notes = ""
     if change.notes and channel not in PUBLIC_CHANNELS:
-        notes = NOTE_PREFIX[language] + change.notes.strip()[:300]
-    text = TEMPLATES[language][change.state].format(
+        notes = render("status.note", language, note=change.notes.strip()[:300])
+    service = service_name(case.service_code, language, case.service_name)
+    text = render(
+        f"status.{change.state.value}",
+        language,
         ticket=case.request_id,
-        service=case.service_name.lower() if language == "en" else case.service_name,
-        agency=(case.agency_responsible or "the city").replace("-", " "),
+        service=service.lower() if language == "en" else service,  # "your pothole report"
+        agency=(case.agency_responsible or render("status.the_city", language)).replace("-", " "),
         notes=notes,
     )
     return OutboundMessage(
@@ -87,7 +70,7 @@ def notification_for(case: Case, change: StatusChange) -> OutboundMessage | None
         thread=reply.get("thread"),
         language=language,
         kind=MessageKind.STATUS,
-        subject=SUBJECTS[language].format(ticket=case.request_id),
+        subject=render("status.subject", language, ticket=case.request_id),
         text=text,
         created_at=change.at,
     )

@@ -21,9 +21,9 @@ from sinks.base import SinkConfig, parse_sink_config
 
 DEFAULT_SUBSCRIPTIONS_PATH = Path(__file__).with_name("subscriptions.yaml")
 ALL = "*"
-# services/within/districts say what the department subscribes to: the router reads and validates
-# them (router/routing.py, ``Interest``); here they are only allowed keys.
-_DEPARTMENT_KEYS = frozenset({"inherit", "sinks", "services", "within", "districts"})
+# services/within/districts/priority say what the department subscribes to: the router reads and
+# validates them (router/routing.py, ``Interest``); here they are only allowed keys.
+_DEPARTMENT_KEYS = frozenset({"inherit", "sinks", "services", "within", "districts", "priority"})
 
 
 @dataclass(frozen=True)

@@ -20,48 +20,33 @@ from channels.email.config import EmailConfig, RelayConfig
 from channels.email.thread import ack_message_id, clean_subject, subject_token
 from channels.plugin import SendError
 from schemas.contact import RawContact
+from schemas.emergency import EmergencyRules, warning
+from schemas.messages import render, resolve_language
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 
-_TEXT = {
-    ("en", False): (
-        "Your 311 report",
-        "Thank you for your report to {name}. Your ticket number is {ticket}.\n\n"
-        "We have passed it to the department that handles it. To add details or photos, reply to "
-        "this email and keep {token} in the subject.\n\n"
-        "This is an automatic reply. If anyone is in danger, call 911.",
-    ),
-    ("en", True): (
-        "Your 311 report",
-        "Thank you. We added your message to report {ticket}.\n\n"
-        "This is an automatic reply. If anyone is in danger, call 911.",
-    ),
-    ("es", False): (
-        "Su reporte al 311",
-        "Gracias por su reporte a {name}. Su número de caso es {ticket}.\n\n"
-        "Lo enviamos al departamento responsable. Para agregar detalles o fotos, responda a este "
-        "correo y mantenga {token} en el asunto.\n\n"
-        "Este es un mensaje automático. Si alguien está en peligro, llame al 911.",
-    ),
-    ("es", True): (
-        "Su reporte al 311",
-        "Gracias. Agregamos su mensaje al caso {ticket}.\n\n"
-        "Este es un mensaje automático. Si alguien está en peligro, llame al 911.",
-    ),
-}
 
-
-def acknowledgement(contact: RawContact, *, from_name: str) -> OutboundMessage:
+def acknowledgement(
+    contact: RawContact, *, from_name: str, emergencies: EmergencyRules | None = None
+) -> OutboundMessage:
     """The acknowledgement for a published contact (which must have a ``reply`` address).
 
     Its ``message_id`` derives from the resident's message, so a replayed contact queues the
-    same message and the outbound stage sends it once.
+    same message and the outbound stage sends it once. Emergency language (``emergencies``: the
+    configured rules, None: the packaged ones) puts "call 911" first: in the subject and as the
+    body's first line.
     """
     assert contact.reply is not None
-    language = contact.language if contact.language in ("en", "es") else "en"
-    default_subject, body = _TEXT[(language, contact.continues)]
+    language = resolve_language(contact.language)
     original = clean_subject(str(contact.metadata.get("subject") or ""))
     token = subject_token(contact.request_id)
+    default_subject = render("email.ack.subject", language)
     subject = f"Re: {original} {token}" if original else f"{default_subject} {token}"
+    key = "email.ack.added" if contact.continues else "email.ack.new"
+    body = render(key, language, name=from_name, ticket=contact.request_id, token=token)
+    danger = warning(f"{original}\n{contact.text}", language, emergencies)
+    if danger is not None:
+        subject = render("email.ack.emergency_subject", language, subject=subject)
+        body = f"{danger}\n\n{body}"
     thread = contact.reply.thread
     return OutboundMessage(
         message_id=outbound_message_id(
@@ -74,7 +59,7 @@ def acknowledgement(contact: RawContact, *, from_name: str) -> OutboundMessage:
         language=language,
         kind=MessageKind.ACKNOWLEDGEMENT,
         subject=subject[:300],
-        text=body.format(name=from_name, ticket=contact.request_id, token=token),
+        text=body,
     )
 
 

@@ -9,7 +9,7 @@ only queued on the outbox afterwards: a relay outage delays it and blocks nothin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -27,6 +27,8 @@ from channels.email.parse import ParsedEmail, parse_email, parse_message
 from channels.email.state import EmailState
 from intake311.logging import get_logger
 from schemas.contact import Media, RawContact, SenderKind, mask
+from schemas.emergency import EmergencyRules
+from schemas.language import DEFAULT_LANGUAGES
 from schemas.outbound import OutboundMessage
 
 log = get_logger("channels.email")
@@ -90,8 +92,12 @@ class EmailIntake:
         stats: EmailStats,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        emergencies: EmergencyRules | None = None,
+        languages: Sequence[str] = DEFAULT_LANGUAGES,
     ) -> None:
         self.config = config
+        self.languages = tuple(languages)  # settings.languages: what parse_email detects among
+        self.emergencies = emergencies  # None: the packaged rules
         self.publisher = publisher
         self.outbox = outbox
         self.media = media
@@ -103,7 +109,7 @@ class EmailIntake:
         self, raw: bytes, *, source: str, envelope_from: str | None = None, mailbox: str | None = None
     ) -> IngestResult:
         try:
-            parsed = parse_email(raw, envelope_from=envelope_from)
+            parsed = parse_email(raw, envelope_from=envelope_from, languages=self.languages)
         except Exception as exc:  # the stdlib parser is lenient; this is truly unreadable input
             self.stats.rejected += 1
             log.warning("email unreadable", source=source, error=type(exc).__name__)
@@ -113,7 +119,8 @@ class EmailIntake:
     async def ingest_message(
         self, message: EmailMessage, *, source: str, envelope_from: str | None = None
     ) -> IngestResult:
-        return await self.ingest(parse_message(message, envelope_from=envelope_from), source=source)
+        parsed = parse_message(message, envelope_from=envelope_from, languages=self.languages)
+        return await self.ingest(parsed, source=source)
 
     async def ingest(self, parsed: ParsedEmail, *, source: str, mailbox: str | None = None) -> IngestResult:
         """Raise ``TemporaryFailure`` if the contact could not be published (the sender retries)."""
@@ -193,7 +200,7 @@ class EmailIntake:
                 bound.warning("acknowledgement rate limit reached for sender")
                 return
             # Bounded: the sender is still waiting for its 250 while this runs.
-            ack = acknowledgement(contact, from_name=self.config.from_name)
+            ack = acknowledgement(contact, from_name=self.config.from_name, emergencies=self.emergencies)
             await asyncio.wait_for(self.outbox.send(ack), ACK_QUEUE_TIMEOUT_S)
         except Exception as exc:
             # The contact is on Kafka and the sender got its 250: a missing acknowledgement is

@@ -10,13 +10,15 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
+
+from schemas.language import DEFAULT_LANGUAGES, detector
 
 MAX_TEXT = 20_000
 
@@ -68,17 +70,33 @@ class ParsedEmail:
         return tuple(a for a in self.attachments if a.is_image)
 
 
-def parse_email(raw: bytes, *, envelope_from: str | None = None) -> ParsedEmail:
+def parse_email(
+    raw: bytes, *, envelope_from: str | None = None, languages: Sequence[str] = DEFAULT_LANGUAGES
+) -> ParsedEmail:
     """Parse RFC 5322 bytes. ``envelope_from`` is SMTP's MAIL FROM (``""`` for the null sender)."""
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    return parse_message(message, envelope_from=envelope_from, fingerprint=hashlib.sha256(raw).hexdigest())
+    return parse_message(
+        message,
+        envelope_from=envelope_from,
+        fingerprint=hashlib.sha256(raw).hexdigest(),
+        languages=languages,
+    )
 
 
 def parse_message(
-    message: EmailMessage, *, envelope_from: str | None = None, fingerprint: str | None = None
+    message: EmailMessage,
+    *,
+    envelope_from: str | None = None,
+    fingerprint: str | None = None,
+    languages: Sequence[str] = DEFAULT_LANGUAGES,
 ) -> ParsedEmail:
-    """Parse an already built message (the webhooks rebuild one from the provider's fields)."""
+    """Parse an already built message (the webhooks rebuild one from the provider's fields).
+
+    ``language`` is detected among ``languages`` (settings.languages) from the subject and the
+    resident's words; Content-Language only breaks a tie, because mail clients set it from their
+    interface locale (Outlook says en-US above a Spanish message).
+    """
     if fingerprint is None:
         try:
             fingerprint = hashlib.sha256(message.as_bytes()).hexdigest()
@@ -107,7 +125,7 @@ def parse_message(
         attachments=tuple(_attachments(message)),
         automatic=automatic,
         no_ack=no_ack,
-        language=guess_language(f"{subject}\n{text}", _header(message, "content-language")),
+        language=detector(languages).choose(f"{subject}\n{text}", hint=_header(message, "content-language")),
         return_path=return_path,
         fingerprint=fingerprint,
     )
@@ -388,118 +406,3 @@ def _tidy(text: str) -> str:
 def clean_body(text: str) -> str:
     """What the resident wrote this time: no quoted history, no signature, tidy whitespace."""
     return _tidy(strip_signature(strip_quoted(text)))
-
-
-# --- language ----------------------------------------------------------------------------------
-
-_ES_WORDS = frozenset(
-    [
-        "el",
-        "la",
-        "los",
-        "las",
-        "del",
-        "que",
-        "en",
-        "por",
-        "para",
-        "con",
-        "una",
-        "un",
-        "hay",
-        "está",
-        "esta",
-        "están",
-        "calle",
-        "basura",
-        "mi",
-        "es",
-        "se",
-        "al",
-        "lo",
-        "muy",
-        "gracias",
-        "hola",
-        "favor",
-        "frente",
-        "esquina",
-        "desde",
-        "hace",
-        "días",
-        "dias",
-        "semana",
-        "casa",
-        "luz",
-        "hoyo",
-        "bache",
-        "señor",
-        "señora",
-        "buenos",
-        "buenas",
-        "tardes",
-        "noches",
-        "nuestra",
-        "nuestro",
-        "vecino",
-        "vecinos",
-        "también",
-        "pero",
-        "como",
-        "cuando",
-        "donde",
-    ]
-)
-_EN_WORDS = frozenset(
-    [
-        "the",
-        "and",
-        "is",
-        "are",
-        "there",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "my",
-        "for",
-        "with",
-        "this",
-        "that",
-        "please",
-        "street",
-        "has",
-        "have",
-        "it",
-        "been",
-        "since",
-        "thanks",
-        "thank",
-        "hello",
-        "outside",
-        "near",
-        "a",
-        "an",
-        "our",
-        "we",
-        "was",
-        "were",
-        "not",
-        "from",
-        "by",
-        "trash",
-        "light",
-        "hole",
-    ]
-)
-
-
-def guess_language(text: str, content_language: str = "") -> str:
-    """``es`` or ``en`` from a light word count: enough to pick the acknowledgement template."""
-    declared = content_language.strip().lower()[:2]
-    if declared in ("es", "en"):
-        return declared
-    words = re.findall(r"[a-záéíóúñü]+", text.lower())
-    es = sum(w in _ES_WORDS for w in words) + 2 * len(re.findall(r"[ñ¿¡]", text.lower()))
-    en = sum(w in _EN_WORDS for w in words)
-    return "es" if es >= 2 and es > en else "en"

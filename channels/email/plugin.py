@@ -61,7 +61,14 @@ class EmailChannel(ChannelPlugin):
         self.state = EmailState(context.data_dir / "state.sqlite3")
         self.media = media or build_media_store(config, context)
         self.intake = EmailIntake(
-            config, context.publisher, context.outbox, self.media, self.state, self.stats
+            config,
+            context.publisher,
+            context.outbox,
+            self.media,
+            self.state,
+            self.stats,
+            emergencies=self.emergencies,
+            languages=context.settings.languages,
         )
         self.smtp = (
             SmtpListener(config, self.intake, self.stats)

@@ -256,7 +256,8 @@ def email_routes(
 
     async def ingest(message: EmailMessage | bytes, source: str, envelope_from: str | None) -> IngestResult:
         if isinstance(message, bytes):
-            return await intake.ingest(parse_email(message, envelope_from=envelope_from), source=source)
+            parsed = parse_email(message, envelope_from=envelope_from, languages=intake.languages)
+            return await intake.ingest(parsed, source=source)
         return await intake.ingest_message(message, source=source, envelope_from=envelope_from)
 
     if config.mailgun is not None and config.mailgun.enabled:

@@ -8,7 +8,6 @@ never to a number that texted STOP. See docs/twilio.md.
 
 from channels.sms.config import SmsConfig, TwilioWebhookConfig
 from channels.sms.dialogue import Outcome, SmsDialogue
-from channels.sms.language import detect_language, render
 from channels.sms.location import find_location, has_location
 from channels.sms.parse import Keyword, keyword, parse_sms
 from channels.sms.plugin import SmsChannel
@@ -22,10 +21,8 @@ __all__ = [
     "SmsDialogue",
     "TwilioSignature",
     "TwilioWebhookConfig",
-    "detect_language",
     "find_location",
     "has_location",
     "keyword",
     "parse_sms",
-    "render",
 ]

@@ -10,31 +10,23 @@ conversation as it was, so Twilio's retry of the same MessageSid gets the same t
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from channels.base import ContactPublisher
 from channels.conversation import Conversation, ConversationStore
 from channels.sms.config import SmsConfig
-from channels.sms.language import choose_language, detect_language, render
 from channels.sms.location import has_location
 from channels.sms.parse import CHANNEL, Keyword, keyword, media_of, parse_sms, sender_number, sms_contact_id
 from intake311.logging import get_logger
 from schemas.contact import RawContact, mask
-from schemas.emergency import default_rules
+from schemas.emergency import EmergencyRules, with_warning
 from schemas.ids import ticket_for
-from schemas.messages import render as render_message
+from schemas.language import DEFAULT_LANGUAGES, detector
+from schemas.messages import render
 
 log = get_logger("channels.sms")
-
-
-def _warn_if_emergency(text: str, reply: str, language: str) -> str:
-    """Emergency language gets "call 911" first, before anything else in the reply: the request
-    is still created (and copied to the emergency department), but a text is no way to get help."""
-    if default_rules().detect(text) is None:
-        return reply
-    return f"{render_message('call_911', language)} {reply}"
 
 
 class BusDown(Exception):
@@ -51,13 +43,28 @@ class Outcome:
 class SmsDialogue:
     """The SMS conversation rules over a ``ConversationStore`` and a ``ContactPublisher``."""
 
-    def __init__(self, config: SmsConfig, store: ConversationStore, publisher: ContactPublisher) -> None:
+    def __init__(
+        self,
+        config: SmsConfig,
+        store: ConversationStore,
+        publisher: ContactPublisher,
+        emergencies: EmergencyRules | None = None,
+        *,
+        languages: Sequence[str] = DEFAULT_LANGUAGES,
+    ) -> None:
         self.config = config
         self.store = store
         self.publisher = publisher
+        self.emergencies = emergencies  # None: the packaged rules
+        self.detector = detector(languages)  # settings.languages
 
     def _text(self, key: str, language: str, **values: str) -> str:
-        return render(key, language, brand=self.config.brand, phone=self.config.help_phone, **values)
+        return render(f"sms.{key}", language, brand=self.config.brand, phone=self.config.help_phone, **values)
+
+    def _warn_if_emergency(self, text: str, reply: str, language: str) -> str:
+        """Emergency language gets "call 911" first, before anything else in the reply: the request
+        is still created (and copied to the emergency department), but a text is no way to get help."""
+        return with_warning(text, reply, language, self.emergencies)
 
     async def handle(self, form: Mapping[str, str], received_at: datetime) -> Outcome:
         number = sender_number(form)
@@ -106,7 +113,7 @@ class SmsDialogue:
         candidate = Conversation(
             request_id=ticket_for(contact_id),
             opened_by=contact_id,
-            language=choose_language(body, self.config.default_language),
+            language=self.detector.choose(body, fallback=self.config.default_language),
             awaiting="location" if asking else None,
             opened_at=now,
             updated_at=now,
@@ -123,7 +130,7 @@ class SmsDialogue:
         await self._publish(contact, release=(number, conversation.opened_by))
         key = "received_ask" if conversation.awaiting == "location" else "received"
         reply = self._text(key, conversation.language, ticket=contact.request_id)
-        return Outcome("opened", _warn_if_emergency(contact.text, reply, conversation.language), contact)
+        return Outcome("opened", self._warn_if_emergency(contact.text, reply, conversation.language), contact)
 
     async def _continue(
         self,
@@ -135,8 +142,9 @@ class SmsDialogue:
     ) -> Outcome:
         # The conversation's language sticks: an answer like "Oak St & 5th" says nothing about it.
         language = conversation.language
-        if detect_language(body) not in (None, language) and len(body.split()) >= 6:
-            language = detect_language(body) or language
+        detected = self.detector.detect(body)
+        if detected is not None and detected != language and len(body.split()) >= 6:
+            language = detected
         answers = conversation.awaiting
         contact = parse_sms(
             form,
@@ -154,7 +162,7 @@ class SmsDialogue:
         )
         key = "location_added" if answers == "location" else "added"
         reply = self._text(key, language, ticket=contact.request_id)
-        return Outcome("continued", _warn_if_emergency(body, reply, language), contact)
+        return Outcome("continued", self._warn_if_emergency(body, reply, language), contact)
 
     async def _publish(self, contact: RawContact, *, release: tuple[str, str] | None) -> None:
         bound = log.bind(contact_id=contact.contact_id, request_id=contact.request_id, channel=CHANNEL)

@@ -6,14 +6,14 @@ without an app, a store or a broker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 
-from channels.sms.language import choose_language
 from channels.sms.location import find_location
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
 from schemas.ids import make_contact_id, ticket_for
+from schemas.language import DEFAULT_LANGUAGES, detector
 
 CHANNEL = "sms"
 MAX_MEDIA = 10  # Twilio's own limit per message
@@ -115,19 +115,21 @@ def parse_sms(
     language: str | None = None,
     answers: str | None = None,
     default_language: str = "en",
+    languages: Sequence[str] = DEFAULT_LANGUAGES,
 ) -> RawContact:
     """The ``RawContact`` for one inbound text.
 
     ``request_id`` is the ticket of an open conversation this text continues (None: it opens
     its own ticket). ``answers="location"`` marks the reply to our "where is it?" question, so
-    the text is the location.
+    the text is the location. ``language`` is the conversation's (None: detect it from the text
+    among ``languages``, ``default_language`` when the text does not say).
     """
     number = sender_number(form)
     contact_id = sms_contact_id(form)
     own_ticket = ticket_for(contact_id)
     ticket = request_id or own_ticket
     text = (form.get("Body") or "").strip()[:MAX_TEXT]
-    lang = language or choose_language(text, default_language)
+    lang = language or detector(languages).choose(text, fallback=default_language)
     location = None
     if answers == "location" and text:
         # We asked where: the whole answer is the place, unless it is long and holds an address.

@@ -117,7 +117,13 @@ class SmsChannel(TwilioChannel):
                 messaging_service_sid=params.get("MessagingServiceSid"),
             )
             return PlainTextResponse("number not configured for this channel", status_code=403)
-        dialogue = SmsDialogue(self.config, await self.store(), self.context.publisher)
+        dialogue = SmsDialogue(
+            self.config,
+            await self.store(),
+            self.context.publisher,
+            self.emergencies,
+            languages=self.context.settings.languages,
+        )
         try:
             outcome = await dialogue.handle(params, datetime.now(UTC))
         except SmsInvalid as exc:

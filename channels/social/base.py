@@ -25,14 +25,16 @@ from typing import ClassVar
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from channels.plugin import ChannelConfig, ChannelContext, ChannelHealth, ChannelPlugin, SendError
-from channels.social.replies import detect_language, personal_data_in, reply_text, strip_handle
+from channels.social.replies import personal_data_in, reply_text, strip_handle
 from channels.social.state import SocialState
 from intake311.bus import PublishError
 from intake311.logging import get_logger
 from intake311.secrets import resolve_secret
 from intake311.stage import explain
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind, mask
+from schemas.emergency import warning
 from schemas.ids import find_ticket, make_contact_id, ticket_for
+from schemas.language import detector
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 
 log = get_logger(__name__)
@@ -364,7 +366,9 @@ class SocialChannel(ChannelPlugin):
         contact_id = make_contact_id(self.name, mention.id)
         ticket, continues = self.ticket_of(mention, contact_id)
         text = strip_handle(mention.text, self.config.handle)
-        language = detect_language(text, mention.language)
+        # The provider's tag (X "lang", Mastodon "language") only breaks a tie: both tag short
+        # posts by their own guess, often "und" or wrong (docs/language.md).
+        language = detector(self.context.settings.languages).choose(text, hint=mention.language)
         handle = f"@{mention.author_handle.lstrip('@')}"
         address = mention.place if mention.place_is_address else None
         location = Location(lat=mention.lat, long=mention.long, address=address)
@@ -432,7 +436,12 @@ class SocialChannel(ChannelPlugin):
             thread=contact.reply.thread,
             language=contact.reply.language,
             kind=MessageKind.ACKNOWLEDGEMENT,
-            text=reply_text(contact.request_id, contact.reply.language, follow_up=contact.continues),
+            text=reply_text(
+                contact.request_id,
+                contact.reply.language,
+                follow_up=contact.continues,
+                warning=warning(contact.text, contact.reply.language, self.emergencies),
+            ),
         )
 
     # outbound

@@ -1,4 +1,4 @@
-"""What the city says in public: fixed templates, a language guess, and a personal-data guard.
+"""What the city says in public: fixed templates and a personal-data guard.
 
 A reply on a social network is public (or, on Mastodon, at least visible to the resident's
 server), so it is built only from the ticket number, at most the service name, and a fixed
@@ -10,105 +10,10 @@ from __future__ import annotations
 
 import re
 
-LANGUAGES = ("en", "es")
+from schemas.messages import render, service_name
 
-_ACKNOWLEDGE = {
-    "en": (
-        "Thanks for reporting this to 311. Your ticket number is {ticket}{service}. "
-        "Reply here to add details, but please don't post personal information."
-    ),
-    "es": (
-        "Gracias por reportar esto al 311. Su número de caso es {ticket}{service}. "
-        "Responda aquí para agregar detalles, pero no publique información personal."
-    ),
-}
-_FOLLOW_UP = {
-    "en": "Thanks, we added this to 311 ticket {ticket}{service}.",
-    "es": "Gracias, agregamos esto al caso {ticket}{service} del 311.",
-}
-
-# Words that lean one way; "no", "a" and "en" are left out because both languages use them.
-_ES_WORDS = frozenset(
-    {
-        "el",
-        "la",
-        "los",
-        "las",
-        "del",
-        "hay",
-        "calle",
-        "esquina",
-        "por",
-        "favor",
-        "gracias",
-        "luz",
-        "basura",
-        "bache",
-        "baches",
-        "que",
-        "una",
-        "un",
-        "esta",
-        "está",
-        "funciona",
-        "frente",
-        "semáforo",
-        "farola",
-        "poste",
-        "con",
-        "muy",
-        "desde",
-        "hace",
-        "días",
-        "noche",
-        "ruido",
-        "perro",
-        "agua",
-        "avenida",
-        "acera",
-        "roto",
-        "rota",
-        "tirada",
-        "recogieron",
-        "vecinos",
-    }
-)
-_EN_WORDS = frozenset(
-    {
-        "the",
-        "is",
-        "at",
-        "on",
-        "out",
-        "there",
-        "street",
-        "light",
-        "trash",
-        "please",
-        "and",
-        "not",
-        "of",
-        "to",
-        "outside",
-        "near",
-        "broken",
-        "pothole",
-        "missed",
-        "pickup",
-        "noise",
-        "dark",
-        "since",
-        "days",
-        "night",
-        "water",
-        "sidewalk",
-        "avenue",
-        "corner",
-        "hi",
-        "hello",
-    }
-)
-_WORD = re.compile(r"[a-záéíóúüñ]+")
+# X's limit; Mastodon allows 500 (the "@handle " it puts in front fits in the difference).
+MAX_PUBLIC_REPLY = 280
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"(?<!\w)\+?\d(?:[\s().-]*\d){6,}(?!\w)")
@@ -116,29 +21,31 @@ _PHONE = re.compile(r"(?<!\w)\+?\d(?:[\s().-]*\d){6,}(?!\w)")
 _DATES = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b")
 
 
-def detect_language(text: str, hint: str | None = None) -> str:
-    """``en`` or ``es``: the provider's language tag if it is one of ours, else a word count.
-
-    Light on purpose: a wrong guess costs a reply in the other language, never a lost report.
-    """
-    if hint and hint[:2].lower() in LANGUAGES:
-        return hint[:2].lower()
-    lowered = text.lower()
-    if any(c in lowered for c in "ñ¿¡"):
-        return "es"
-    words = _WORD.findall(lowered)
-    spanish = sum(w in _ES_WORDS or any(c in w for c in "áéíóú") for w in words)
-    english = sum(w in _EN_WORDS for w in words)
-    return "es" if spanish > english else "en"
-
-
 def reply_text(
-    ticket: str, language: str = "en", *, follow_up: bool = False, service: str | None = None
+    ticket: str,
+    language: str = "en",
+    *,
+    follow_up: bool = False,
+    service: str | None = None,
+    service_code: str | None = None,
+    warning: str | None = None,
 ) -> str:
-    """The public reply for a ticket: a fixed template, the ticket and at most the service name."""
-    templates = _FOLLOW_UP if follow_up else _ACKNOWLEDGE
-    template = templates.get(language, templates["en"])
-    return template.format(ticket=ticket, service=f" ({service})" if service else "")
+    """The public reply for a ticket: a fixed template, the ticket and at most the service name.
+
+    ``service`` is the taxonomy's name, shown as ``service.<service_code>`` in the resident's
+    language when there is one. ``warning`` ("call 911", from ``schemas.emergency.warning``) goes
+    first; to stay within ``MAX_PUBLIC_REPLY`` the service name is dropped before anything else.
+    """
+    key = "social.follow_up" if follow_up else "social.acknowledge"
+    name = service_name(service_code, language, service) if service else None
+    for shown in (name, None):
+        part = render("social.service", language, service=shown) if shown else ""
+        text = render(key, language, ticket=ticket, service=part)
+        if warning:
+            text = f"{warning} {text}"
+        if len(text) <= MAX_PUBLIC_REPLY:
+            break
+    return text
 
 
 def personal_data_in(text: str) -> list[str]:

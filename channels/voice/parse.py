@@ -11,15 +11,17 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from channels.sms.language import choose_language, render
 from channels.sms.phone import can_text, is_withheld
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
+from schemas.emergency import EmergencyRules, with_warning
 from schemas.ids import make_contact_id, ticket_for
+from schemas.language import DEFAULT_LANGUAGES, detector
+from schemas.messages import render
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 
 CHANNEL = "voice"
@@ -181,15 +183,19 @@ def parse_transcript(
     received_at: datetime,
     sms_reply: bool = False,
     prefixes: list[str] | None = None,
+    languages: Sequence[str] = DEFAULT_LANGUAGES,
 ) -> RawContact:
-    """The caller's own words are the report; the agent's lines are context, not the resident's."""
+    """The caller's own words are the report; the agent's lines are context, not the resident's.
+
+    The contact's language is detected among ``languages`` (settings.languages) from those words.
+    """
     said = [s.text.strip() for s in transcript.segments if s.speaker.strip().lower() in CALLER_SPEAKERS]
     text = "\n".join(s for s in said if s)[:MAX_TEXT]
     if not text:
         raise VoiceInvalid("no segment from the caller (speaker: caller, resident or customer)")
     contact_id = transcript_contact_id(transcript.call_id)
-    hint = (transcript.language or "").split("-")[0].lower()
-    language = hint if hint in LOCALES else choose_language(text, "en")
+    # The call centre's language tag only breaks a tie: the caller's words say more (docs/language.md).
+    language = detector(languages).choose(text, hint=transcript.language)
     metadata: dict[str, MetadataValue] = {
         "source": "call-centre",
         "call_id": transcript.call_id,
@@ -253,8 +259,14 @@ def verify_transcript(
     return valid
 
 
-def ack_message(contact: RawContact, *, brand: str) -> OutboundMessage | None:
-    """The SMS telling a caller their ticket, when the contact says it can be texted."""
+def ack_message(
+    contact: RawContact, *, brand: str, emergencies: EmergencyRules | None = None
+) -> OutboundMessage | None:
+    """The SMS telling a caller their ticket, when the contact says it can be texted.
+
+    When the call described an emergency, "call 911" comes first (``emergencies``: the configured
+    rules; None: the packaged ones).
+    """
     reply = contact.reply
     if reply is None or reply.channel != SMS_CHANNEL:
         return None
@@ -267,5 +279,10 @@ def ack_message(contact: RawContact, *, brand: str) -> OutboundMessage | None:
         to=reply.address,
         language=reply.language,
         kind=MessageKind.ACKNOWLEDGEMENT,
-        text=render("voice_ack", reply.language, brand=brand, ticket=contact.request_id),
+        text=with_warning(
+            contact.text,
+            render("voice.ack", reply.language, brand=brand, ticket=contact.request_id),
+            reply.language,
+            emergencies,
+        ),
     )

@@ -30,6 +30,7 @@ from channels.voice.parse import (
 )
 from intake311.logging import get_logger
 from schemas.contact import RawContact
+from schemas.emergency import warning
 
 log = get_logger("channels.voice")
 
@@ -105,7 +106,7 @@ class VoiceChannel(TwilioChannel):
             if attempt < 2:
                 urls = self._urls(request)
                 return xml_response(twiml.capture(self.config, urls, language, attempt + 1, mode="gather"))
-            return xml_response(twiml.apology(language, "voice_not_heard"))
+            return xml_response(twiml.apology(language, "voice.not_heard"))
         try:
             contact = parse_speech(
                 params,
@@ -120,7 +121,8 @@ class VoiceChannel(TwilioChannel):
             # The caller is on the line: an apology, not Twilio's "application error".
             return xml_response(twiml.apology(language))
         will_text = await self._acknowledge(contact)
-        return xml_response(twiml.ticket(language, contact.request_id, will_text=will_text))
+        said = warning(contact.text, language, self.emergencies, key="voice.call_911")
+        return xml_response(twiml.ticket(language, contact.request_id, will_text=will_text, warning=said))
 
     async def transcription(self, request: Request) -> Response:
         """Twilio's transcript of a recording (completed or failed): the call's one contact."""
@@ -175,6 +177,7 @@ class VoiceChannel(TwilioChannel):
                 received_at=datetime.now(UTC),
                 sms_reply=self.will_text,
                 prefixes=self.config.sms_ack_prefixes,
+                languages=self.context.settings.languages,
             )
         except ValidationError as exc:
             errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
@@ -186,9 +189,11 @@ class VoiceChannel(TwilioChannel):
                 {"error": "temporarily unavailable"}, status_code=503, headers={"Retry-After": "5"}
             )
         await self._acknowledge(contact)
-        return JSONResponse(
-            {"request_id": contact.request_id, "contact_id": contact.contact_id}, status_code=202
-        )
+        answer = {"request_id": contact.request_id, "contact_id": contact.contact_id}
+        # For the agent's screen; the caller's ticket SMS leads with the same line.
+        if (notice := warning(contact.text, contact.language, self.emergencies)) is not None:
+            answer["service_notice"] = notice
+        return JSONResponse(answer, status_code=202)
 
     # ---- shared -------------------------------------------------------------------------------
 
@@ -213,7 +218,9 @@ class VoiceChannel(TwilioChannel):
 
     async def _acknowledge(self, contact: RawContact) -> bool:
         """Queue the ticket SMS; a queueing failure is logged, the report is already accepted."""
-        message = ack_message(contact, brand=self.config.brand) if self.will_text else None
+        if not self.will_text:
+            return False
+        message = ack_message(contact, brand=self.config.brand, emergencies=self.emergencies)
         if message is None:
             return False
         try:

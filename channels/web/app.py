@@ -16,13 +16,14 @@ from channels.web.lookup import AcceptedRequests, RequestLookup
 from channels.web.open311 import PREFIX, open311_router
 from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
 from intake311.settings import Settings
+from schemas.emergency import rules_for, warning
+from schemas.language import preferred_language
+from schemas.messages import languages, render
 from schemas.taxonomy import Taxonomy
 
-_BUS_DOWN = (
-    "Sorry, we could not send your report",
-    "Nothing was sent and your report is still below. Please press Send report again in a few "
-    "minutes. If anyone is in danger, call 911.",
-)
+
+def _bus_down(language: str) -> tuple[str, str]:
+    return render("web.form.bus_down_title", language), render("web.form.bus_down", language)
 
 
 def create_app(
@@ -53,27 +54,44 @@ def create_app(
     )
     app.state.lookup = lookup
     app.include_router(open311_router(settings, publisher, taxonomy, lookup))
+    emergencies = rules_for(settings.emergency_rules_file)
+
+    def page_language(request: Request) -> str:
+        # The browser's preference among the languages we have messages for.
+        return preferred_language(request.headers.get("accept-language"), languages())
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def show_form() -> Response:
-        return form_page(taxonomy)
+    async def show_form(request: Request) -> Response:
+        return form_page(taxonomy, language=page_language(request))
 
     @app.post("/", response_class=HTMLResponse, include_in_schema=False)
     async def submit_form(request: Request) -> Response:
+        language = page_language(request)
         form = await read_form(request)
         if isinstance(form, str):
-            return form_page(taxonomy, status=400, notice=("Your report could not be read", form))
+            notice = (render("web.form.unreadable", language), form)
+            return form_page(taxonomy, status=400, notice=notice, language=language)
         fields = FormFields.of(form)
         contact_id = contact_id_for(WEB_CHANNEL, request, web_form_key(fields))
         try:
-            contact = parse_web_form(fields, taxonomy, contact_id=contact_id, received_at=now())
+            contact = parse_web_form(
+                fields,
+                taxonomy,
+                contact_id=contact_id,
+                received_at=now(),
+                languages=settings.languages,
+                # The browser's choice among the configured languages breaks a tie in the text.
+                hint=preferred_language(request.headers.get("accept-language"), settings.languages),
+            )
         except FormInvalid as exc:
-            return form_page(taxonomy, fields, exc.errors, status=400)
+            return form_page(taxonomy, fields, exc.errors, status=400, language=language)
         service = taxonomy.get(contact.service_code) if contact.service_code else None
         service_name = service.name if service else None
         if not await accept(contact, publisher, lookup, service_name):
-            return form_page(taxonomy, fields, status=503, notice=_BUS_DOWN)
-        return confirmation_page(contact, service_name)
+            return form_page(taxonomy, fields, status=503, notice=_bus_down(language), language=language)
+        # The confirmation speaks the language of the report itself (the contact's).
+        danger = warning(contact.text, contact.language, emergencies)
+        return confirmation_page(contact, service_name, language=contact.language, warning=danger)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse
 
 from channels.web.parse import FormFields
 from schemas.contact import RawContact
+from schemas.messages import DEFAULT_LANGUAGE, group_name, lookup, render, resolve_language, service_name
 from schemas.taxonomy import Taxonomy
 
 _TEMPLATES = Path(__file__).with_name("templates")
@@ -33,29 +34,57 @@ def _template(name: str) -> Template:
     return Template((_TEMPLATES / name).read_text(encoding="utf-8"))
 
 
-def _page(title: str, body: str, status: int) -> HTMLResponse:
-    html = _template("layout.html").substitute(title=_e(title), body=body)
+def _t(key: str, language: str, **values: object) -> str:
+    """A message of the catalogue, escaped for HTML (its placeholders are filled in first)."""
+    return _e(render(key, language, **values))
+
+
+def _page(title: str, body: str, status: int, language: str) -> HTMLResponse:
+    html = _template("layout.html").substitute(
+        title=_e(title), body=body, lang=_e(language), skip=_t("web.skip", language)
+    )
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def _service_options(taxonomy: Taxonomy, selected: str) -> str:
+def _service_options(taxonomy: Taxonomy, selected: str, language: str) -> str:
     def option(code: str, name: str) -> str:
         mark = " selected" if code == selected else ""
         return f'<option value="{_e(code)}"{mark}>{_e(name)}</option>'
 
-    lines = [option("", "Not sure")]
+    lines = [option("", render("web.form.not_sure", language))]
     groups: dict[str, list[str]] = {}
     for service in taxonomy.services:
-        groups.setdefault(service.group, []).append(option(service.code, service.name))
+        name = service_name(service.code, language, service.name)
+        groups.setdefault(service.group, []).append(option(service.code, name))
     for group, options in groups.items():
         if group:
-            lines.append(f'<optgroup label="{_e(group)}">{"".join(options)}</optgroup>')
+            label = group_name(group, language)
+            lines.append(f'<optgroup label="{_e(label)}">{"".join(options)}</optgroup>')
         else:
             lines.extend(options)
     return "\n".join(lines)
 
 
-def _summary(errors: Mapping[str, str], notice: tuple[str, str] | None) -> str:
+# The form's own words, as template variable -> message key under ``web.form``.
+_FORM_TEXT = (
+    "legend",
+    "required",
+    "optional",
+    "description_label",
+    "description_hint",
+    "address_label",
+    "address_hint",
+    "service_label",
+    "service_hint",
+    "photo_label",
+    "photo_hint",
+    "contact_label",
+    "contact_hint",
+    "submit",
+)
+
+
+def _summary(errors: Mapping[str, str], notice: tuple[str, str] | None, language: str) -> str:
     if notice is not None:
         heading, text = notice
         return (
@@ -67,7 +96,7 @@ def _summary(errors: Mapping[str, str], notice: tuple[str, str] | None) -> str:
     items = "".join(f'<li><a href="#{_e(field)}">{_e(message)}</a></li>' for field, message in errors.items())
     return (
         '<div class="error-summary" role="alert" aria-labelledby="error-summary-title" tabindex="-1">'
-        f'<h2 id="error-summary-title">There is a problem</h2><ul>{items}</ul></div>'
+        f'<h2 id="error-summary-title">{_t("web.form.problem", language)}</h2><ul>{items}</ul></div>'
     )
 
 
@@ -78,20 +107,29 @@ def form_page(
     *,
     status: int = 200,
     notice: tuple[str, str] | None = None,
+    language: str = DEFAULT_LANGUAGE,
 ) -> HTMLResponse:
-    """The report form; on errors it keeps what the resident typed and says what to fix.
+    """The report form in ``language``; on errors it keeps what the resident typed and says what
+    to fix.
 
     ``notice`` (heading, text) replaces the error list for failures that are not the resident's,
     such as the bus being down, so they can simply press Send again.
     """
+    language = resolve_language(language)
     fields = fields or FormFields()
     errors = errors or {}
     values: dict[str, str] = {
-        "summary": _summary(errors, notice),
+        "summary": _summary(errors, notice, language),
         # Kept across re-renders so a repeated send of the same report gets the same ticket.
         "form_id": _e(fields.form_id or uuid.uuid4().hex),
-        "service_options": _service_options(taxonomy, fields.service_code),
+        "service_options": _service_options(taxonomy, fields.service_code, language),
+        "title": _t("web.form.title", language),
+        # The intro's markup is ours: the message is escaped, then "(required)" is put in bold.
+        "intro": _e(lookup("web.form.intro", language)).format(
+            required=f"<strong>{_t('web.form.required', language)}</strong>"
+        ),
     }
+    values.update({name: _t(f"web.form.{name}", language) for name in _FORM_TEXT})
     for name in FORM_FIELDS:
         message = errors.get(name)
         values[name] = _e(getattr(fields, name))
@@ -100,27 +138,60 @@ def form_page(
         values[f"{name}_invalid"] = ' aria-invalid="true"' if message else ""
         values[f"{name}_error"] = (
             f'<p class="error" id="{name}-error">'
-            f'<span class="visually-hidden">Error:</span> {_e(message)}</p>\n'
+            f'<span class="visually-hidden">{_t("web.form.error", language)}</span> {_e(message)}</p>\n'
             if message
             else ""
         )
     body = _template("form.html").substitute(values)
-    title = "Report a problem"
-    return _page(f"Error: {title}" if errors or notice else title, body, status)
+    title = render("web.form.title", language)
+    if errors or notice:
+        title = render("web.form.error_title", language, title=title)
+    return _page(title, body, status, language)
 
 
-def confirmation_page(contact: RawContact, service_name: str | None) -> HTMLResponse:
-    """The ticket number, large, and what happens next: the only proof the resident gets."""
+def confirmation_page(
+    contact: RawContact,
+    service: str | None,
+    *,
+    language: str | None = None,
+    warning: str | None = None,
+) -> HTMLResponse:
+    """The ticket number, large, and what happens next: the only proof the resident gets.
+
+    In ``language`` (default: the contact's own), with the taxonomy's ``service`` name shown in
+    it. ``warning`` ("call 911", ``schemas.emergency.warning``) comes first, as an alert.
+    """
+    language = resolve_language(language or contact.language)
     if contact.reply is not None:
-        how = "email" if contact.reply.channel == "email" else "text message"
-        updates = f"We will send updates by {how} to {_e(contact.reply.address)}."
+        key = "updates_email" if contact.reply.channel == "email" else "updates_sms"
+        updates = _t(f"web.confirmation.{key}", language, address=contact.reply.address)
     else:
-        updates = "You did not leave contact details, so we cannot send updates: keep your ticket number."
-    what = f"“{_e(service_name)}”" if service_name else "this kind of problem"
+        updates = _t("web.confirmation.no_updates", language)
+    if service:
+        name = service_name(contact.service_code, language, service)
+        what = render("web.confirmation.service", language, service=name)
+    else:
+        what = render("web.confirmation.unknown_service", language)
+    alert = f'<div class="alert" role="alert"><p>{_e(warning)}</p></div>\n' if warning else ""
     body = _template("confirmation.html").substitute(
-        ticket=_e(contact.request_id), what=what, updates=updates
+        alert=alert,
+        ticket=_e(contact.request_id),
+        routed=_t("web.confirmation.routed", language, what=what),
+        updates=updates,
+        **{
+            name: _t(f"web.confirmation.{key}", language)
+            for name, key in (
+                ("heading", "heading"),
+                ("ticket_label", "ticket"),
+                ("keep", "keep"),
+                ("next", "next"),
+                ("dangerous", "dangerous"),
+                ("another", "another"),
+            )
+        },
     )
-    return _page(f"Report received: ticket {contact.request_id}", body, 200)
+    title = render("web.confirmation.title", language, ticket=contact.request_id)
+    return _page(title, body, 200, language)
 
 
 def asyncapi_page(spec: Mapping[str, Any]) -> HTMLResponse:
@@ -144,4 +215,4 @@ def asyncapi_page(spec: Mapping[str, Any]) -> HTMLResponse:
         spec=_e(spec.get("asyncapi", "")),
         channels=listing,
     )
-    return _page(f"{info.get('title') or 'AsyncAPI'}: event channels", body, 200)
+    return _page(f"{info.get('title') or 'AsyncAPI'}: event channels", body, 200, DEFAULT_LANGUAGE)

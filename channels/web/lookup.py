@@ -26,8 +26,9 @@ class RequestLookup(Protocol):
     Datetime values may be ``datetime`` (aware) or ISO 8601 strings. Empty filter sequences
     mean "any"; dates bound ``requested_datetime`` inclusively. A dict may also carry
     ``extended_attributes`` (``districts`` layer -> name, ``incident_id``, ``incident_reports``,
-    ``location_precision``), shown to clients that ask with ``extensions=true``; a key left out
-    is unknown, not zero.
+    ``location_precision``, ``priority``, ``priority_reason``, ``emergency``), shown to clients
+    that ask with ``extensions=true`` (``priority`` also top-level in JSON); a key left out is
+    unknown, not zero.
     """
 
     async def get(self, request_id: str) -> dict[str, Any] | None:

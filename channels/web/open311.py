@@ -3,7 +3,10 @@
 Formats come from the path suffix (``.json`` / ``.xml``) as the spec has it; errors are always
 the spec's error list, never FastAPI's ``{"detail": …}``, so existing Open311 clients parse them.
 ``extensions=true`` on the GET requests adds the spec's ``extended_attributes`` per request: the
-districts the city placed it in, its incident and how many residents reported that incident.
+districts the city placed it in, its incident and how many residents reported that incident, its
+priority (and why) and the emergency its text describes. JSON answers also carry ``priority`` as a
+top-level field after the spec's own (GeoReport v2 clients ignore fields they do not know); XML
+keeps to the spec's elements and has it under ``extended_attributes`` only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from channels.web.formats import FORMATS, Format, errors, render, render_object
 from channels.web.lookup import RequestLookup
 from channels.web.parse import OPEN311_CHANNEL, Open311Invalid, parse_open311_request
 from intake311.settings import Settings
+from schemas import messages
+from schemas.emergency import rules_for, warning
 from schemas.ids import parse_ticket
 from schemas.open311 import REQUEST_FIELDS
 from schemas.taxonomy import Service, Taxonomy
@@ -79,8 +84,11 @@ def request_record(found: Mapping[str, Any], fmt: Format, extensions: bool) -> d
     become element names, in JSON they stay as the city names them.
     """
     record = {k: found.get(k) for k in REQUEST_FIELDS}
+    extended = dict(found.get("extended_attributes") or {})
+    priority = found.get("priority") or extended.get("priority")
+    if fmt == "json" and priority is not None:
+        record["priority"] = priority  # unknown (the web process's own record): left out
     if extensions:
-        extended = dict(found.get("extended_attributes") or {})
         if fmt == "xml" and isinstance(extended.get("districts"), Mapping):
             extended["districts"] = _xml_districts(extended["districts"])
         record["extended_attributes"] = extended
@@ -140,6 +148,7 @@ def open311_router(
     """The GeoReport v2 endpoints bound to this channel's publisher, taxonomy and lookup."""
     router = APIRouter(prefix=PREFIX, tags=["open311"])
     jurisdiction = settings.web.jurisdiction_id
+    emergencies = rules_for(settings.emergency_rules_file)
 
     def wrong_jurisdiction(fmt: Format, given: str | None) -> Response | None:
         if given and given.strip() != jurisdiction:
@@ -181,17 +190,26 @@ def open311_router(
             return refused
         contact_id = contact_id_for(OPEN311_CHANNEL, request, client=form.get("api_key", "").strip())
         try:
-            contact = parse_open311_request(form, taxonomy, contact_id=contact_id, received_at=now())
+            contact = parse_open311_request(
+                form, taxonomy, contact_id=contact_id, received_at=now(), languages=settings.languages
+            )
         except Open311Invalid as exc:
             return errors(f, exc.status, *exc.descriptions)
         service = taxonomy.get(contact.service_code or "")
         service_name = service.name if service else None
         if not await accept(contact, publisher, lookup, service_name):
             return errors(f, 503, "the request could not be queued and was not created; please retry later")
-        notice = (
-            f"Request {contact.request_id} received; it will be routed to the department "
-            f"responsible for {service_name or 'this service'}."
+        language = contact.language
+        shown = messages.service_name(contact.service_code, language, service_name) if service_name else None
+        notice = messages.render(
+            "open311.notice",
+            language,
+            ticket=contact.request_id,
+            service=shown or messages.render("open311.this_service", language),
         )
+        # The app shows service_notice to the resident: "call 911" comes first in it.
+        if (danger := warning(contact.text, language, emergencies)) is not None:
+            notice = f"{danger} {notice}"
         record = {"service_request_id": contact.request_id, "service_notice": notice, "account_id": None}
         return render(f, "service_requests", "request", [record], 201)
 

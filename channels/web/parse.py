@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
 from schemas.ids import ticket_for
+from schemas.language import DEFAULT_LANGUAGES, detector
 from schemas.taxonomy import Taxonomy
 
 WEB_CHANNEL = "web"
@@ -103,23 +104,34 @@ def _number(value: str, low: float, high: float) -> float | None:
     return number if math.isfinite(number) and low <= number <= high else None
 
 
-def _contact_parts(email: str | None, phone: str | None, name: str | None) -> tuple[Sender, ReplyVia | None]:
+def _contact_parts(
+    email: str | None, phone: str | None, name: str | None, language: str = "en"
+) -> tuple[Sender, ReplyVia | None]:
     if email:
         return Sender(kind=SenderKind.EMAIL, address=email, name=name), ReplyVia(
-            channel="email", address=email
+            channel="email", address=email, language=language
         )
     if phone:
-        return Sender(kind=SenderKind.PHONE, address=phone, name=name), ReplyVia(channel="sms", address=phone)
+        return Sender(kind=SenderKind.PHONE, address=phone, name=name), ReplyVia(
+            channel="sms", address=phone, language=language
+        )
     return Sender(kind=SenderKind.WEB if name else SenderKind.ANONYMOUS, name=name), None
 
 
 def parse_open311_request(
-    form: Mapping[str, str], taxonomy: Taxonomy, *, contact_id: str, received_at: datetime
+    form: Mapping[str, str],
+    taxonomy: Taxonomy,
+    *,
+    contact_id: str,
+    received_at: datetime,
+    languages: Sequence[str] = DEFAULT_LANGUAGES,
 ) -> RawContact:
     """An Open311 GeoReport v2 ``POST requests`` body as a contact on the "open311" channel.
 
     The caller has already checked ``api_key`` and ``jurisdiction_id``. Raises ``Open311Invalid``:
     400 for a missing service_code, 404 for an unknown one, then 400 listing every other problem.
+    The language is detected among ``languages`` from the description; a ``lang`` or ``locale``
+    field (GeoReport v2 clients send one or the other) only breaks a tie.
     """
     code = _clean(form, "service_code")
     if not code:
@@ -162,7 +174,9 @@ def parse_open311_request(
         raise Open311Invalid(400, *problems)
 
     name = " ".join(p for p in (values["first_name"], values["last_name"]) if p) or None
-    sender, reply = _contact_parts(email, phone, name)
+    hint = (_clean(form, "lang") or _clean(form, "locale"))[:35] or None
+    language = detector(languages).choose(values["description"], hint=hint)
+    sender, reply = _contact_parts(email, phone, name, language)
     metadata: dict[str, MetadataValue] = {
         key: values[key]
         for key in ("address_id", "device_id", "account_id", "jurisdiction_id")
@@ -182,6 +196,7 @@ def parse_open311_request(
         media=(Media(url=media_url),) if media_url else (),
         location=None if location.is_empty else location,
         reply=reply,
+        language=language,
         metadata=metadata,
     )
 
@@ -222,9 +237,19 @@ def web_form_key(fields: FormFields) -> str | None:
 
 
 def parse_web_form(
-    fields: FormFields, taxonomy: Taxonomy, *, contact_id: str, received_at: datetime
+    fields: FormFields,
+    taxonomy: Taxonomy,
+    *,
+    contact_id: str,
+    received_at: datetime,
+    languages: Sequence[str] = DEFAULT_LANGUAGES,
+    hint: str | None = None,
 ) -> RawContact:
-    """The resident form as a contact on the "web" channel; raises ``FormInvalid`` with messages."""
+    """The resident form as a contact on the "web" channel; raises ``FormInvalid`` with messages.
+
+    The language is detected among ``languages`` from the description; ``hint`` (the browser's
+    choice, ``preferred_language(Accept-Language, languages)``) decides when the text does not.
+    """
     errors: dict[str, str] = {}
     if not fields.description:
         errors["description"] = "Describe the problem"
@@ -259,7 +284,8 @@ def parse_web_form(
     if errors:
         raise FormInvalid(errors)
 
-    sender, reply = _contact_parts(email, phone, None)
+    language = detector(languages).choose(fields.description, hint=hint)
+    sender, reply = _contact_parts(email, phone, None, language)
     return RawContact(
         contact_id=contact_id,
         request_id=ticket_for(contact_id),
@@ -271,4 +297,5 @@ def parse_web_form(
         media=(Media(url=media_url),) if media_url else (),
         location=Location(address=fields.address),
         reply=reply,
+        language=language,
     )

@@ -22,9 +22,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from intake311.logging import get_logger
 from schemas.open311 import REQUEST_FIELDS
-from schemas.request import ServiceRequest, Status
+from schemas.request import Priority, ServiceRequest, Status
 from schemas.status import State, parse_state, status_event_id
-from schemas.taxonomy import Taxonomy, load_taxonomy
+from schemas.taxonomy import PRIORITY_ORDER, Taxonomy, load_taxonomy
 from sinks.postgres.migrations import migrate
 
 log = get_logger(__name__)
@@ -75,6 +75,9 @@ _CONTENT_COLUMNS = (
     "incident_id",
     "incident_reports",
     "related_incident_id",
+    "priority",
+    "priority_reason",
+    "emergency",
 )
 _INSERT_COLUMNS = (
     *_CONTENT_COLUMNS,
@@ -138,12 +141,22 @@ _OPEN311_SELECT = """
 SELECT request_id AS service_request_id, status, status_notes, service_name, service_code, description,
        agency_responsible, service_notice, requested_datetime, updated_datetime, expected_datetime,
        address, NULL::text AS address_id, NULL::text AS zipcode, lat, long, media_url,
-       districts, incident_id, incident_reports, location_precision
+       districts, incident_id, incident_reports, location_precision, priority, priority_reason, emergency
 FROM requests
 """
 # What Open311 ``extensions=true`` adds per request (GeoReport v2 ``extended_attributes``): where
-# the city placed it and the incident it is part of. The web channel shows them only when asked.
-EXTENDED_ATTRIBUTES = ("districts", "incident_id", "incident_reports", "location_precision")
+# the city placed it, the incident it is part of, how urgent it is and why, and the emergency its
+# text describes (null: none). The web channel shows them only when asked (priority also as a
+# top-level JSON field).
+EXTENDED_ATTRIBUTES = (
+    "districts",
+    "incident_id",
+    "incident_reports",
+    "location_precision",
+    "priority",
+    "priority_reason",
+    "emergency",
+)
 
 
 def _row_params(request: ServiceRequest, department: str | None) -> dict[str, Any]:
@@ -176,6 +189,9 @@ def _row_params(request: ServiceRequest, department: str | None) -> dict[str, An
         "incident_id": request.incident,  # never NULL: a first request is its own incident
         "incident_reports": request.incident_reports,
         "related_incident_id": request.related_incident_id,
+        "priority": request.priority.value,
+        "priority_reason": _clean(request.priority_reason),
+        "emergency": _clean(request.emergency),
         "status": request.status.value,
         "state": state.value,
         "status_notes": _clean(request.status_notes),
@@ -238,6 +254,9 @@ class Case:
     incident_id: str | None = None
     incident_reports: int = 1
     related_incident_id: str | None = None
+    priority: Priority = Priority.NORMAL
+    priority_reason: str | None = None
+    emergency: str | None = None
 
     @property
     def is_later_report(self) -> bool:
@@ -270,6 +289,7 @@ class DepartmentFigures(ServiceLevels):
 
 
 NO_DISTRICT = "(none)"  # the report row for requests outside every district of the layer
+BY_PRIORITY = "priority"  # report(by=...): per priority instead of per district of a layer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,11 +299,19 @@ class DistrictFigures(ServiceLevels):
     district: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class PriorityFigures(ServiceLevels):
+    """One priority's figures in a report by priority (``report(by="priority")``)."""
+
+    priority: str
+
+
 @dataclass(frozen=True)
 class CaseReport:
     """What a budget office asks for, over ``[since, until)``; overdue is as of ``as_of``.
 
-    ``by`` and ``districts`` are set for a report by district layer (``report(by="ward")``).
+    ``by`` and ``districts`` are set for a report by district layer (``report(by="ward")``),
+    ``by`` and ``priorities`` for one by priority (``report(by="priority")``).
     """
 
     since: datetime
@@ -296,10 +324,12 @@ class CaseReport:
     open_overdue: int = 0
     by: str | None = None
     districts: dict[str, DistrictFigures] = field(default_factory=dict)
+    priorities: dict[str, PriorityFigures] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (datetimes as ISO 8601, each group with its SLA share); ``by``/``districts``
-        only in a report by district, so the plain report's JSON is what it always was."""
+        only in a report by district and ``by``/``priorities`` only in one by priority, so the
+        plain report's JSON is what it always was."""
         data = asdict(self)
         for key in ("since", "until", "as_of"):
             data[key] = getattr(self, key).isoformat()
@@ -307,8 +337,14 @@ class CaseReport:
             data["departments"][name]["share_within_sla"] = figures.share_within_sla
         for name, district in self.districts.items():
             data["districts"][name]["share_within_sla"] = district.share_within_sla
+        for name, group in self.priorities.items():
+            data["priorities"][name]["share_within_sla"] = group.share_within_sla
         if self.by is None:
-            del data["by"], data["districts"]
+            del data["by"]
+        if self.by is None or self.by == BY_PRIORITY:
+            del data["districts"]
+        if self.by != BY_PRIORITY:
+            del data["priorities"]
         return data
 
 
@@ -530,6 +566,9 @@ class CaseStore:
             incident_id=row["incident_id"],
             incident_reports=row["incident_reports"],
             related_incident_id=row["related_incident_id"],
+            priority=Priority(row["priority"]),
+            priority_reason=row["priority_reason"],
+            emergency=row["emergency"],
         )
 
     async def history(self, request_id: str) -> list[StatusEvent]:
@@ -550,12 +589,14 @@ class CaseStore:
 
         Volume counts requests reported in ``[since, until)``; time to close and the SLA share
         count requests closed in it (hours from report to close; the service level is the
-        taxonomy's ``sla_hours``, services without one are left out of the share). Overdue is
-        a snapshot at ``now``: open requests whose ``expected_datetime`` has passed.
+        taxonomy's for the request's service at the request's priority,
+        ``Taxonomy.sla_hours``; services without one are left out of the share). Overdue is a
+        snapshot at ``now``: open requests whose ``expected_datetime`` (set from the same
+        service level when the request was made or its priority raised) has passed.
 
         ``by`` names a boundary layer (``"ward"``): the same figures per district of that layer
         as well, requests without a district in it under ``NO_DISTRICT`` so the rows still add
-        up to the totals.
+        up to the totals. ``by="priority"`` gives them per priority instead (emergency first).
         """
         since, until = _aware(since), _aware(until)
         as_of = _aware(now) if now is not None else datetime.now(UTC)
@@ -563,8 +604,8 @@ class CaseStore:
         if layer == "":
             raise ValueError("by must name a district layer, e.g. 'ward'")
         taxonomy = self._taxonomy or load_taxonomy()
-        sla = [(s.code, s.sla_hours) for s in taxonomy.services if s.sla_hours is not None]
-        codes, hours = [c for c, _ in sla], [h for _, h in sla]
+        sla = taxonomy.sla_table()
+        codes, levels, hours = [c for c, _, _ in sla], [p.value for _, p, _ in sla], [h for *_, h in sla]
         dept = "COALESCE(agency_responsible, departments[1], 'unassigned')"
         district = "COALESCE(NULLIF(districts ->> %(layer)s, ''), %(no_district)s)"
         window = "requested_datetime >= %(since)s AND requested_datetime < %(until)s"
@@ -573,6 +614,7 @@ class CaseStore:
             "until": until,
             "now": as_of,
             "codes": codes,
+            "priorities": levels,
             "hours": hours,
             "layer": layer,
             "no_district": NO_DISTRICT,
@@ -591,9 +633,17 @@ class CaseStore:
                     name: DistrictFigures(district=name, **figures)
                     for name, figures in (await _group_figures(cur, district, window, params)).items()
                 }
-                if layer
+                if layer and layer != BY_PRIORITY
                 else {}
             )
+            by_priority = (
+                await _group_figures(cur, "priority", window, params) if layer == BY_PRIORITY else {}
+            )
+            order = [p.value for p in PRIORITY_ORDER]
+            priorities = {
+                name: PriorityFigures(priority=name, **by_priority[name])
+                for name in sorted(by_priority, key=lambda n: order.index(n) if n in order else len(order))
+            }
         return CaseReport(
             since=since,
             until=until,
@@ -605,6 +655,7 @@ class CaseStore:
             open_overdue=sum(d.open_overdue for d in departments.values()),
             by=layer,
             districts=districts,
+            priorities=priorities,
         )
 
 
@@ -633,12 +684,13 @@ async def _group_figures(
                percentile_cont(0.5) WITHIN GROUP (ORDER BY c.hours),
                count(*) FILTER (WHERE s.hours IS NOT NULL),
                count(*) FILTER (WHERE c.hours <= s.hours)
-        FROM (SELECT {key} AS grp, service_code,
+        FROM (SELECT {key} AS grp, service_code, priority,
                      EXTRACT(EPOCH FROM closed_datetime - requested_datetime) / 3600.0 AS hours
               FROM requests
               WHERE closed_datetime >= %(since)s AND closed_datetime < %(until)s) AS c
-        LEFT JOIN unnest(%(codes)s::text[], %(hours)s::float8[]) AS s(code, hours)
-               ON s.code = c.service_code
+        LEFT JOIN unnest(%(codes)s::text[], %(priorities)s::text[], %(hours)s::float8[])
+               AS s(code, priority, hours)
+               ON s.code = c.service_code AND s.priority = c.priority
         GROUP BY c.grp
         """.encode(),
         params,
@@ -681,6 +733,7 @@ def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]
 
 
 __all__ = [
+    "BY_PRIORITY",
     "EXTENDED_ATTRIBUTES",
     "NO_DISTRICT",
     "OPEN311_FIELDS",
@@ -689,6 +742,7 @@ __all__ = [
     "CaseStore",
     "DepartmentFigures",
     "DistrictFigures",
+    "PriorityFigures",
     "State",
     "StatusEvent",
     "parse_state",

@@ -116,7 +116,7 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
         assert await migrate(conn) == [m.version for m in load_migrations()]
         assert await migrate(conn) == []
         cur = await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [(1, "case_store"), (2, "districts_incidents")]
+        assert await cur.fetchall() == [(1, "case_store"), (2, "districts_incidents"), (3, "priority")]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
@@ -341,6 +341,9 @@ async def test_get_returns_exactly_the_open311_fields_and_no_personal_data(store
         "incident_id": "K7M4-QPXA",
         "incident_reports": 1,
         "location_precision": None,
+        "priority": "normal",
+        "priority_reason": None,
+        "emergency": None,
     }
     assert found == {
         "service_request_id": "K7M4-QPXA",
@@ -668,6 +671,9 @@ async def test_districts_and_incident_columns_follow_the_newest_event(store: Cas
         "incident_id": "K7M4-QPXA",
         "incident_reports": 2,
         "location_precision": "address",
+        "priority": "normal",
+        "priority_reason": None,
+        "emergency": None,
     }
     searched = await store.search(service_request_ids=["ZZZZ-0002"])
     assert searched[0]["extended_attributes"]["incident_id"] == "K7M4-QPXA"
@@ -722,6 +728,9 @@ async def test_the_open311_endpoints_show_extended_attributes(store: CaseStore) 
         "incident_id": "K7M4-QPXA",
         "incident_reports": 3,
         "location_precision": None,
+        "priority": "normal",
+        "priority_reason": None,
+        "emergency": None,
     }
     assert one.json()[0]["extended_attributes"] == expected
     assert listed.json()[0]["extended_attributes"] == expected
@@ -826,3 +835,88 @@ def test_report_command_by_ward(dsn: str, monkeypatch: pytest.MonkeyPatch) -> No
     figures = json.loads(as_json.output)
     assert figures["by"] == "ward"
     assert {k: v["received"] for k, v in figures["districts"].items()} == {"(none)": 1, "Ward 7": 1}
+
+
+async def test_priority_columns_sla_by_priority_and_report_by_priority(store: CaseStore, dsn: str) -> None:
+    """Priority, its reason and the emergency are stored; the SLA share uses the request's
+    priority (a high pothole closed in 30 h missed its 24 h, a normal one made its 72 h)."""
+    from intake311.ops import format_report
+    from schemas.request import Priority
+
+    h = timedelta(hours=1)
+    taxonomy = Taxonomy(
+        services=(
+            Service(
+                code="pothole",
+                name="Pothole",
+                department="public-works",
+                sla_by_priority={Priority.HIGH: 24, Priority.NORMAL: 72},
+                sla_hours=72,
+            ),
+            Service(code="graffiti", name="Graffiti", department="public-works", priority=Priority.LOW),
+            Service(code="other", name="Something else", department="triage"),
+        ),
+        priority_sla_hours={Priority.EMERGENCY: 4},
+    )
+    requests = [
+        make_request(
+            "PRIO-0001",
+            "p1",
+            priority=Priority.HIGH,
+            priority_reason="cue: blocking the road",
+            expected_datetime=T0 + 24 * h,
+        ),
+        make_request("PRIO-0002", "p2", priority=Priority.NORMAL, priority_reason="service default"),
+        make_request(
+            "PRIO-0003",
+            "p3",
+            priority=Priority.HIGH,
+            priority_reason="3 reports of this incident",
+            expected_datetime=T0 + 24 * h,
+        ),  # open, overdue
+        make_request(
+            "PRIO-0004",
+            "p4",
+            service_code="graffiti",
+            service_name="Graffiti",
+            priority=Priority.LOW,
+            expected_datetime=None,
+        ),
+        make_request(
+            "PRIO-0005",
+            "p5",
+            priority=Priority.EMERGENCY,
+            emergency="gas",
+            priority_reason="emergency: gas",
+            expected_datetime=T0 + 4 * h,
+        ),
+    ]
+    await store.upsert_requests(requests, None)
+    for rid, hours in (("PRIO-0001", 30), ("PRIO-0002", 30), ("PRIO-0004", 10), ("PRIO-0005", 3)):
+        assert await store.record_status(rid, "closed", None, T0 + hours * h, "test")
+    case = await store.get_case("PRIO-0005")
+    assert case is not None and (case.priority, case.priority_reason, case.emergency) == (
+        Priority.EMERGENCY,
+        "emergency: gas",
+        "gas",
+    )
+    found = await store.get("PRIO-0001")
+    assert found is not None and found["extended_attributes"]["priority"] == "high"
+    assert found["extended_attributes"]["priority_reason"] == "cue: blocking the road"
+
+    async with CaseStore(dsn, taxonomy=taxonomy, migrate=False) as priced:
+        report = await priced.report(T0, T0 + 7 * 24 * h, now=T0 + 48 * h, by="priority")
+    assert report.by == "priority" and report.districts == {}
+    assert list(report.priorities) == ["emergency", "high", "normal", "low"]  # most urgent first
+    emergency, high, normal, low = report.priorities.values()
+    assert (emergency.closed, emergency.closed_with_sla, emergency.closed_within_sla) == (1, 1, 1)
+    assert (high.received, high.closed, high.closed_with_sla, high.closed_within_sla) == (2, 1, 1, 0)
+    assert high.open_overdue == 1
+    assert (normal.closed_with_sla, normal.closed_within_sla) == (1, 1)
+    assert (low.closed, low.closed_with_sla) == (1, 0)  # graffiti has no service level
+    assert sum(p.received for p in report.priorities.values()) == report.received == 5
+    data = report.as_dict()
+    assert "districts" not in data and data["priorities"]["high"]["share_within_sla"] == 0.0
+    text = format_report(data)
+    table = text[text.index("by priority") :].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["emergency", "high", "normal", "low"]

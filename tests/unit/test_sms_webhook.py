@@ -392,3 +392,43 @@ async def test_two_web_processes_share_conversations_through_redis(tmp_path: Pat
     for plugin in (one, two):
         await plugin.stop()
         await plugin.context.http.aclose()
+
+
+# ---- emergencies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "first"),
+    [
+        ("I smell gas in my kitchen at 12 Elm Street", "If anyone is in danger, call 911 now"),
+        ("huele a gas en la cocina, calle Elm 12", "Si alguien está en peligro, llame al 911 ahora"),
+    ],
+)
+async def test_an_emergency_text_gets_call_911_first_and_is_still_published(
+    sms: SmsChannel, client: httpx.AsyncClient, body: str, first: str
+) -> None:
+    reply = reply_of(await post_signed(client, INBOUND, sms_params(body)))
+    [contact] = published(sms).contacts
+    assert reply is not None and reply.startswith(first)
+    assert ticket_in(reply) == contact.request_id
+
+
+async def test_an_ordinary_text_gets_no_911_line(sms: SmsChannel, client: httpx.AsyncClient) -> None:
+    reply = reply_of(await post_signed(client, INBOUND, sms_params("Huge pothole outside 12 Elm Street")))
+    assert published(sms).contacts
+    assert reply is not None and "911" not in reply
+
+
+async def test_a_city_rules_file_from_the_setting_adds_a_phrase(tmp_path: Path) -> None:
+    rules = tmp_path / "emergency.yaml"
+    rules.write_text("kinds:\n  sinkhole:\n    en: [sinkhole swallowed]\n", encoding="utf-8")
+    context = make_context(tmp_path)
+    context.settings = context.settings.model_copy(update={"emergency_rules_file": rules})
+    async with started(SmsChannel(sms_config(), context)) as plugin, asgi_client(app_for(plugin)) as c:
+        text = "A sinkhole swallowed a car at 12 Elm Street"
+        reply = reply_of(await post_signed(c, INBOUND, sms_params(text)))
+        assert reply is not None and reply.startswith("If anyone is in danger, call 911")
+        assert published(plugin).contacts
+        # The city's file replaces the packaged one: its phrases, not the packaged ones, count.
+        gas = reply_of(await post_signed(c, INBOUND, sms_params("I smell gas", sender="+12035559876")))
+        assert gas is not None and "911" not in gas

@@ -1,10 +1,11 @@
-"""Reply templates, the language guess, the personal-data guard and handle stripping."""
+"""Reply templates, the language choice, the personal-data guard and handle stripping."""
 
 from __future__ import annotations
 
 import pytest
 
-from channels.social.replies import detect_language, personal_data_in, reply_text, strip_handle
+from channels.social.replies import personal_data_in, reply_text, strip_handle
+from schemas.language import detector
 
 
 @pytest.mark.parametrize(
@@ -14,14 +15,16 @@ from channels.social.replies import detect_language, personal_data_in, reply_tex
         ("hay un bache en la calle Elm, por favor", None, "es"),
         ("¿Cuándo recogen la basura?", None, "es"),
         ("la farola está apagada", None, "es"),
-        ("pothole", "es", "es"),  # the provider's tag wins
-        ("hay basura", "en-GB", "en"),
-        ("hay basura", "fr", "es"),  # a tag we have no template for: guess
-        ("", None, "en"),
+        ("bache", "es", "es"),  # one ambiguous word: the provider's tag breaks the tie
+        ("Chapel St & College St", "es", "es"),  # an address says nothing: the tag decides
+        ("hay basura en la esquina", "en-GB", "es"),  # X tags short posts wrongly: the words win
+        ("hay basura en la esquina", "fr", "es"),  # a tag we do not answer in: ignored
+        ("", "und", "en"),
     ],
 )
-def test_language_guess(text: str, hint: str | None, expected: str) -> None:
-    assert detect_language(text, hint) == expected
+def test_language_choice(text: str, hint: str | None, expected: str) -> None:
+    # Social channels call the shared detector with the post's language tag as the hint.
+    assert detector().choose(text, hint=hint) == expected
 
 
 def test_templates_hold_only_the_ticket_and_service() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from channels.plugin import SendError
-from channels.social.replies import reply_text
+from channels.social.replies import personal_data_in, reply_text
 from channels.social.x import XChannel
 from schemas import SenderKind, make_contact_id, ticket_for
 from schemas.outbound import MessageKind, OutboundMessage
@@ -332,3 +332,35 @@ async def test_unrepresentable_mention_is_skipped_not_blocking(fake: FakeX, tmp_
     assert [c.contact_id for c in plugin.context.publisher.contacts] == [f"x:{good}"]
     assert plugin.state.checkpoint() == good
     assert (await plugin.health()).ok
+
+
+# ---- emergencies: the public reply says "call 911" first ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "lang", "first"),
+    [
+        ("I smell gas in my kitchen on Elm Street", "en", "If anyone is in danger, call 911 now"),
+        ("huele a gas en la cocina, calle Elm", "es", "Si alguien está en peligro, llame al 911 ahora"),
+    ],
+)
+async def test_an_emergency_mention_is_published_and_the_reply_says_call_911_first(
+    fake: FakeX, tmp_path: Path, text: str, lang: str, first: str
+) -> None:
+    fake.mention(f"@{CITY_HANDLE} {text}")
+    plugin = channel(fake, tmp_path)
+    assert await plugin.poll_once() == 1
+    (contact,) = plugin.context.publisher.contacts
+    (ack,) = plugin.context.outbox.messages
+    assert contact.language == lang
+    assert ack.text.startswith(first) and contact.request_id in ack.text
+    assert len(ack.text) <= 280 and personal_data_in(ack.text) == []
+    assert "kitchen" not in ack.text and "cocina" not in ack.text  # nothing of the resident's
+
+
+async def test_an_ordinary_mention_reply_has_no_911_line(fake: FakeX, tmp_path: Path) -> None:
+    fake.mention(f"@{CITY_HANDLE} huge pothole outside 12 Elm Street")
+    plugin = channel(fake, tmp_path)
+    assert await plugin.poll_once() == 1
+    (ack,) = plugin.context.outbox.messages
+    assert "911" not in ack.text

@@ -372,3 +372,66 @@ def test_signature_scheme_allows_rotation_and_rejects_garbage() -> None:
     assert not verify_transcript(SECRET, "12a", body, good, max_age_s=300, now=now)
     assert not verify_transcript(SECRET, None, body, good, max_age_s=300, now=now)
     assert not verify_transcript(SECRET, str(now), body, None, max_age_s=300, now=now)
+
+
+# ---- emergencies: "hang up and call 911" before the ticket -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lang", "said", "locale", "first"),
+    [
+        ("en", "I smell gas in my kitchen at 12 Elm Street", "en-US", "If anyone is in danger, hang up"),
+        ("es", "huele a gas en la cocina, calle Elm 12", "es-US", "Si alguien está en peligro, cuelgue"),
+    ],
+)
+async def test_a_spoken_emergency_hears_call_911_first_and_is_still_published(
+    voice: VoiceChannel, client: httpx.AsyncClient, lang: str, said: str, locale: str, first: str
+) -> None:
+    params = call_params(SpeechResult=said, Confidence="0.9")
+    root = xml(await post_signed(client, f"/channels/voice/speech?lang={lang}&attempt=1", params))
+    [contact] = published(voice).contacts
+    says = root.findall("Say")
+    assert (says[0].text or "").startswith(first) and says[0].get("language") == locale
+    assert "9 1 1" in (says[0].text or "")
+    assert ", ".join(" ".join(p) for p in contact.request_id.split("-")) in (says[1].text or "")
+    # The ticket SMS leads with it too.
+    [ack] = outbox(voice).messages
+    assert ack.text.startswith(first.split(",")[0]) and "911" in ack.text.split(".")[0]
+
+
+async def test_an_ordinary_spoken_report_hears_no_911_line(
+    voice: VoiceChannel, client: httpx.AsyncClient
+) -> None:
+    params = call_params(SpeechResult="Huge pothole outside 12 Elm Street", Confidence="0.9")
+    root = xml(await post_signed(client, "/channels/voice/speech?lang=en&attempt=1", params))
+    assert published(voice).contacts
+    assert not any("9 1 1" in (s.text or "") for s in root.findall("Say"))
+    assert "911" not in outbox(voice).messages[0].text
+
+
+async def test_a_recorded_emergency_gets_call_911_first_in_the_ticket_sms(
+    voice: VoiceChannel, client: httpx.AsyncClient
+) -> None:
+    params = call_params(
+        TranscriptionStatus="completed", TranscriptionText="huele a gas en la cocina", RecordingUrl=RECORDING
+    )
+    assert (await post_signed(client, "/channels/voice/transcription?lang=es", params)).status_code == 204
+    assert published(voice).contacts
+    [ack] = outbox(voice).messages
+    assert ack.text.startswith("Si alguien está en peligro, llame al 911")
+    assert "Su número de caso es" in ack.text
+
+
+async def test_a_call_centre_emergency_transcript_says_call_911_first(
+    voice: VoiceChannel, client: httpx.AsyncClient
+) -> None:
+    segments = [{"speaker": "caller", "text": "I smell gas in my kitchen, 88 Dixwell Avenue"}]
+    response = await post_transcript(client, transcript(segments=segments))
+    assert response.status_code == 202, response.text
+    [contact] = published(voice).contacts
+    assert response.json()["service_notice"].startswith("If anyone is in danger, call 911")
+    [ack] = outbox(voice).messages
+    assert ack.text.startswith("If anyone is in danger, call 911") and contact.request_id in ack.text
+    plain = await post_transcript(client, transcript(call_id="cc-2"))
+    assert "service_notice" not in plain.json()
+    assert "911" not in outbox(voice).messages[1].text

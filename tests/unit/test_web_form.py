@@ -267,3 +267,84 @@ async def test_discovery_uses_public_url(tmp_path: Path, publisher: FakePublishe
     async with asgi_client(create_app(settings, publisher, TAXONOMY), "http://test") as c:
         body = (await c.get("/open311/discovery.json")).json()
     assert body["endpoints"][0]["url"] == "https://311.city.example/open311/v2"
+
+
+# --- language (schemas.language) -----------------------------------------------------------------
+
+
+async def test_spanish_report_is_a_spanish_contact(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    response = await client.post("/", data=report(description="hay un bache en la calle", contact="a@b.org"))
+    assert response.status_code == 200
+    contact = publisher.contacts[-1]
+    assert contact.language == "es"
+    assert contact.reply is not None and contact.reply.language == "es"
+
+
+async def test_browser_language_breaks_a_tie(client: httpx.AsyncClient, publisher: FakePublisher) -> None:
+    # "bache" alone does not say; the browser's Accept-Language does.
+    await client.post("/", data=report(description="bache"), headers={"Accept-Language": "es-MX,es;q=0.9"})
+    assert publisher.contacts[-1].language == "es"
+    await client.post("/", data=report(description="bache", form_id="fedcba9876543210"))
+    assert publisher.contacts[-1].language == "en"  # no preference: the default
+
+
+async def test_words_beat_the_browser(client: httpx.AsyncClient, publisher: FakePublisher) -> None:
+    await client.post(
+        "/", data=report(description="la basura no se recogió"), headers={"Accept-Language": "en-US"}
+    )
+    assert publisher.contacts[-1].language == "es"
+
+
+# ---- languages ----------------------------------------------------------------------------------
+
+
+async def test_form_renders_in_the_browsers_language(client: httpx.AsyncClient) -> None:
+    html = (await client.get("/", headers={"Accept-Language": "es-MX,es;q=0.9,en;q=0.5"})).text
+    assert '<html lang="es">' in html
+    assert re.search(
+        r'<label for="description">¿Cuál es el problema\? <span class="req">\(obligatorio\)', html
+    )
+    assert '<option value="" selected>No estoy seguro</option>' in html
+    assert '<option value="pothole">bache</option>' in html  # the service name translated
+    assert "<strong>(obligatorio)</strong>" in html and "Enviar reporte" in html
+    assert '<html lang="en">' in (await client.get("/", headers={"Accept-Language": "de"})).text
+
+
+async def test_confirmation_is_in_the_language_of_the_report(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    data = report(description="Hay un bache enorme en la calle", service_code="pothole")
+    response = await client.post("/", data=data, headers={"Accept-Language": "en"})
+    [contact] = publisher.contacts
+    html = response.text
+    assert contact.language == "es"
+    assert '<html lang="es">' in html
+    assert f"Su número de caso es <strong>{contact.request_id}</strong>" in html
+    assert "«bache»" in html and "Qué pasa ahora" in html
+    assert 'role="alert"' not in html
+
+
+# ---- emergencies: "call 911" first, as an alert ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("description", "lang", "first"),
+    [
+        ("I smell gas in my kitchen", "en", "If anyone is in danger, call 911 now"),
+        ("huele a gas en la cocina", "es", "Si alguien está en peligro, llame al 911 ahora"),
+    ],
+)
+async def test_emergency_report_gets_a_911_alert_before_anything_else(
+    client: httpx.AsyncClient, publisher: FakePublisher, description: str, lang: str, first: str
+) -> None:
+    response = await client.post("/", data=report(description=description))
+    assert response.status_code == 200
+    [contact] = publisher.contacts
+    main = response.text.split('<main id="main">', 1)[1].lstrip()
+    assert main.startswith(f'<div class="alert" role="alert"><p>{first}')
+    assert f'<html lang="{lang}">' in response.text
+    assert ticket_shown(response.text.replace("Su número de caso es", "Your ticket number is")) == (
+        contact.request_id
+    )

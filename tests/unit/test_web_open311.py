@@ -601,6 +601,33 @@ async def test_extensions_in_xml_use_valid_element_names(
     assert ET.fromstring(plain.content).find("request/extended_attributes") is None
 
 
+async def test_priority_is_top_level_in_json_and_extended_in_xml(
+    settings: Settings, publisher: FakePublisher
+) -> None:
+    lookup = DistrictLookup({"ward": "Ward 7"})
+    lookup.row["extended_attributes"] |= {  # type: ignore[operator]
+        "priority": "high",
+        "priority_reason": "cue: blocking the road",
+        "emergency": None,
+    }
+    app = create_app(settings, publisher, TAXONOMY, lookup=lookup)
+    async with asgi_client(app, "http://t") as c:
+        plain = (await c.get(f"{BASE}/requests/K7M4-QPXA.json")).json()[0]
+        ext = (await c.get(f"{BASE}/requests.json", params={"extensions": "true"})).json()[0]
+        xml = await c.get(f"{BASE}/requests/K7M4-QPXA.xml", params={"extensions": "true"})
+        xml_plain = await c.get(f"{BASE}/requests/K7M4-QPXA.xml")
+    assert plain["priority"] == "high" and list(plain)[-1] == "priority"  # after the spec's fields
+    assert (
+        ext["priority"] == "high"
+        and ext["extended_attributes"]["priority_reason"] == "cue: blocking the road"
+    )
+    root = ET.fromstring(xml.content)
+    assert root.find("request/priority") is None  # XML keeps to the spec's elements
+    assert root.findtext("request/extended_attributes/priority") == "high"
+    assert root.findtext("request/extended_attributes/emergency") == ""  # an empty element: none
+    assert ET.fromstring(xml_plain.content).find("request/priority") is None
+
+
 def test_xml_names() -> None:
     from channels.web.open311 import _xml_districts, xml_name
 
@@ -629,3 +656,55 @@ async def test_the_local_record_has_no_districts(client: httpx.AsyncClient) -> N
     assert ext is not None and list(ext) == []
     plain = (await client.get(f"{BASE}/requests/{ticket}.json")).json()[0]
     assert "extended_attributes" not in plain
+
+
+# --- language (schemas.language) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "language"),
+    [
+        ({"description": "el semáforo no funciona"}, "es"),
+        ({"description": "Deep pothole in the bike lane"}, "en"),
+        ({"description": "bache", "lang": "es"}, "es"),  # one word: the client's lang breaks the tie
+        ({"description": "", "locale": "es_MX"}, "es"),
+        ({"description": "Deep pothole in the bike lane", "locale": "es"}, "en"),  # the words win
+    ],
+)
+async def test_post_language(
+    client: httpx.AsyncClient, publisher: FakePublisher, fields: dict[str, str], language: str
+) -> None:
+    response = await client.post(f"{BASE}/requests.json", data=valid(**fields))
+    assert response.status_code == 201
+    assert publisher.contacts[-1].language == language
+
+
+# --- emergencies: "call 911" first in service_notice ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("description", "first", "service"),
+    [
+        ("I smell gas in my kitchen", "If anyone is in danger, call 911 now", "Pothole"),
+        ("huele a gas en la cocina", "Si alguien está en peligro, llame al 911 ahora", "bache"),
+    ],
+)
+async def test_emergency_request_is_created_with_call_911_first_in_service_notice(
+    client: httpx.AsyncClient, publisher: FakePublisher, description: str, first: str, service: str
+) -> None:
+    response = await client.post(f"{BASE}/requests.json", data=valid(description=description))
+    assert response.status_code == 201
+    [contact] = publisher.contacts
+    notice = response.json()[0]["service_notice"]
+    assert notice.startswith(first) and contact.request_id in notice
+    assert service in notice  # the service name in the resident's language
+
+
+async def test_ordinary_request_notice_has_no_911_line(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    response = await client.post(
+        f"{BASE}/requests.json", data=valid(description="Deep pothole in the bike lane")
+    )
+    assert response.status_code == 201 and publisher.contacts
+    assert "911" not in response.json()[0]["service_notice"]

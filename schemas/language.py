@@ -1,0 +1,278 @@
+"""The one language detector every channel uses: which configured language a resident wrote in.
+
+A city configures the languages it answers in (``settings.languages``, ISO 639-1 codes). Every
+channel asks ``detector(languages)`` what a text is written in, so "no hay agua" is Spanish
+whether it came by SMS, email, a tweet or the web form.
+
+The detector is lingua (https://github.com/pemistahl/lingua-py) restricted to the configured
+languages, plus a function-word count. Restricting lingua matters: asked "English, Spanish or
+any of 75 others?" a three-word text is often Catalan or Tagalog; asked "English or Spanish?"
+it is nearly always right. The function words matter for the shortest texts: lingua alone says
+"hay un bache en la calle" is English (0.63), because "hay", "un", "en" and "la" are all
+common letter sequences in English too, while four words that only Spanish uses as function
+words leave no doubt. ``bench/language_eval.py`` measures the combination against lingua
+alone (see docs/language.md for the figures); the combination is used because it wins there.
+
+"Don't know" is a real answer: an address ("123 Main St"), a number, or one word that both
+languages share says nothing, and then the channel's hint (the tweet's ``lang``, the email's
+Content-Language, the browser's Accept-Language, the conversation so far) decides.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+from lingua import LanguageDetector as _Lingua
+
+DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "es")
+STOPWORDS_DIR = Path(__file__).resolve().parent / "stopwords"
+
+# Each function word a text has that only language X uses counts this much (in natural-log
+# odds) for X, on top of lingua's own log confidence. Tuned on a development split (English
+# descriptions outside the benchmark sample, Spanish texts not in the benchmark file).
+FUNCTION_WORD_WEIGHT = 1.0
+# The best language must beat the next by this much (log odds, ~2:1) or the text does not say.
+MARGIN = math.log(2.0)
+# One word of evidence is trusted only when lingua is sure ("pothole" 0.97 English, "ratas"
+# 0.93 Spanish; "bache" 0.83 English, wrongly; "Test" 0.52 Spanish): one word is often a tie.
+SINGLE_WORD_CONFIDENCE = 0.9
+
+_APOSTROPHES = "'\u2019"
+_TOKEN = re.compile(rf"[\w{_APOSTROPHES}]+")
+_NO_APOSTROPHES = str.maketrans("", "", _APOSTROPHES)
+# Parts of a US address: a text made only of these (and numbers, and one name) is a location.
+_ADDRESS_PARTS = (
+    "st street ave av avenue rd road blvd boulevard dr drive ln lane ct court pl place way hwy highway "
+    "pkwy parkway ter terrace sq square cir circle apt unit ste suite fl floor n s e w ne nw se sw nd th"
+)
+_ADDRESS_WORDS = frozenset(_ADDRESS_PARTS.split())
+# Only an abbreviation (or a number) marks a text as holding an address: "Street Lamp Out" is prose.
+_ABBREVIATIONS = "st ave av rd blvd dr ln ct pl hwy pkwy ter sq cir apt ste"
+_ADDRESS_ABBREVIATIONS = frozenset(_ABBREVIATIONS.split())
+# Marks that only one configured language writes, counted like one function word (presence).
+_MARKS = {"es": re.compile(r"[ñ¿¡]", re.IGNORECASE)}
+
+
+def normalise_tag(tag: str | None) -> str | None:
+    """The primary subtag of a language tag, lowercased: "es-MX" / "es_MX" / "ES" -> "es".
+
+    Providers send "und" (undetermined) or a list ("es-MX, en"); the first tag counts.
+    """
+    if not tag:
+        return None
+    first = tag.split(",")[0].strip().replace("_", "-")
+    primary = first.split("-")[0].split(";")[0].strip().lower()
+    return primary or None
+
+
+def check_languages(codes: Iterable[str]) -> tuple[str, ...]:
+    """Configured codes, lowercased and without duplicates; a code lingua does not know is refused.
+
+    Called when settings load, so a typo ("sp" for Spanish) stops the process at start rather
+    than answering every resident in the fallback language.
+    """
+    out: list[str] = []
+    for raw in codes:
+        code = str(raw).strip().lower()
+        try:
+            IsoCode639_1.from_str(code)
+        except ValueError:
+            raise ValueError(
+                f"unknown language code {raw!r}: use ISO 639-1 codes the detector knows "
+                "(e.g. en, es, vi, zh, ht; see docs/language.md)"
+            ) from None
+        if code not in out:
+            out.append(code)
+    if not out:
+        raise ValueError("at least one language must be configured (e.g. en)")
+    return tuple(out)
+
+
+def _stopwords(code: str) -> frozenset[str]:
+    path = STOPWORDS_DIR / f"{code}.txt"
+    if not path.is_file():
+        return frozenset()
+    words: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.lstrip().startswith("#"):
+            words.update(w.lower() for w in line.split())
+    return frozenset(words)
+
+
+def _word(token: str) -> str:
+    """A token as the stopword files write it: lowercased, apostrophes dropped ("don't" -> "dont")."""
+    return token.translate(_NO_APOSTROPHES).lower()
+
+
+def evidence_words(text: str, function_words: frozenset[str] = frozenset()) -> list[str]:
+    """The words that can say what language a text is: no numbers, no address parts.
+
+    In a text that holds an address (a number or "St", "Ave"...), capitalised words are taken for
+    names ("Oak St & 5th", "393 Temple Street") unless they are function words ("Hay un bache en
+    Elm St"): a street name says nothing about the language of the person who wrote it.
+    """
+    tokens = [t for t in _TOKEN.findall(text) if "_" not in t]
+    words = [_word(t) for t in tokens]
+    addressy = any(any(c.isdigit() for c in w) or w in _ADDRESS_ABBREVIATIONS for w in words)
+    return [
+        w
+        for t, w in zip(tokens, words, strict=True)
+        if w
+        and not any(c.isdigit() for c in w)
+        and w not in _ADDRESS_WORDS
+        and not (addressy and t[:1].isupper() and t[1:].islower() and w not in function_words)
+    ]
+
+
+class LanguageDetector:
+    """Which of ``languages`` a text is in. Build it with ``detector(...)``: one per process.
+
+    Thread-safe and cheap to call (about 0.1 ms a text, measured in bench/language_eval.py).
+    """
+
+    def __init__(self, languages: Sequence[str]) -> None:
+        self.languages: tuple[str, ...] = check_languages(languages)
+        lingua = [Language.from_iso_code_639_1(IsoCode639_1.from_str(c)) for c in self.languages]
+        self._code = {lang: code for lang, code in zip(lingua, self.languages, strict=True)}
+        # Preloaded: the first resident's text must not wait for a model to load.
+        self._lingua: _Lingua | None = (
+            LanguageDetectorBuilder.from_languages(*lingua).with_preloaded_language_models().build()
+            if len(lingua) > 1
+            else None
+        )
+        # Function words only one configured language uses: "a" and "he" are both languages',
+        # so they count for neither.
+        lists = {c: _stopwords(c) for c in self.languages}
+        self._own = {
+            c: words - frozenset().union(*(w for o, w in lists.items() if o != c))
+            for c, words in lists.items()
+        }
+        self._function_words = frozenset().union(*lists.values())
+
+    def __repr__(self) -> str:
+        return f"LanguageDetector({self.languages!r})"
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Log-odds-like score per configured language (lingua log confidence + function words).
+
+        Empty when the text has no evidence words. Exposed for the benchmark and for debugging.
+        """
+        words = evidence_words(text, self._function_words)
+        if not words or self._lingua is None:
+            return {}
+        values = self._lingua.compute_language_confidence_values(text)
+        confidence = {self._code[c.language]: c.value for c in values}
+        if not any(confidence.values()):
+            return {}
+        signal = dict.fromkeys(self.languages, 0)
+        for code in self.languages:
+            own = self._own[code]
+            signal[code] = sum(w in own for w in words)
+            marks = _MARKS.get(code)
+            if marks is not None and marks.search(text):
+                signal[code] += 1
+        if len(words) == 1 and max(confidence.values()) < SINGLE_WORD_CONFIDENCE and not any(signal.values()):
+            return {}  # one word, lingua unsure, no function word or mark: a tie
+        return {
+            code: math.log(max(confidence.get(code, 0.0), 1e-4)) + FUNCTION_WORD_WEIGHT * signal[code]
+            for code in self.languages
+        }
+
+    def _from_text(self, text: str) -> str | None:
+        if len(self.languages) == 1:
+            return self.languages[0] if evidence_words(text, self._function_words) else None
+        scores = self.scores(text)
+        if not scores:
+            return None
+        ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+        if ranked[0][1] - ranked[1][1] < MARGIN:
+            return None
+        return ranked[0][0]
+
+    def detect(self, text: str, *, hint: str | None = None) -> str | None:
+        """The configured language ``text`` is in, or None when the text does not say.
+
+        ``hint`` is a provider's language tag (tweet ``lang``, Content-Language, the browser's
+        choice). It decides only when the text itself is ambiguous: provider tags are set by
+        a UI locale or a detector of their own (Outlook sends en-US whatever one writes, X
+        tags short texts "und" or wrongly), so a text that clearly says Spanish is answered
+        in Spanish whatever its tag says. A hint outside the configured languages is ignored.
+        """
+        found = self._from_text(text or "")
+        if found is not None:
+            return found
+        tag = normalise_tag(hint)
+        return tag if tag in self.languages else None
+
+    def choose(self, text: str, *, hint: str | None = None, fallback: str = "en") -> str:
+        """Always a language to answer in: ``detect()``, else the hint, else ``fallback``, else
+        the first configured language (each only if configured)."""
+        found = self.detect(text, hint=hint)
+        if found is not None:
+            return found
+        tag = normalise_tag(fallback)
+        return tag if tag in self.languages else self.languages[0]
+
+
+@lru_cache(maxsize=32)
+def _cached(languages: tuple[str, ...]) -> LanguageDetector:
+    return LanguageDetector(languages)
+
+
+def detector(languages: Sequence[str] = DEFAULT_LANGUAGES) -> LanguageDetector:
+    """The detector for ``languages`` (ISO 639-1 codes), built once per process and tuple.
+
+    Raises ValueError naming the code when one is unknown.
+    """
+    return _cached(check_languages(languages))
+
+
+# --- Accept-Language (RFC 9110, section 12.5.4) ------------------------------------------------
+
+_RANGE = re.compile(r"^\s*([A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*|\*)\s*(?:;\s*q\s*=\s*([0-9.]+)\s*)?$")
+
+
+def preferred_language(accept_language: str | None, supported: Sequence[str], default: str = "en") -> str:
+    """The supported language the browser prefers most: "es-MX,es;q=0.9,en;q=0.8" -> "es".
+
+    Ranges are compared by primary subtag ("es-MX" is "es"); q=0 means "not this one"; ties keep
+    header order, then ``supported`` order; "*" stands for any supported language not named.
+    Nothing acceptable: ``default``.
+    """
+    codes = [c.lower() for c in supported]
+    if not accept_language:
+        return default
+    weights: dict[str, tuple[float, int]] = {}  # language -> (q, position) of its best range
+    star: tuple[float, int] | None = None
+    named: set[str] = set()
+    for position, part in enumerate(accept_language.split(",")[:50]):
+        match = _RANGE.match(part)
+        if not match:
+            continue
+        try:
+            q = float(match.group(2)) if match.group(2) is not None else 1.0
+        except ValueError:
+            continue
+        if not 0 <= q <= 1:
+            continue
+        primary = match.group(1).lower().split("-")[0]
+        if primary == "*":
+            star = (q, position)
+            continue
+        named.add(primary)
+        if primary in codes and (primary not in weights or q > weights[primary][0]):
+            weights[primary] = (q, position)
+    if star is not None:
+        for code in codes:
+            if code not in named:
+                weights[code] = star
+    # Highest q, then the earliest range, then the city's own order of languages.
+    acceptable = [
+        (q, -position, -codes.index(code), code) for code, (q, position) in weights.items() if q > 0
+    ]
+    return max(acceptable)[3] if acceptable else default
