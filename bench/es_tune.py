@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         result = clf.classify(row["text"], "es")
         ok = result.service_code == gold
         correct += ok
-        triage += result.needs_triage(taxonomy.triage_threshold) or result.service_code == taxonomy.fallback_code
+        triage += (
+            result.needs_triage(taxonomy.triage_threshold) or result.service_code == taxonomy.fallback_code
+        )
         per_code[gold] += 1
         per_style[row["style"]][0] += ok
         per_style[row["style"]][1] += 1

@@ -28,7 +28,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator,
 from intake311.logging import get_logger
 from intake311.secrets import env_value
 from schemas.contact import Sender
-from schemas.request import IncidentReport, ServiceRequest
+from schemas.request import IncidentReport, Priority, ServiceRequest
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 
 log = get_logger(__name__)
@@ -201,6 +201,10 @@ def _facts(request: ServiceRequest, department: str, include_reporter: bool) -> 
         ("Reported", f"{_when(request.requested_datetime)} via {request.channel}"),
         ("Due", _when(request.expected_datetime)),
         ("Department", department),
+        (
+            "Priority",
+            request.priority.value + (f" ({request.priority_reason})" if request.priority_reason else ""),
+        ),
     ]
     if request.incident_reports > 1:
         facts.append(("Reports", f"{request.incident_reports} residents reported this incident"))
@@ -244,6 +248,8 @@ def build_message(
     later = _later_reports(request, redact=not config.include_reporter) if update else []
 
     subject_parts = [config.subject_prefix, request.request_id]
+    if request.priority in (Priority.EMERGENCY, Priority.HIGH):
+        subject_parts.append(request.priority.value.upper())
     if update:
         subject_parts.append(f"update: {request.incident_reports} reports")
     subject_parts.append(_one_line(request.service_name, 60))

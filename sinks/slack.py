@@ -37,7 +37,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from intake311.logging import get_logger
 from intake311.secrets import env_value
-from schemas.request import IncidentReport, ServiceRequest
+from schemas.request import IncidentReport, Priority, ServiceRequest
 from schemas.status import StatusChange
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 from sinks.email import district_facts, latest_reports, redact_contact_details
@@ -452,6 +452,13 @@ def actions_block(request_id: str, state: str) -> dict[str, Any] | None:
     return {"type": "actions", "block_id": ACTIONS_BLOCK_ID, "elements": elements}
 
 
+def _urgency(request: ServiceRequest) -> str:
+    """ "EMERGENCY · " / "HIGH · " before the header and notification text; nothing when normal or low."""
+    if request.priority in (Priority.EMERGENCY, Priority.HIGH):
+        return f"{request.priority.value.upper()} · "
+    return ""
+
+
 def build_blocks(
     request: ServiceRequest, *, department: str, map_url: str = DEFAULT_MAP_URL, state: str = "new"
 ) -> tuple[list[dict[str, Any]], str]:
@@ -472,6 +479,10 @@ def build_blocks(
             fields.append({"type": "mrkdwn", "text": f"*Location*\n<{url}|Open map>"})
     if request.media_url and (photo := _link_url(request.media_url)):
         fields.append({"type": "mrkdwn", "text": f"*Photo*\n<{photo}|View photo>"})
+    if request.priority != Priority.NORMAL:
+        # Crews sort by this: say it, and why (a cue, repeated reports, the service's default).
+        why = f" ({escape(request.priority_reason)})" if request.priority_reason else ""
+        fields.insert(2, {"type": "mrkdwn", "text": f"*Priority*\n{request.priority.value}{why}"})
     fields += _district_fields(request, MAX_SECTION_FIELDS - len(fields))
     context = f"Reported via {escape(request.channel)} {_date(request.requested_datetime)} · {department}"
     if request.triage:
@@ -480,7 +491,10 @@ def build_blocks(
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": f"{request.service_name} · {request.request_id}"[:150]},
+            "text": {
+                "type": "plain_text",
+                "text": f"{_urgency(request)}{request.service_name} · {request.request_id}"[:150],
+            },
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
         {"type": "section", "fields": fields},
@@ -493,7 +507,7 @@ def build_blocks(
     ]
     if actions := actions_block(request.request_id, state):
         blocks.append(actions)
-    text = f"New {request.service_name} request {request.request_id}"
+    text = f"{_urgency(request)}New {request.service_name} request {request.request_id}"
     if request.address_string:
         text += f" at {request.address_string}"
     if request.incident_reports > 1:

@@ -18,7 +18,7 @@ from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_f
 from intake311.settings import Settings
 from schemas.emergency import rules_for, warning
 from schemas.language import preferred_language
-from schemas.messages import languages, render
+from schemas.messages import render
 from schemas.taxonomy import Taxonomy
 
 
@@ -57,8 +57,8 @@ def create_app(
     emergencies = rules_for(settings.emergency_rules_file)
 
     def page_language(request: Request) -> str:
-        # The browser's preference among the languages we have messages for.
-        return preferred_language(request.headers.get("accept-language"), languages())
+        # The browser's preference among the city's languages (settings.languages).
+        return preferred_language(request.headers.get("accept-language"), settings.languages)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def show_form(request: Request) -> Response:
@@ -81,7 +81,7 @@ def create_app(
                 received_at=now(),
                 languages=settings.languages,
                 # The browser's choice among the configured languages breaks a tie in the text.
-                hint=preferred_language(request.headers.get("accept-language"), settings.languages),
+                hint=language,
             )
         except FormInvalid as exc:
             return form_page(taxonomy, fields, exc.errors, status=400, language=language)

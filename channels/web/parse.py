@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
 from schemas.ids import ticket_for
 from schemas.language import DEFAULT_LANGUAGES, detector
+from schemas.messages import render
 from schemas.taxonomy import Taxonomy
 
 WEB_CHANNEL = "web"
@@ -251,19 +252,24 @@ def parse_web_form(
     choice, ``preferred_language(Accept-Language, languages)``) decides when the text does not.
     """
     errors: dict[str, str] = {}
+
+    def say(key: str, **values: object) -> str:
+        # Problems are told in the page's language (the browser's choice), like the form itself.
+        return render(f"web.errors.{key}", hint, **values)
+
     if not fields.description:
-        errors["description"] = "Describe the problem"
+        errors["description"] = say("description_missing")
     elif len(fields.description) > FORM_LIMITS["description"]:
-        errors["description"] = f"Describe the problem in {FORM_LIMITS['description']:,} characters or fewer"
+        errors["description"] = say("description_long", limit=FORM_LIMITS["description"])
     if not fields.address:
-        errors["address"] = "Tell us where the problem is: a street address or the nearest intersection"
+        errors["address"] = say("address_missing")
     elif len(fields.address) > FORM_LIMITS["address"]:
-        errors["address"] = f"Enter the location in {FORM_LIMITS['address']} characters or fewer"
+        errors["address"] = say("address_long", limit=FORM_LIMITS["address"])
     media_url = None
     if fields.photo_url and (
         len(fields.photo_url) > FORM_LIMITS["photo_url"] or (media_url := clean_url(fields.photo_url)) is None
     ):
-        errors["photo_url"] = "Enter a photo link that starts with http:// or https://"
+        errors["photo_url"] = say("photo_url")
     email = phone = None
     if fields.contact:
         if "@" in fields.contact:
@@ -271,14 +277,12 @@ def parse_web_form(
         else:
             phone = clean_phone(fields.contact)
         if email is None and phone is None:
-            errors["contact"] = (
-                "Enter an email address like name@example.com or a phone number like 555 123 4567"
-            )
+            errors["contact"] = say("contact")
     service_code = None
     if fields.service_code:
         service = taxonomy.get(fields.service_code)
         if service is None:
-            errors["service_code"] = "Choose a type of problem from the list, or Not sure"
+            errors["service_code"] = say("service_code")
         else:
             service_code = service.code
     if errors:

@@ -88,6 +88,29 @@ async def test_html_form_is_classified_and_routed(pipeline: Pipeline) -> None:
     assert "Oak St" in (line["address_string"] or "")
 
 
+async def test_spanish_web_report_gets_spanish_confirmation_and_right_service(pipeline: Pipeline) -> None:
+    """No service picked, no Accept-Language: the text alone says Spanish and which service."""
+    response = await pipeline.web.post(
+        "/",
+        data={
+            "description": "Hay un bache muy hondo frente a mi casa, ya se me poncharon dos gomas",
+            "address": "45 Elm St",
+            "contact": "",
+        },
+    )
+    assert response.status_code == 200, response.text
+    page = response.text
+    assert '<html lang="es">' in page
+    assert "Reporte recibido" in page and "Su número de caso es" in page
+    assert "Report received" not in page
+    ticket = re.search(r"\b([0-9A-Z]{4}-[0-9A-Z]{4})\b", page)
+    assert ticket, "confirmation page shows no ticket"
+    line = await arrived(pipeline, "public-works", ticket.group(1))
+    assert line["service_code"] == "pothole"
+    assert line["language"] == "es"
+    assert not line["triage"]
+
+
 async def test_replayed_contact_is_delivered_once(pipeline: Pipeline) -> None:
     publisher = KafkaContactPublisher(pipeline.broker, pipeline.settings.topics)
     contact = make_contact("Missed trash pickup again at 77 Orange Street", provider_id="replay-1")

@@ -186,7 +186,7 @@ def test_emergency_language_sets_priority(normalizer: Normalizer) -> None:
     assert plain.priority is Priority.LOW and plain.emergency is None  # graffiti's default
 
 
-def test_a_contact_without_a_language_is_read_in_the_language_it_is_written_in(normalizer: Normalizer) -> None:
+def test_a_contact_without_a_language_is_read_in_its_own_language(normalizer: Normalizer) -> None:
     """An Open311 client or a plugin may send no language: the normalizer's detector decides."""
     request = normalizer.normalize(make_contact("no han recogido la basura en toda la semana", language=None))
     assert request.language == "es"

@@ -23,6 +23,7 @@ from sinks.email import (
     REDACTED,
     EmailSink,
     EmailSinkConfig,
+    build_message,
     message_id_for,
     redact_contact_details,
 )
@@ -154,7 +155,7 @@ async def test_delivers_a_readable_message_without_reporter_details(smtp: tuple[
     assert message["Date"]
 
     text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
-    assert text.splitlines()[:12] == [
+    assert text.splitlines()[:13] == [
         "New service request K7M4-QPXA: Pothole",
         "",
         "Ticket:      K7M4-QPXA",
@@ -166,6 +167,7 @@ async def test_delivers_a_readable_message_without_reporter_details(smtp: tuple[
         "Reported:    2026-03-02 09:30 UTC via email",
         "Due:         2026-03-05 09:30 UTC",
         "Department:  public-works",
+        "Priority:    normal",
         "",
     ]
     assert f"Deep pothole by the school.\nCall me at {REDACTED}." in text
@@ -386,3 +388,11 @@ async def test_triage_reason_is_the_check(smtp: tuple[Mailbox, int]) -> None:
     await config(port).build(CTX).deliver(request, department="triage", delivery_id="d1")
     [(_, message)] = mailbox.messages
     assert "Check:       no address found in the text" in message.get_body(("plain",)).get_content()
+
+
+def test_an_emergency_is_in_the_subject_and_the_facts() -> None:
+    request = make_request(priority="emergency", priority_reason="emergency: gas", emergency="gas")
+    message = build_message(request, department="public-works", delivery_id="d1" * 16, config=config(25))
+    assert message["Subject"].startswith("[311] K7M4-QPXA EMERGENCY Pothole")
+    text = message.get_body(("plain",)).get_content()
+    assert "Priority:    emergency (emergency: gas)" in text

@@ -490,6 +490,26 @@ async def test_districts_are_fields(slack: FakeSlack, sink: SlackSink) -> None:
     assert fields[-2:] == ["*Ward*\nWard 7", "*Police district*\nDistrict &lt;2&gt;"]
 
 
+async def test_a_high_priority_request_says_so_and_why(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(
+        make_request(priority="high", priority_reason="cue: blocking the road"),
+        department="public-works",
+        delivery_id="d1",
+    )
+    body = slack.calls[0].body
+    assert body["blocks"][0]["text"]["text"].startswith("HIGH · Pothole")
+    assert body["text"].startswith("HIGH · New Pothole request")
+    fields = [f["text"] for f in body["blocks"][2]["fields"]]
+    assert "*Priority*\nhigh (cue: blocking the road)" in fields
+
+
+async def test_a_normal_request_shows_no_priority(slack: FakeSlack, sink: SlackSink) -> None:
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    body = slack.calls[0].body
+    assert not any("*Priority*" in f["text"] for f in body["blocks"][2]["fields"])
+    assert body["blocks"][0]["text"]["text"].startswith("Pothole")
+
+
 async def test_many_district_layers_share_the_last_field(slack: FakeSlack, sink: SlackSink) -> None:
     layers = {f"layer_{n}": f"D{n}" for n in range(6)}
     await sink.deliver(make_request(districts=layers), department="public-works", delivery_id="d1")

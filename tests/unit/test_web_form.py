@@ -195,6 +195,18 @@ async def test_form_missing_description_is_required(client: httpx.AsyncClient) -
     assert '<li><a href="#description">Describe the problem</a></li>' in response.text
 
 
+async def test_form_problems_are_told_in_the_pages_language(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    response = await client.post(
+        "/", data=report(description="hay un bache", address=""), headers={"Accept-Language": "es"}
+    )
+    assert response.status_code == 400
+    assert "Díganos dónde está el problema" in response.text
+    assert "Tell us where" not in response.text
+    assert publisher.contacts == []
+
+
 @pytest.mark.parametrize("failure", [PublishError("no ack"), ConnectionError("gone")])
 async def test_form_publish_failure_shows_no_ticket(
     client: httpx.AsyncClient, publisher: FakePublisher, lookup: AcceptedRequests, failure: Exception
