@@ -23,10 +23,10 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import snowballstemmer
 
+from schemas.stopwords import stopwords as _stopword_list
 from schemas.taxonomy import Taxonomy
 
 # Weights were chosen, and the confidence curve fitted (logistic regression on log(1 + top score)
@@ -54,7 +54,6 @@ SNOWBALL_LANGUAGES = {
     "nl": "dutch",
     "ca": "catalan",
 }
-STOPWORDS_DIR = Path(__file__).resolve().parents[1] / "schemas" / "stopwords"
 
 _TOKEN_RE = re.compile(r"[^\W_]+")
 
@@ -88,17 +87,9 @@ def language_key(language: str | None) -> str:
     return code if code in SNOWBALL_LANGUAGES else DEFAULT_LANGUAGE
 
 
-@lru_cache(maxsize=16)
 def stopwords(language: str = DEFAULT_LANGUAGE) -> frozenset[str]:
-    """The stopword list of ``language`` from ``schemas/stopwords/<code>.txt`` (empty if none)."""
-    path = STOPWORDS_DIR / f"{language_key(language)}.txt"
-    if not path.exists():
-        return frozenset()
-    words: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.lstrip().startswith("#"):
-            words.update(w.lower().replace("'", "") for w in line.split())
-    return frozenset(words)
+    """The stopword list of ``language`` (``schemas/stopwords/<code>.txt``; empty if none)."""
+    return _stopword_list(language_key(language))
 
 
 STOPWORDS = stopwords(DEFAULT_LANGUAGE)

@@ -24,13 +24,13 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 from lingua import LanguageDetector as _Lingua
 
+from schemas.stopwords import stopwords
+
 DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "es")
-STOPWORDS_DIR = Path(__file__).resolve().parent / "stopwords"
 
 # Each function word a text has that only language X uses counts this much (in natural-log
 # odds) for X, on top of lingua's own log confidence. Tuned on a development split (English
@@ -93,17 +93,6 @@ def check_languages(codes: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _stopwords(code: str) -> frozenset[str]:
-    path = STOPWORDS_DIR / f"{code}.txt"
-    if not path.is_file():
-        return frozenset()
-    words: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.lstrip().startswith("#"):
-            words.update(w.lower() for w in line.split())
-    return frozenset(words)
-
-
 def _word(token: str) -> str:
     """A token as the stopword files write it: lowercased, apostrophes dropped ("don't" -> "dont")."""
     return token.translate(_NO_APOSTROPHES).lower()
@@ -147,7 +136,7 @@ class LanguageDetector:
         )
         # Function words only one configured language uses: "a" and "he" are both languages',
         # so they count for neither.
-        lists = {c: _stopwords(c) for c in self.languages}
+        lists = {c: stopwords(c) for c in self.languages}
         self._own = {
             c: words - frozenset().union(*(w for o, w in lists.items() if o != c))
             for c, words in lists.items()

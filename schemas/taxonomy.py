@@ -37,6 +37,13 @@ def _check_slug(value: str, what: str) -> str:
     return value
 
 
+
+def positive_hours(value: dict[Priority, float], what: str) -> dict[Priority, float]:
+    """Hours per priority, each > 0 (a zero-hour service level is a typo, not a promise)."""
+    if bad := [f"{p.value}: {h}" for p, h in value.items() if not h > 0]:
+        raise ValueError(f"{what} must be greater than 0 ({', '.join(bad)})")
+    return value
+
 class IncidentRule(BaseModel):
     """When two reports of one service are one problem: within ``radius_m`` metres of each other
     and ``window_hours`` of the incident's latest report. A street light is a point (a few
@@ -112,9 +119,7 @@ class Service(BaseModel):
     @field_validator("sla_by_priority")
     @classmethod
     def _positive_hours(cls, value: dict[Priority, float]) -> dict[Priority, float]:
-        if bad := [f"{p.value}: {h}" for p, h in value.items() if not h > 0]:
-            raise ValueError(f"sla_hours must be greater than 0 ({', '.join(bad)})")
-        return value
+        return positive_hours(value, "sla_hours")
 
     @field_validator("priority")
     @classmethod
@@ -176,9 +181,7 @@ class Taxonomy(BaseModel):
     @field_validator("priority_sla_hours")
     @classmethod
     def _positive_caps(cls, value: dict[Priority, float]) -> dict[Priority, float]:
-        if bad := [f"{p.value}: {h}" for p, h in value.items() if not h > 0]:
-            raise ValueError(f"hours must be greater than 0 ({', '.join(bad)})")
-        return value
+        return positive_hours(value, "hours")
 
     @model_validator(mode="after")
     def _check_codes(self) -> Taxonomy:
