@@ -37,12 +37,12 @@ def _check_slug(value: str, what: str) -> str:
     return value
 
 
-
 def positive_hours(value: dict[Priority, float], what: str) -> dict[Priority, float]:
     """Hours per priority, each > 0 (a zero-hour service level is a typo, not a promise)."""
     if bad := [f"{p.value}: {h}" for p, h in value.items() if not h > 0]:
         raise ValueError(f"{what} must be greater than 0 ({', '.join(bad)})")
     return value
+
 
 class IncidentRule(BaseModel):
     """When two reports of one service are one problem: within ``radius_m`` metres of each other
