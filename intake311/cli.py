@@ -283,24 +283,45 @@ def report(
 @app.command()
 def replay(
     stage: Annotated[
-        str | None, typer.Option(help="only letters from this stage (normalizer, router, sinks…)")
+        str | None,
+        typer.Option(
+            help="only letters from this stage (normalizer, router, sinks…); the others stay replayable"
+        ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="list, do not publish")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list what would be replayed; publish and mark nothing")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Re-publish dead letters to where they came from, after fixing the cause."""
-    from intake311.ops import replay_dead_letters
+    """Re-publish dead letters to where they came from, after fixing the cause.
+
+    Each letter is replayed once, whoever runs the replay: the letters replayed are recorded on
+    the cluster (the dead-letter topic's ``.replayed`` topic), and every run skips them.
+    Records on the dead-letter topic that are not dead letters are listed and skipped.
+    """
+    from intake311.ops import replay as replay_letters
 
     settings = _settings(config)
-    letters = asyncio.run(
-        replay_dead_letters(settings, _client_bootstrap(settings), stage=stage, dry_run=dry_run)
-    )
-    for letter in letters:
+    report = asyncio.run(replay_letters(settings, _client_bootstrap(settings), stage=stage, dry_run=dry_run))
+    for letter in report.replayed:
         typer.echo(
             f"{'would replay' if dry_run else 'replayed'}  {letter.stage:<11}{letter.source_topic}"
             f"  {letter.reason[:100]}"
         )
-    typer.echo(f"{len(letters)} dead letter(s) {'found' if dry_run else 'replayed'}", err=True)
+    for where in report.not_letters:
+        typer.echo(f"skipped  not a dead letter  {settings.topics.deadletter}/{where}")
+    skipped = [
+        (report.already_replayed, "already replayed"),
+        (report.other_stages, "from other stages (not replayed, still replayable)"),
+        (report.no_source, "without a source topic"),
+        (report.no_original, "without their original (too large: see the reason)"),
+        (len(report.not_letters), "not dead letters"),
+    ]
+    typer.echo(
+        f"{len(report.replayed)} dead letter(s) {'would be replayed' if dry_run else 'replayed'}"
+        + "".join(f"; {n} {what}" for n, what in skipped if n),
+        err=True,
+    )
 
 
 @app.command()

@@ -3,13 +3,16 @@ sink is; the service-level report from the case store. Used by the CLI."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from intake311.settings import Settings
+from schemas.deadletter import DeadLetter
 
 
 def department_rows(settings: Settings) -> list[dict[str, Any]]:
@@ -133,7 +136,137 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-REPLAY_GROUP = "deadletter-replay"
+@dataclass
+class ReplayReport:
+    """What one replay did (or, in a dry run, would do), so the operator sees every record."""
+
+    replayed: list[DeadLetter] = field(default_factory=list)
+    already_replayed: int = 0  # replayed by an earlier run (any operator, any --stage)
+    other_stages: int = 0  # left for a replay of their own stage, still replayable
+    no_source: int = 0  # letters that do not say where they came from: nowhere to send them
+    no_original: int = 0  # too large to keep their original: it is only on the source topic
+    not_letters: list[str] = field(default_factory=list)  # "partition/offset: why" of each
+
+
+def replayed_topic(settings: Settings) -> str:
+    """Where replays record which letters they re-published: shared by every operator."""
+    return f"{settings.topics.deadletter}.replayed"
+
+
+def letter_id(record: ConsumerRecord[Any, Any]) -> str:
+    """A dead letter's identity: its place on the dead-letter topic (the same for everyone)."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+async def _read_all(
+    bootstrap: list[str], topic: str, idle_s: float, settings: Settings
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record on ``topic`` from the beginning, read until the topic has been idle ``idle_s``.
+
+    No consumer group: nothing is committed, so reading can never make a record unreadable to
+    the next run (the embedded broker's end offsets are approximate, hence the idle wait).
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka.consumer_session_timeout_ms,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[Any, Any]] = []
+    try:
+        while batches := await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=500):
+            for batch in batches.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def replay(
+    settings: Settings,
+    bootstrap: list[str],
+    *,
+    stage: str | None = None,
+    dry_run: bool = False,
+    idle_s: float = 2.0,
+) -> ReplayReport:
+    """Re-publish dead letters' original bytes to their source topics, each letter once.
+
+    Every run reads the whole dead-letter topic and skips the letters a replay already
+    re-published, as recorded on ``replayed_topic`` (keyed by ``letter_id``). That record is on
+    the cluster, so every operator sees it; ``--stage`` only chooses which letters to replay and
+    marks just those, so other stages' letters stay replayable (a consumer group's committed
+    offset used to move past them for good). Records on the topic that are not dead letters are
+    skipped and reported, never fatal. Marks are written after the replayed records are
+    acknowledged: a crash in between replays those letters again next time, which is harmless
+    because ids are stable downstream; so are two operators replaying at the same moment.
+    ``dry_run`` reports what would be replayed, publishing and marking nothing.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from intake311.bus import ensure_topics
+
+    marks_topic = replayed_topic(settings)
+    await ensure_topics(settings.kafka, bootstrap, [settings.topics.deadletter, marks_topic])
+    done = {
+        r.key.decode(errors="replace")
+        for r in await _read_all(bootstrap, marks_topic, idle_s, settings)
+        if r.key
+    }
+    report = ReplayReport()
+    todo: list[tuple[str, DeadLetter]] = []
+    for record in await _read_all(bootstrap, settings.topics.deadletter, idle_s, settings):
+        try:
+            letter = DeadLetter.model_validate_json(record.value or b"")
+        except ValueError as exc:
+            report.not_letters.append(f"{record.partition}/{record.offset}: {str(exc).splitlines()[0][:120]}")
+            continue
+        if stage and letter.stage != stage:
+            report.other_stages += 1
+        elif not letter.source_topic:
+            report.no_source += 1
+        elif letter.original_encoding == "omitted":
+            report.no_original += 1
+        elif letter_id(record) in done:
+            report.already_replayed += 1
+        else:
+            todo.append((letter_id(record), letter))
+    report.replayed = [letter for _, letter in todo]
+    if dry_run or not todo:
+        return report
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        sends = []
+        for _, letter in todo:
+            headers = [(k, v.encode()) for k, v in letter.headers.items() if k != "content-type"]
+            sends.append(
+                await producer.send(
+                    letter.source_topic or "",
+                    letter.original,
+                    key=letter.key.encode() if letter.key else None,
+                    headers=[("content-type", b"application/json"), *headers],
+                )
+            )
+        for sent in sends:
+            await sent
+        now = datetime.now(UTC).isoformat()
+        marks = [
+            await producer.send(
+                marks_topic,
+                json.dumps({"stage": letter.stage, "source_topic": letter.source_topic, "at": now}).encode(),
+                key=ident.encode(),
+            )
+            for ident, letter in todo
+        ]
+        for mark in marks:
+            await mark
+    finally:
+        await producer.stop()
+    return report
 
 
 async def replay_dead_letters(
@@ -143,58 +276,7 @@ async def replay_dead_letters(
     stage: str | None = None,
     dry_run: bool = False,
     idle_s: float = 2.0,
-) -> list[Any]:
-    """Re-publish dead letters' original bytes to their source topics, once each.
-
-    The replay consumer group remembers where it stopped, so running it again replays only
-    letters that arrived since; ids are stable, so whatever already succeeded downstream is
-    skipped there. ``stage`` limits it to one stage's letters; ``dry_run`` lists without
-    publishing (and without moving the group's position).
-    """
-    from aiokafka import AIOKafkaProducer
-
-    from schemas.deadletter import DeadLetter
-
-    consumer = AIOKafkaConsumer(
-        settings.topics.deadletter,
-        bootstrap_servers=bootstrap,
-        group_id=settings.topics.group(REPLAY_GROUP),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=settings.kafka.consumer_session_timeout_ms,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
-    await consumer.start()
-    await producer.start()
-    replayed: list[DeadLetter] = []
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=500)
-            if not batches:
-                break
-            sends = []
-            for records in batches.values():
-                for record in records:
-                    letter = DeadLetter.model_validate_json(record.value)
-                    if (stage and letter.stage != stage) or not letter.source_topic:
-                        continue
-                    replayed.append(letter)
-                    if not dry_run:
-                        headers = [(k, v.encode()) for k, v in letter.headers.items() if k != "content-type"]
-                        sends.append(
-                            await producer.send(
-                                letter.source_topic,
-                                letter.original,
-                                key=letter.key.encode() if letter.key else None,
-                                headers=[("content-type", b"application/json"), *headers],
-                            )
-                        )
-            if dry_run:
-                continue
-            for sent in sends:
-                await sent
-            await consumer.commit()
-    finally:
-        await producer.stop()
-        await consumer.stop()
-    return replayed
+) -> list[DeadLetter]:
+    """The letters ``replay`` re-published (or would, with ``dry_run``); see ``replay``."""
+    report = await replay(settings, bootstrap, stage=stage, dry_run=dry_run, idle_s=idle_s)
+    return report.replayed

@@ -10,7 +10,10 @@ replays the batch (at-least-once) and stable ids make the replay harmless.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import functools
+import gzip
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
@@ -47,8 +50,14 @@ class Record:
             partition=raw.partition,
             offset=raw.offset,
             key=raw.key,
-            headers={k: v.decode(errors="replace") for k, v in (raw.headers or ())},
+            headers=text_headers(raw.headers),
         )
+
+
+def text_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Header values as text whatever bytes a producer put there: invalid UTF-8 is replaced and
+    a null value is empty, so no header can make a record unprocessable."""
+    return {k: v.decode(errors="replace") if v is not None else "" for k, v in (headers or ())}
 
 
 class Reject(Exception):
@@ -61,23 +70,49 @@ def records_from(raw_message: Any) -> list[Record]:
     return [Record.of(r) for r in raws]
 
 
+MAX_LETTER_BYTES = 900_000
+"""Largest dead letter sent as is: under the producer's 1 MiB request limit with room for the key
+and headers. Base64 makes a letter a third larger than its record, so a record near the limit
+(accepted when it was produced) would give a letter no broker takes: its batch would fail and be
+redelivered for ever, holding up every record behind it."""
+
+
 def dead_letter(
     record: Record, stage: str, topic: str, reason: str, error: str, attempts: int = 1
 ) -> Outgoing:
-    """The dead-letter record for an input record, keyed like the original."""
-    letter = DeadLetter.of(
-        record.value,
-        stage=stage,
-        reason=reason,
-        error=error,
-        source_topic=record.topic or None,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key.decode(errors="replace") if record.key else None,
-        headers=record.headers,
-        attempts=attempts,
-    )
-    return Outgoing(topic, letter.model_dump_json().encode(), key=letter.key, headers={"x-stage": stage})
+    """The dead-letter record for an input record, keyed like the original.
+
+    A letter too big for Kafka carries its original gzipped; if even that is too big (bytes that
+    do not compress), it carries none and says where the original is, rather than block the stage.
+    """
+    where: dict[str, Any] = {
+        "stage": stage,
+        "error": error,
+        "source_topic": record.topic or None,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode(errors="replace") if record.key else None,
+        "headers": record.headers,
+        "attempts": attempts,
+    }
+    letter = DeadLetter.of(record.value, reason=reason, **where)
+    value = letter.model_dump_json().encode()
+    if len(value) > MAX_LETTER_BYTES:
+        packed = base64.b64encode(gzip.compress(record.value)).decode()
+        letter = letter.model_copy(update={"original_b64": packed, "original_encoding": "gzip+base64"})
+        value = letter.model_dump_json().encode()
+    if len(value) > MAX_LETTER_BYTES:
+        log.error(
+            "record too large to keep in a dead letter", stage=stage, topic=record.topic, offset=record.offset
+        )
+        omitted = (
+            f"{reason[:1500]} [original of {len(record.value)} bytes too large to keep here: it is on "
+            f"{record.topic} partition {record.partition} offset {record.offset}]"
+        )
+        letter = DeadLetter.of(b"", reason=omitted, **where)
+        letter = letter.model_copy(update={"original_encoding": "omitted"})
+        value = letter.model_dump_json().encode()
+    return Outgoing(topic, value, key=letter.key, headers={"x-stage": stage})
 
 
 def explain(exc: BaseException) -> str:
@@ -181,6 +216,41 @@ else:
             return raw_batch(model)
 
 
+def _utf8_headers(raw: ConsumerRecord[Any, Any]) -> ConsumerRecord[Any, Any]:
+    """``raw`` with header values FastStream can decode (a copy only when one could not be)."""
+    headers = tuple(raw.headers or ())
+    try:
+        for _, value in headers:
+            value.decode()
+    except (AttributeError, UnicodeDecodeError):  # a null or non-UTF-8 value
+        text = text_headers(headers)
+        return dataclasses.replace(raw, headers=tuple((k, v.encode()) for k, v in text.items()))
+    return raw
+
+
+async def tolerant_batch_parser(
+    raws: tuple[ConsumerRecord[Any, Any], ...],
+    original: Callable[[tuple[ConsumerRecord[Any, Any], ...]], Awaitable[Any]],
+) -> Any:
+    """FastStream's batch parser, made unable to fail on what a producer put in headers.
+
+    FastStream decodes every header value as strict UTF-8 before any handler runs. One
+    producer's binary header (``b"\\xff\\xfe"``) then failed the whole batch there: the handler
+    never ran, nothing was dead-lettered, the rewind (which needs the parsed message) failed
+    too, and the next batch's commit moved the group past the lost one. FastStream is given
+    copies with readable headers instead; the message keeps the original records, so stages,
+    dead letters and the rewind see the exact bytes and offsets that were consumed. Keys and
+    values are never decoded here: each stage does that record by record.
+    """
+    try:
+        message = await original(tuple(_utf8_headers(r) for r in raws))
+    except Exception as exc:  # anything else FastStream trips on in headers: drop them for it
+        log.error("batch headers unreadable, parsed without them", error=f"{type(exc).__name__}: {exc}"[:300])
+        message = await original(tuple(dataclasses.replace(r, headers=()) for r in raws))
+    message.raw_message = raws
+    return message
+
+
 async def _raw_bodies(message: Any) -> Any:
     """Decoder that hands the handler raw bytes: each stage validates record by record, so one
     malformed record is dead-lettered instead of failing the whole batch."""
@@ -201,6 +271,8 @@ def batch_subscriber(
     ``NACK_ON_ERROR`` rewinds the batch when the handler raises (an outage), so nothing is
     skipped; handlers dead-letter bad input themselves, so a poison record cannot loop, and
     ``pause_on_failure`` keeps an outage's redeliveries from becoming a tight loop.
+    ``tolerant_batch_parser`` makes sure FastStream itself can always parse the batch: a batch
+    it cannot parse is neither handled nor rewound, and the next commit would skip it.
     """
     from faststream import AckPolicy
 
@@ -216,6 +288,7 @@ def batch_subscriber(
         heartbeat_interval_ms=max(300, session_ms // 4),
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        parser=tolerant_batch_parser,
         decoder=_raw_bodies,
         title=title,
         description=description,

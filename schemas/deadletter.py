@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gzip
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -25,6 +27,12 @@ class DeadLetter(BaseModel):
     offset: int | None = None
     key: str | None = None
     original_b64: str = Field(description="the original bytes, base64")
+    original_encoding: Literal["base64", "gzip+base64", "omitted"] = Field(
+        default="base64",
+        description="how original_b64 holds the original: gzip when base64 alone would not fit "
+        "in a Kafka record; omitted (empty) when even that would not, the original then stays only "
+        "on source_topic at partition/offset",
+    )
     headers: dict[str, str] = Field(default_factory=dict)
     attempts: int = 1
     failed_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -41,4 +49,5 @@ class DeadLetter(BaseModel):
 
     @property
     def original(self) -> bytes:
-        return base64.b64decode(self.original_b64)
+        raw = base64.b64decode(self.original_b64)
+        return gzip.decompress(raw) if self.original_encoding == "gzip+base64" else raw

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
+from aiokafka import ConsumerRecord
+from faststream.kafka.message import KafkaAckableMessage
+from faststream.kafka.parser import AioKafkaBatchParser
 
 from intake311.bus import Outgoing
-from intake311.stage import Record, pause_on_failure, process_batch
+from intake311.stage import (
+    MAX_LETTER_BYTES,
+    Record,
+    dead_letter,
+    pause_on_failure,
+    process_batch,
+    records_from,
+    tolerant_batch_parser,
+)
 from schemas import DeadLetter
 
 
@@ -50,3 +62,68 @@ async def test_failed_batches_pause_longer_each_time_and_reset_after_success(
         await wrapped()
     assert pauses == [0.5, 1.0, 0.5]
     assert wrapped.__name__ == "handler"
+
+
+def consumed(
+    offset: int, headers: list[tuple[str, bytes | None]], key: bytes | None = None
+) -> ConsumerRecord:
+    """A record as aiokafka hands it over, headers and key exactly as the producer sent them."""
+    return ConsumerRecord(
+        topic="intake311.contacts.web",
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=b'{"x": 1}' if offset != 3 else None,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=headers,
+    )
+
+
+async def test_the_batch_parser_survives_headers_faststream_cannot_decode() -> None:
+    parser = AioKafkaBatchParser(msg_class=KafkaAckableMessage, regex=None)
+    raws = (
+        consumed(1, [("content-type", b"application/json")]),
+        consumed(2, [("x-trace", b"\xff\xfe\xb4"), ("x-null", None)], key=b"\xff\xfe"),
+        consumed(3, []),  # a tombstone
+    )
+    with pytest.raises(UnicodeDecodeError):  # FastStream's own parser: the whole batch fails
+        await parser.parse_batch(raws)
+
+    message = await tolerant_batch_parser(raws, parser.parse_batch)
+
+    assert message.raw_message == raws  # the exact records consumed, for the stage and the rewind
+    assert message.body == [b'{"x": 1}', b'{"x": 1}', b""]
+    assert message.batch_headers[1] == {"x-trace": "\ufffd\ufffd\ufffd", "x-null": ""}
+    bad = records_from(message.raw_message)[1]
+    assert bad.key == b"\xff\xfe" and bad.headers == {"x-trace": "\ufffd\ufffd\ufffd", "x-null": ""}
+    letter = DeadLetter.model_validate_json(dead_letter(bad, "normalizer", "dlq", "bad", "E").value)
+    assert letter.offset == 2 and letter.key == "\ufffd\ufffd" and letter.original == b'{"x": 1}'
+
+
+async def test_the_batch_parser_leaves_readable_records_untouched() -> None:
+    parser = AioKafkaBatchParser(msg_class=KafkaAckableMessage, regex=None)
+    raws = (consumed(1, [("content-type", b"application/json")]),)
+    message = await tolerant_batch_parser(raws, parser.parse_batch)
+    assert message.raw_message[0] is raws[0]
+    assert message.headers == {"content-type": "application/json"}
+
+
+def test_a_record_too_large_for_its_dead_letter_is_kept_gzipped() -> None:
+    huge = b"a long and rambling complaint about the potholes " * 18_400  # ~900 KB, compresses
+    out = dead_letter(Record(huge, topic="in", partition=0, offset=7), "normalizer", "dlq", "too long", "E")
+    assert len(out.value) <= MAX_LETTER_BYTES  # base64 alone would be ~1.2 MB: no broker takes it
+    letter = DeadLetter.model_validate_json(out.value)
+    assert letter.original_encoding == "gzip+base64" and letter.original == huge
+
+
+def test_a_record_that_cannot_fit_even_gzipped_says_where_it_is() -> None:
+    noise = random.Random(7).randbytes(900_000)  # does not compress
+    out = dead_letter(Record(noise, topic="in", partition=2, offset=9), "normalizer", "dlq", "bad", "E")
+    assert len(out.value) <= MAX_LETTER_BYTES
+    letter = DeadLetter.model_validate_json(out.value)
+    assert letter.original_encoding == "omitted" and letter.original == b""
+    assert "in partition 2 offset 9" in letter.reason and letter.reason.startswith("bad")

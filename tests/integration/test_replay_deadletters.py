@@ -1,0 +1,136 @@
+"""``intake311 replay`` on the embedded broker: nothing on the dead-letter topic can block it,
+and replaying one stage never makes another stage's letters unreplayable."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from typer.testing import CliRunner
+
+from intake311.cli import app
+from intake311.ops import replay_dead_letters
+from intake311.settings import Settings
+from schemas import DeadLetter
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def settings_for(bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings under a topic prefix of this test's own, so no other test's letters are seen."""
+    return Settings(
+        data_dir=tmp_path,
+        kafka={"bootstrap_servers": [bootstrap], "topic_prefix": f"rp{uuid.uuid4().hex[:8]}"},
+    )
+
+
+def letter(settings: Settings, stage: str, original: bytes, source: str) -> bytes:
+    return (
+        DeadLetter.of(original, stage=stage, reason=f"{stage} failed", error="E", source_topic=source)
+        .model_dump_json()
+        .encode()
+    )
+
+
+async def put(settings: Settings, topic: str, values: Sequence[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=False)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def on_topic(settings: Settings, topic: str) -> list[bytes]:
+    """Everything on ``topic`` so far (read until it has been idle a second)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        values: list[bytes] = []
+        while batches := await consumer.getmany(timeout_ms=1000):
+            values += [r.value for rs in batches.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def seed(settings: Settings, *, garbage: bool = True) -> tuple[str, str]:
+    """Dead letters of two stages, with (``garbage``) records that are not dead letters between."""
+    topics = settings.topics
+    contacts, requests = topics.contacts("web"), topics.requests
+    strays = [b"not a dead letter at all", b'{"stage": "normalizer"}'] if garbage else [b"", b""]
+    values = [
+        letter(settings, "normalizer", b'{"n": 1}', contacts),
+        strays[0],
+        letter(settings, "router", b'{"r": 1}', requests),
+        strays[1],  # JSON, but not a DeadLetter
+        letter(settings, "normalizer", b'{"n": 2}', contacts),
+    ]
+    await put(settings, topics.deadletter, [v for v in values if v])
+    return contacts, requests
+
+
+async def test_a_record_that_is_not_a_dead_letter_is_skipped_not_fatal(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    contacts, requests = await seed(settings)
+    replayed = await replay_dead_letters(settings, [kafka_bootstrap], idle_s=1.0)
+    assert sorted(x.original for x in replayed) == [b'{"n": 1}', b'{"n": 2}', b'{"r": 1}']
+    assert sorted(await on_topic(settings, contacts)) == [b'{"n": 1}', b'{"n": 2}']
+    assert await on_topic(settings, requests) == [b'{"r": 1}']
+
+
+async def test_replaying_one_stage_leaves_the_others_replayable_and_each_letter_goes_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    contacts, requests = await seed(settings, garbage=False)
+
+    routed = await replay_dead_letters(settings, [kafka_bootstrap], stage="router", idle_s=1.0)
+    assert [x.original for x in routed] == [b'{"r": 1}']
+    assert await on_topic(settings, contacts) == []
+
+    normalized = await replay_dead_letters(settings, [kafka_bootstrap], stage="normalizer", idle_s=1.0)
+    assert sorted(x.original for x in normalized) == [b'{"n": 1}', b'{"n": 2}']
+
+    # All stages now: everything was replayed already, by one stage's run or the other.
+    assert await replay_dead_letters(settings, [kafka_bootstrap], idle_s=1.0) == []
+    assert sorted(await on_topic(settings, contacts)) == [b'{"n": 1}', b'{"n": 2}']
+    assert await on_topic(settings, requests) == [b'{"r": 1}']
+
+
+def test_cli_replay_reports_skipped_records_and_dry_run_shows_what_would_go(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    monkeypatch.setenv("INTAKE311_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("INTAKE311_KAFKA__TOPIC_PREFIX", settings.kafka.topic_prefix)
+    monkeypatch.setenv("INTAKE311_DATA_DIR", str(tmp_path))
+    contacts, _ = asyncio.run(seed(settings))
+
+    dry = runner.invoke(app, ["replay", "--stage", "normalizer", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.count("would replay  normalizer") == 2
+    assert dry.stdout.count("not a dead letter") == 2
+    assert "2 dead letter(s) would be replayed" in dry.stderr
+    assert "1 from other stages" in dry.stderr and "2 not dead letters" in dry.stderr
+    assert asyncio.run(on_topic(settings, contacts)) == []  # a dry run publishes nothing
+
+    done = runner.invoke(app, ["replay", "--stage", "normalizer"])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.count("replayed  normalizer") == 2
+
+    rest = runner.invoke(app, ["replay"])
+    assert rest.exit_code == 0, rest.output
+    assert rest.stdout.count("replayed  router") == 1 and "replayed  normalizer" not in rest.stdout
+    assert "2 already replayed" in rest.stderr
