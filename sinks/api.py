@@ -16,24 +16,32 @@ normalizer applies it in order with the request's own contacts).
 
 Nothing is published for a wrong token, a request of another department, or a forged Slack
 payload. The case store records the change and the resident is told (``sinks.status``).
+
+Every door is reachable before authentication, so bodies are read through
+``intake311.http.read_body`` with a cap sized to what the caller really sends (413 past it, by
+``Content-Length`` at once or while streaming), and decoded with ``parse_json``: a body that is
+not UTF-8, nested too deeply, of the wrong shape or holding lone surrogates is a 4xx naming the
+problem, never a 500 (which Slack and department systems would retry).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slack_sdk.signature import SignatureVerifier
 
 from intake311.bus import Outgoing, publish_all
+from intake311.http import BadBody, BodyTooLarge, decode_utf8, parse_json, printable, read_body
 from intake311.logging import get_logger
 from intake311.settings import Settings
+from intake311.stage import explain
 from schemas.contact import split_command
 from schemas.ids import parse_ticket
 from schemas.status import StatusChange, parse_state
@@ -42,14 +50,49 @@ from sinks.slack import ACTION_PREFIX
 
 log = get_logger(__name__)
 
+# Slack's block_actions payload repeats the whole message (up to 50 blocks): tens of kilobytes.
+MAX_SLACK_BYTES = 256 * 1024
+# A state and at most 2,000 characters of notes (8 kB of UTF-8), JSON or form encoded.
+MAX_STATUS_BYTES = 16 * 1024
+
 
 class StatusBody(BaseModel):
-    state: str = Field(description="new, acknowledged, in_progress, closed (or Open311 open/closed)")
+    state: str = Field(
+        max_length=40, description="new, acknowledged, in_progress, closed (or Open311 open/closed)"
+    )
     notes: str | None = Field(default=None, max_length=2000)
 
 
+class _SlackUser(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = "unknown"
+
+
+class _SlackAction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    action_id: str = ""
+    value: str = ""  # buttons carry one; other elements (selects) do not, and are not ours
+
+
+class SlackPayload(BaseModel):
+    """The fields of a Slack interactivity payload we read, with the types Slack sends them in."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    user: _SlackUser | None = None
+    actions: list[_SlackAction] = Field(default_factory=list)
+
+
 def _error(status: int, description: str) -> JSONResponse:
-    return JSONResponse([{"code": status, "description": description}], status_code=status)
+    # ``printable``: a description echoing the caller's input must still encode (no surrogates).
+    return JSONResponse([{"code": status, "description": printable(description, 500)}], status_code=status)
+
+
+def _too_large(exc: BodyTooLarge) -> JSONResponse:
+    return _error(413, str(exc))
 
 
 def department_for_token(settings: Settings, token: str) -> str | None:
@@ -126,8 +169,26 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
             status_code=202,
         )
 
-    @router.post("/api/requests/{request_id}/status", status_code=202)
-    async def api_status(request_id: str, body: StatusBody, request: Request) -> Response:
+    @router.post(
+        "/api/requests/{request_id}/status",
+        status_code=202,
+        # Read by hand (capped, strictly decoded), so the schema is declared rather than inferred.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": StatusBody.model_json_schema()}},
+            }
+        },
+    )
+    async def api_status(request_id: str, request: Request) -> Response:
+        try:
+            body = StatusBody.model_validate(parse_json(await read_body(request, MAX_STATUS_BYTES)))
+        except BodyTooLarge as exc:
+            return _too_large(exc)
+        except BadBody as exc:
+            return _error(400, str(exc))
+        except ValidationError as exc:
+            return _error(422, explain(exc))
         return await change_status(request_id, _bearer(request), body.state, body.notes, "api")
 
     @router.post("/api/requests/{request_id}/split", status_code=202)
@@ -166,7 +227,11 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
 
     @router.post("/open311/v2/requests/{request_id}.json", status_code=202)
     async def open311_update(request_id: str, request: Request) -> Response:
-        form = await request.form()
+        try:
+            await read_body(request, MAX_STATUS_BYTES)  # kept on the request for ``form()``
+        except BodyTooLarge as exc:
+            return _too_large(exc)
+        form = await request.form(max_files=0, max_fields=20)
         status = str(form.get("status") or "")
         if not status:
             return _error(400, "status is required (open, closed, acknowledged, in_progress)")
@@ -177,14 +242,30 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
 
     @router.post("/slack/interactivity")
     async def slack_interactivity(request: Request) -> Response:
-        body = await request.body()
         secret = settings.slack_signing_secret
         if secret is None:
             return _error(404, "Slack interactivity is not configured")
+        try:
+            body = await read_body(request, MAX_SLACK_BYTES)
+            # The verifier decodes the body itself and would raise on bytes that are not UTF-8.
+            decode_utf8(body)
+        except BodyTooLarge as exc:
+            return _too_large(exc)
+        except BadBody as exc:
+            return _error(400, str(exc))
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        if not (timestamp.isascii() and timestamp.isdigit()):
+            # slack_sdk would int() it and raise: a missing or garbled timestamp is simply unsigned.
+            log.warning("Slack payload refused: bad signature timestamp")
+            return _error(401, "invalid Slack signature")
         if not SignatureVerifier(secret.get_secret_value()).is_valid_request(body, dict(request.headers)):
             log.warning("Slack payload refused: bad signature")
             return _error(401, "invalid Slack signature")
-        changes = slack_changes(body)
+        try:
+            changes = slack_changes(body)
+        except BadBody as exc:
+            log.warning("Slack payload refused: malformed", reason=str(exc)[:200])
+            return _error(400, str(exc))
         for change in changes:
             if await store.get_case(change.request_id) is None:
                 return _error(404, f"no service request {change.request_id!r}")
@@ -210,21 +291,25 @@ def _now() -> datetime:
 
 
 def slack_changes(body: bytes) -> list[StatusChange]:
-    """Status changes in a Slack ``block_actions`` payload (other payload types carry none)."""
-    from urllib.parse import parse_qs
+    """Status changes in a Slack ``block_actions`` payload (other payload types carry none).
 
-    raw = parse_qs(body.decode(errors="replace")).get("payload", ["{}"])[0]
+    Raises ``BadBody`` for a payload that is not the JSON object Slack sends.
+    """
+    raw = parse_qs(decode_utf8(body)).get("payload", ["{}"])[0]
+    value: Any = parse_json(raw, "the Slack payload")
+    if not isinstance(value, dict):
+        raise BadBody("the Slack payload is not a JSON object")
     try:
-        payload: dict[str, Any] = json.loads(raw)
-    except ValueError:
+        payload = SlackPayload.model_validate(value)
+    except ValidationError as exc:
+        raise BadBody(f"the Slack payload is malformed: {explain(exc)}") from None
+    if payload.type != "block_actions":
         return []
-    if payload.get("type") != "block_actions":
-        return []
-    user = (payload.get("user") or {}).get("id") or "unknown"
+    user = (payload.user.id if payload.user else "") or "unknown"
     changes = []
-    for action in payload.get("actions") or []:
-        action_id = str(action.get("action_id", ""))
-        ticket = parse_ticket(str(action.get("value", "")))
+    for action in payload.actions:
+        action_id = action.action_id
+        ticket = parse_ticket(action.value)
         if not action_id.startswith(ACTION_PREFIX) or ticket is None:
             continue
         try:

@@ -1,14 +1,17 @@
 """The sinks stage on Kafka: each (department, sink) pair consumes as its own consumer group.
 
 Separate groups mean separate offsets: a webhook that is down delays only its own deliveries,
-never the department's file or another department's webhook.
+never the department's file or another department's webhook. While a sink is down its
+requests wait on the topic (its batch is rewound, not committed, and probed again after a
+capped exponential pause; see ``sinks.retry``); only what a receiver refuses is dead-lettered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -34,7 +37,7 @@ from schemas.status import StatusChange
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import Topics
 from sinks.base import Delivery, Sink, SinkConfig, SinkContext
-from sinks.retry import deliver_all
+from sinks.retry import Outage, SinkUnavailable, call_with_retry, deliver_all
 from sinks.status import register as record_status_changes
 from sinks.subscriptions import Subscriptions, load_subscriptions
 
@@ -56,6 +59,47 @@ def departments(settings: Settings, subscriptions: Subscriptions) -> list[str]:
     return sorted(found)
 
 
+def _position(record: Record) -> str | None:
+    """Where a record sits on its topic: what a dead letter is remembered by.
+
+    Not the delivery id: a replayed dead letter is the same delivery at a new offset, and must
+    be delivered then, while the same offset redelivered after a rewind must not be
+    dead-lettered twice.
+    """
+    if record.partition is None or record.offset is None:
+        return None
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+@dataclass
+class BatchResult:
+    """What a batch came to: dead letters to publish (and then remember), or a sink that is down.
+
+    ``dead`` holds the positions of the dead-lettered records, marked once the letters are
+    published; ``held`` says why the rest of the batch stays on the topic (None: nothing waits).
+    """
+
+    letters: list[Outgoing] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    held: str | None = None
+
+    def dead_letter(self, record: Record, letter: Outgoing) -> None:
+        self.letters.append(letter)
+        if (position := _position(record)) is not None:
+            self.dead.append(position)
+
+
+def _dead_namespace(namespace: str) -> str:
+    return f"{namespace}#dead-lettered"
+
+
+def _fresh_records(records: Sequence[Record], seen: SeenStore, namespace: str) -> list[Record]:
+    """The records not dead-lettered already by this consumer (a rewound batch comes again)."""
+    positions = {p for r in records if (p := _position(r)) is not None}
+    done = positions - seen.unseen(_dead_namespace(namespace), positions)
+    return [r for r in records if _position(r) not in done]
+
+
 async def deliver_batch(
     records: Sequence[Record],
     sink: Sink,
@@ -64,21 +108,28 @@ async def deliver_batch(
     sink_name: str,
     seen: SeenStore,
     settings: Settings,
-) -> list[Outgoing]:
-    """Deliver what this sink has not delivered yet; return dead letters for what failed.
+    outage: Outage | None = None,
+    retry_timeout_s: float | None = None,
+) -> BatchResult:
+    """Deliver what this sink has not delivered yet; dead-letter only what it refused.
 
-    Seen ids are marked only after delivery, so a crash in between repeats a delivery (with the
-    same delivery id, which receivers dedupe) rather than losing one.
+    Seen ids are marked only after delivery, so a crash in between repeats a delivery with the
+    same delivery id: the jsonl sink finds it in its file, postgres upserts, webhook and email
+    receivers get the id (``X-Intake311-Delivery``, ``Message-ID``) to dedupe on. When the sink
+    is down, what it could not take is ``held``: the caller leaves it on the topic instead of
+    dead-lettering it, until ``retry_timeout_s`` of outage (None: forever).
     """
     namespace = f"{department}/{sink_name}"
     deadletter_topic = settings.topics.deadletter
-    letters: list[Outgoing] = []
+    outage = outage if outage is not None else Outage(namespace)
+    result = BatchResult()
     pending: dict[str, tuple[Record, Delivery]] = {}
-    for record in records:
+    for record in _fresh_records(records, seen, namespace):
         try:
             request = ServiceRequest.model_validate_json(record.value)
         except ValueError as exc:
-            letters.append(dead_letter(record, STAGE, deadletter_topic, explain(exc), type(exc).__name__))
+            letter = dead_letter(record, STAGE, deadletter_topic, explain(exc), type(exc).__name__)
+            result.dead_letter(record, letter)
             continue
         delivery_id = delivery_id_for(request.event_id, department, sink_name)
         pending.setdefault(delivery_id, (record, Delivery(request, department, delivery_id)))
@@ -89,32 +140,58 @@ async def deliver_batch(
         [delivery for _, delivery in todo],
         attempts=settings.retry_attempts,
         backoff_s=settings.retry_backoff_s,
+        outage=outage,
     )
+    timed_out = outage.timed_out(retry_timeout_s)
     delivered = []
     for (record, delivery), outcome in zip(todo, outcomes, strict=True):
         if outcome.delivered:
             delivered.append(delivery.delivery_id)
             continue
-        reason = f"sink {namespace} gave up after {outcome.attempts} attempt(s): {outcome.reason}"
+        if outcome.held and not timed_out:
+            result.held = result.held or outcome.reason
+            continue
+        if outcome.held:
+            reason = f"sink {namespace} down for {outage.down_for():.0f} s: {outcome.reason}"
+        else:
+            reason = f"sink {namespace} gave up after {outcome.attempts} attempt(s): {outcome.reason}"
         log.warning(
             "delivery dead-lettered",
             request_id=delivery.request.request_id,
             sink=namespace,
             attempts=outcome.attempts,
-            reason=(outcome.reason or "")[:200],
+            reason=reason[:300],
         )
-        letters.append(
-            dead_letter(
-                record, STAGE, deadletter_topic, reason, outcome.error or "DeliveryError", outcome.attempts
-            )
+        letter = dead_letter(
+            record, STAGE, deadletter_topic, reason, outcome.error or "DeliveryError", outcome.attempts
         )
+        result.dead_letter(record, letter)
     seen.mark(namespace, delivered)
-    return letters
+    return result
+
+
+async def finish_batch(
+    broker: KafkaBroker, result: BatchResult, *, seen: SeenStore, namespace: str, settings: Settings
+) -> None:
+    """Publish the dead letters, remember them, and rewind the batch if its sink is down.
+
+    Raising ``SinkUnavailable`` leaves the held requests on the topic: the batch is not
+    committed, and ``pause_on_failure`` waits (doubling, capped) before the redelivery probes.
+    """
+    await publish_with_retry(
+        broker, result.letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+    )
+    seen.mark(_dead_namespace(namespace), result.dead)
+    if result.held is not None:
+        raise SinkUnavailable(f"sink {namespace} is down; its requests wait on the topic: {result.held}")
 
 
 def _subscribe(
     broker: KafkaBroker, settings: Settings, department: str, config: SinkConfig, sink: Sink, seen: SeenStore
 ) -> None:
+    namespace = f"{department}/{config.name}"
+    outage = Outage(namespace)  # this consumer's view of its sink, kept across batches
+
     @batch_subscriber(
         broker,
         settings.topics.department(department),
@@ -124,51 +201,85 @@ def _subscribe(
         description=f"Delivers {department}'s requests to its '{config.name}' sink ({config.type}).",
     )
     async def deliver(records: RequestRecords, msg: KafkaMessage) -> None:
-        letters = await deliver_batch(
+        result = await deliver_batch(
             records_from(msg.raw_message),
             sink,
             department=department,
             sink_name=config.name,
             seen=seen,
             settings=settings,
+            outage=outage,
+            retry_timeout_s=config.retry_timeout_s,
         )
-        await publish_with_retry(
-            broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
+        await finish_batch(broker, result, seen=seen, namespace=namespace, settings=settings)
 
 
-async def status_batch(records: Sequence[Record], sink: Any, settings: Settings) -> list[Outgoing]:
-    """Let a status-aware sink show each change (e.g. update its Slack message)."""
-    letters: list[Outgoing] = []
-    for record in records:
+async def status_batch(
+    records: Sequence[Record],
+    sink: Any,
+    settings: Settings,
+    *,
+    seen: SeenStore | None = None,
+    namespace: str | None = None,
+    outage: Outage | None = None,
+    retry_timeout_s: float | None = None,
+) -> BatchResult:
+    """Let a status-aware sink show each change (e.g. update its Slack message), in order.
+
+    The same policy as deliveries: refused changes are dead-lettered, and while the sink is
+    down the rest wait on the topic (``on_status`` skips a change it already shows, so the
+    rewound part of a batch is harmless).
+    """
+    namespace = namespace or f"{sink.name}.status"
+    outage = outage if outage is not None else Outage(namespace)
+    result = BatchResult()
+    fresh = _fresh_records(records, seen, namespace) if seen is not None else list(records)
+    for record in fresh:
         try:
             change = StatusChange.model_validate_json(record.value)
         except ValueError as exc:
-            letters.append(
-                dead_letter(record, STAGE, settings.topics.deadletter, explain(exc), type(exc).__name__)
-            )
+            letter = dead_letter(record, STAGE, settings.topics.deadletter, explain(exc), type(exc).__name__)
+            result.dead_letter(record, letter)
             continue
-        for attempt in range(1, settings.retry_attempts + 1):
-            try:
-                await sink.on_status(change)
-                break
-            except Exception as exc:  # retried like deliveries, then dead-lettered
-                retryable = getattr(exc, "retryable", True)
-                if attempt == settings.retry_attempts or not retryable:
-                    reason = f"sink {sink.name} could not show status after {attempt} attempt(s): {exc}"
-                    letters.append(
-                        dead_letter(
-                            record, STAGE, settings.topics.deadletter, reason, type(exc).__name__, attempt
-                        )
-                    )
-                    break
-                await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
-    return letters
+        if result.held is not None:
+            continue  # after the sink failed: keep the order, try these after it answers
+        outcome = await call_with_retry(
+            functools.partial(sink.on_status, change),
+            attempts=1 if outage.down else settings.retry_attempts,
+            backoff_s=settings.retry_backoff_s,
+            sink=sink.name,
+            request_id=change.request_id,
+        )
+        if outcome.delivered:
+            outage.answered()
+            continue
+        if outcome.held:
+            outage.failed(outcome.reason)
+            if not outage.timed_out(retry_timeout_s):
+                result.held = outcome.reason
+                continue
+            why = f"down for {outage.down_for():.0f} s"
+        else:
+            why = f"gave up after {outcome.attempts} attempt(s)"
+        reason = f"sink {sink.name} could not show status ({why}): {outcome.reason}"
+        letter = dead_letter(
+            record,
+            STAGE,
+            settings.topics.deadletter,
+            reason,
+            outcome.error or "DeliveryError",
+            outcome.attempts,
+        )
+        result.dead_letter(record, letter)
+    return result
 
 
 def _subscribe_status(
-    broker: KafkaBroker, settings: Settings, department: str, config: SinkConfig, sink: Any
+    broker: KafkaBroker, settings: Settings, department: str, config: SinkConfig, sink: Any, seen: SeenStore
 ) -> None:
+    namespace = f"{department}/{config.name}.status"
+    outage = Outage(namespace)
+
     @batch_subscriber(
         broker,
         settings.topics.status,
@@ -178,10 +289,16 @@ def _subscribe_status(
         description=f"Shows status changes on {department}'s '{config.name}' sink ({config.type}).",
     )
     async def show_status(records: StatusRecords, msg: KafkaMessage) -> None:
-        letters = await status_batch(records_from(msg.raw_message), sink, settings)
-        await publish_with_retry(
-            broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+        result = await status_batch(
+            records_from(msg.raw_message),
+            sink,
+            settings,
+            seen=seen,
+            namespace=namespace,
+            outage=outage,
+            retry_timeout_s=config.retry_timeout_s,
         )
+        await finish_batch(broker, result, seen=seen, namespace=namespace, settings=settings)
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
@@ -197,5 +314,5 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         stack.push_async_callback(sink.close)
         _subscribe(broker, settings, department, config, sink, seen)
         if hasattr(sink, "on_status"):
-            _subscribe_status(broker, settings, department, config, sink)
+            _subscribe_status(broker, settings, department, config, sink, seen)
     await record_status_changes(broker, settings, stack)

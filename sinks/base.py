@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from intake311.logging import get_logger
 from schemas.ids import is_slug
@@ -140,12 +140,19 @@ class SinkConfig(BaseModel):
 
     ``name`` is a slug unique within a department: it becomes part of the consumer group id
     and of the delivery id, so renaming a sink starts it from a fresh offset.
+
+    ``retry_timeout_s``: how long the sink may be down before what waits for it is
+    dead-lettered ("sink down for N s"). None, the default, waits on the topic however long
+    the outage lasts, as a city expects of its work orders; the backlog then goes out in order.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     type: str
+    retry_timeout_s: float | None = Field(
+        default=None, gt=0, description="dead-letter after the sink is down this long; None: never"
+    )
 
     @field_validator("name")
     @classmethod

@@ -663,7 +663,13 @@ class SlackSink:
             unfurl_media=False,
             metadata={
                 "event_type": METADATA_EVENT,
-                "event_payload": {"request_id": request.request_id, "department": department},
+                # Slack has no idempotency key: a kill between this post and ``messages.put``
+                # posts again on redelivery; the id lets a reader (or a bot) spot the repeat.
+                "event_payload": {
+                    "request_id": request.request_id,
+                    "department": department,
+                    "delivery_id": delivery_id,
+                },
             },
         )
         channel, ts = data.get("channel"), data.get("ts")
@@ -730,6 +736,7 @@ class SlackSink:
                     "request_id": request.request_id,
                     "incident_id": request.incident,
                     "department": department,
+                    "delivery_id": delivery_id,
                 },
             },
         )

@@ -43,11 +43,14 @@ class WebhookReceiver:
     rejected: int = 0
     url: str = ""
     down: bool = False  # answer 503, like a department system in an outage
+    refuse_status: int | None = None  # answer this (e.g. 422): the receiver refuses the request
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
         if self.down:
             return Response(status_code=503)
+        if self.refuse_status is not None:
+            return Response(status_code=self.refuse_status)
         ok = verify_signature(
             self.secret,
             request.headers.get("x-intake311-timestamp", ""),

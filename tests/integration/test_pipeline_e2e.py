@@ -171,26 +171,27 @@ async def test_asyncapi_document_lists_the_pipeline_topics(pipeline: Pipeline) -
     assert topics.contacts_pattern in addresses or any("contacts" in a for a in addresses)
 
 
-async def test_webhook_outage_dead_letters_then_replay_delivers(pipeline: Pipeline) -> None:
+async def test_webhook_refusal_dead_letters_then_replay_delivers(pipeline: Pipeline) -> None:
     from intake311.ops import replay_dead_letters
 
     hook = pipeline.hook
     publisher = KafkaContactPublisher(pipeline.broker, pipeline.settings.topics)
-    contact = make_contact("Broken water main flooding 300 Orange Street", provider_id="outage-1")
-    hook.down = True
+    contact = make_contact("Broken water main flooding 300 Orange Street", provider_id="refused-1")
+    # A refusal (4xx), not an outage: an outage keeps requests on the topic (test_sink_outage_e2e).
+    hook.refuse_status = 422
     try:
         await publisher.publish(contact)
-        # The file sink is its own consumer group: the webhook outage does not delay it.
+        # The file sink is its own consumer group: the webhook's refusal does not concern it.
         await wait_for(
             lambda: any(r["request_id"] == contact.request_id for r in pipeline.lines("water")),
-            what="the request in water.jsonl during the outage",
+            what="the request in water.jsonl",
         )
         letters = await wait_for(
             lambda: _letters_for(pipeline, contact.request_id), what="the webhook delivery dead-lettered"
         )
     finally:
-        hook.down = False
-    assert letters[0].stage == "sinks" and "503" in letters[0].reason
+        hook.refuse_status = None
+    assert letters[0].stage == "sinks" and "422" in letters[0].reason
     assert not hook.for_request(contact.request_id)
 
     replayed = await replay_dead_letters(

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from intake311.dedupe import SeenStore
+from intake311.settings import Settings
+from intake311.stage import Record
 from schemas.ids import delivery_id_for, event_id_for, make_contact_id, ticket_for
 from schemas.request import ServiceRequest
+from sinks.app import deliver_batch
 from sinks.base import Delivery, DeliveryError, SinkContext, parse_sink_config
 from sinks.jsonl import JsonlSink, JsonlSinkConfig
 from sinks.retry import deliver_all
@@ -177,3 +181,117 @@ async def test_a_later_report_is_a_line_with_its_incident(tmp_path: Path) -> Non
         (later.request_id, first.request_id),
     ]
     assert lines[1]["incident_reports"] == 2 and lines[1]["districts"] == {"ward": "Ward 7"}
+
+
+# -- a crash between writing and marking (defect 4) ------------------------------------------
+
+
+def request_records(count: int) -> list[Record]:
+    """Department-topic records as the sinks stage consumes them."""
+    return [
+        Record(
+            value=make_request(f"report {i}", f"SM{i}").model_dump_json().encode(),
+            topic="t.department.roads",
+            partition=0,
+            offset=i,
+        )
+        for i in range(count)
+    ]
+
+
+def delivery_ids(path: Path) -> list[str]:
+    return [line["delivery_id"] for line in read_lines(path)]
+
+
+async def test_a_kill_between_the_write_and_the_mark_does_not_write_the_batch_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is fsynced before the delivered ids are marked: a kill in between must not make
+    the redelivered batch a second copy of every line (it made 1,000 duplicates)."""
+    settings = Settings(data_dir=tmp_path, retry_backoff_s=0)
+    records = request_records(5)
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+    first = build(tmp_path)
+
+    def killed(namespace: str, keys: object) -> None:
+        raise SystemExit("kill -9 after the fsync, before the mark")
+
+    monkeypatch.setattr(seen, "mark", killed)
+    with pytest.raises(SystemExit):
+        await deliver_batch(
+            records, first, department="roads", sink_name="file", seen=seen, settings=settings
+        )
+    seen.close()
+    file = tmp_path / "departments" / "roads.jsonl"
+    assert len(delivery_ids(file)) == 5  # written and fsynced, never marked
+
+    # The restarted process: a new sink and seen store; Kafka redelivers the same batch.
+    seen_again = SeenStore(tmp_path / "seen.sqlite3")
+    second = build(tmp_path)
+    try:
+        result = await deliver_batch(
+            records, second, department="roads", sink_name="file", seen=seen_again, settings=settings
+        )
+    finally:
+        await second.close()
+        await first.close()
+    assert result.letters == [] and result.held is None
+    ids = delivery_ids(file)
+    assert len(ids) == 5 and len(set(ids)) == 5
+    # Marked now, so a third delivery does not even reach the sink.
+    assert seen_again.unseen("roads/file", ids) == set()
+    seen_again.close()
+
+
+async def test_a_torn_last_line_is_repaired_and_its_delivery_written_once(tmp_path: Path) -> None:
+    """A kill during the write leaves half a line: it is cut off, the redelivery writes it whole,
+    and the lines written completely before it are not written again."""
+    requests = [make_request(f"report {i}", f"SM{i}") for i in range(3)]
+    deliveries = [Delivery(r, "roads", f"d{i}") for i, r in enumerate(requests)]
+    sink = build(tmp_path)
+    await sink.deliver_many(deliveries)
+    await sink.close()
+    file = tmp_path / "departments" / "roads.jsonl"
+    whole = file.read_bytes()
+    file.write_bytes(whole[:-40])  # the last line torn in the middle, no newline
+
+    again = build(tmp_path)
+    await again.deliver_many(deliveries)
+    await again.close()
+    assert file.read_bytes() == whole
+    assert delivery_ids(file) == ["d0", "d1", "d2"]
+
+
+async def test_a_line_torn_before_its_first_field_is_repaired_too(tmp_path: Path) -> None:
+    sink = build(tmp_path)
+    await sink.deliver(make_request(), department="roads", delivery_id="d0")
+    await sink.close()
+    file = tmp_path / "departments" / "roads.jsonl"
+    with file.open("ab") as handle:
+        handle.write(b'{"request_')
+    again = build(tmp_path)
+    await again.deliver(make_request(), department="roads", delivery_id="d1")
+    await again.close()
+    assert delivery_ids(file) == ["d0", "d1"]
+
+
+async def test_a_second_writer_of_the_file_sees_what_the_first_wrote(tmp_path: Path) -> None:
+    """After a rebalance another sink instance (another process on the host) takes the
+    partition and gets the unmarked batch again: it must see the lines appended since it opened
+    the file, not only those present when it opened it."""
+    deliveries = [Delivery(make_request(f"r{i}", f"SM{i}"), "roads", f"d{i}") for i in range(4)]
+    one, two = build(tmp_path), build(tmp_path)
+    await two.deliver(make_request("earlier", "SM9"), department="roads", delivery_id="d9")  # opened
+    await one.deliver_many(deliveries)
+    await two.deliver_many(deliveries)
+    await one.close()
+    await two.close()
+    assert delivery_ids(tmp_path / "departments" / "roads.jsonl") == ["d9", "d0", "d1", "d2", "d3"]
+
+
+async def test_the_same_delivery_twice_in_one_process_is_one_line(tmp_path: Path) -> None:
+    sink = build(tmp_path)
+    for _ in range(2):
+        await sink.deliver(make_request(), department="roads", delivery_id="d1")
+    await sink.close()
+    assert delivery_ids(tmp_path / "departments" / "roads.jsonl") == ["d1"]

@@ -11,8 +11,15 @@ from typing import Literal
 
 import pytest
 
+import sinks.app as app
 import sinks.base as base
+from intake311.dedupe import SeenStore
+from intake311.settings import Settings
+from intake311.stage import Record
+from schemas.deadletter import DeadLetter
 from schemas.request import ServiceRequest
+from schemas.status import StatusChange
+from sinks.app import deliver_batch, finish_batch, status_batch
 from sinks.base import (
     BUILTIN_SINKS,
     BatchSink,
@@ -26,7 +33,14 @@ from sinks.base import (
     sink_types,
 )
 from sinks.jsonl import JsonlSinkConfig
-from sinks.retry import MAX_BACKOFF_S, backoff_delay, deliver_all, deliver_with_retry
+from sinks.retry import (
+    MAX_BACKOFF_S,
+    Outage,
+    SinkUnavailable,
+    backoff_delay,
+    deliver_all,
+    deliver_with_retry,
+)
 from sinks.webhook import WebhookSinkConfig
 
 
@@ -262,7 +276,7 @@ def test_base_config_cannot_build() -> None:
 
 
 async def test_an_outage_does_not_stretch_a_batch(tmp_path: Path) -> None:
-    """After one delivery exhausts its retries and a probe fails, the rest fail at once."""
+    """Once a delivery has used up its tries the sink is down: the rest wait, untried, in order."""
 
     class Down:
         name = "down"
@@ -282,10 +296,199 @@ async def test_an_outage_does_not_stretch_a_batch(tmp_path: Path) -> None:
 
     request = make_request()
     deliveries = [Delivery(request, "public-works", f"d{i}") for i in range(50)]
-    outcomes = await deliver_all(Down(), deliveries, attempts=4, backoff_s=0.01, sleep=sleep)
-    assert [o.attempts for o in outcomes[:3]] == [4, 1, 0]
-    assert Down.calls == 5  # 4 tries, 1 probe, then nothing for the other 48
-    assert not any(o.delivered for o in outcomes)
-    assert outcomes[-1].reason is not None and outcomes[-1].reason.startswith(
-        "not attempted: sink unavailable"
+    outage = Outage("down")
+    outcomes = await deliver_all(Down(), deliveries, attempts=4, backoff_s=0.01, sleep=sleep, outage=outage)
+    assert [o.attempts for o in outcomes[:3]] == [4, 0, 0]
+    assert Down.calls == 4  # 4 tries, then nothing for the other 49
+    assert all(o.held for o in outcomes)  # none refused: all of them wait for the sink
+    assert outcomes[-1].reason == "not attempted: sink unavailable (connection refused)"
+    assert outage.down and outage.reason == "connection refused"
+
+
+# -- outages wait on the topic (defect 8) ------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_known_outage_is_probed_with_one_try_and_the_backlog_follows() -> None:
+    sink, sleeps = ScriptedSink(DeliveryError("refused"), DeliveryError("still refused")), Sleeps()
+    outage = Outage("scripted")
+    outage.failed("connection refused")  # an earlier batch found the sink down
+    deliveries = [Delivery(make_request(), "roads", f"d{i}") for i in range(3)]
+    first = await deliver_all(sink, deliveries, attempts=5, backoff_s=1.0, sleep=sleeps, outage=outage)
+    assert [(o.attempts, o.held) for o in first] == [(1, True), (0, True), (0, True)]
+    assert sleeps.delays == [] and outage.down  # a probe is one try: no in-process backoff
+
+    second = await deliver_all(sink, deliveries, attempts=5, backoff_s=1.0, sleep=sleeps, outage=outage)
+    assert [o.delivered for o in second] == [False, False, False]
+    third = await deliver_all(sink, deliveries, attempts=5, backoff_s=1.0, sleep=sleeps, outage=outage)
+    assert [o.delivered for o in third] == [True, True, True]
+    assert not outage.down
+    assert [call[2] for call in sink.calls] == ["d0", "d0", "d0", "d1", "d2"]  # in order
+
+
+async def test_a_refusal_is_dead_lettered_and_the_sink_is_not_down() -> None:
+    sink = ScriptedSink(DeliveryError("HTTP 422", retryable=False))
+    deliveries = [Delivery(make_request(), "roads", f"d{i}") for i in range(3)]
+    outage = Outage("scripted")
+    outcomes = await deliver_all(sink, deliveries, attempts=5, backoff_s=0, sleep=Sleeps(), outage=outage)
+    assert [(o.delivered, o.held) for o in outcomes] == [(False, False), (True, False), (True, False)]
+    assert not outage.down
+
+
+async def test_a_sink_bug_is_dead_lettered_after_its_tries_not_held_forever() -> None:
+    sink = ScriptedSink(*[KeyError("oops")] * 3)
+    deliveries = [Delivery(make_request(), "roads", f"d{i}") for i in range(2)]
+    outcomes = await deliver_all(sink, deliveries, attempts=3, backoff_s=0, sleep=Sleeps())
+    assert [(o.delivered, o.held, o.attempts) for o in outcomes] == [(False, False, 3), (True, False, 1)]
+
+
+def records_for(count: int) -> list[Record]:
+    return [
+        Record(
+            make_request(f"K7M4-QPX{chr(65 + i)}")
+            .model_copy(update={"event_id": f"{i:032x}"})
+            .model_dump_json()
+            .encode(),
+            topic="t.department.roads",
+            partition=0,
+            offset=i,
+        )
+        for i in range(count)
+    ]
+
+
+async def test_deliver_batch_holds_everything_while_the_sink_is_down(tmp_path: Path) -> None:
+    """671 requests during an outage used to become 649 "not attempted" dead letters."""
+    settings = Settings(data_dir=tmp_path, retry_attempts=3, retry_backoff_s=0)
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+    sink = ScriptedSink(*[DeliveryError("HTTP 503", retryable=True)] * 4)
+    outage = Outage("roads/hook")
+    records = records_for(5)
+    result = await deliver_batch(
+        records, sink, department="roads", sink_name="hook", seen=seen, settings=settings, outage=outage
     )
+    assert result.letters == [] and result.dead == []
+    assert result.held == "HTTP 503"
+    # The redelivered batch (after the pause): one probe, still down, still nothing dead.
+    again = await deliver_batch(
+        records, sink, department="roads", sink_name="hook", seen=seen, settings=settings, outage=outage
+    )
+    assert again.letters == [] and again.held is not None
+    # Back: the whole backlog, in order, each once.
+    back = await deliver_batch(
+        records, sink, department="roads", sink_name="hook", seen=seen, settings=settings, outage=outage
+    )
+    assert back.letters == [] and back.held is None
+    delivered = [call[0] for call in sink.calls[4:]]
+    assert delivered == [f"K7M4-QPX{chr(65 + i)}" for i in range(5)]
+    seen.close()
+
+
+async def test_deliver_batch_dead_letters_refusals_and_holds_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path, retry_attempts=2, retry_backoff_s=0)
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+    sink = ScriptedSink(
+        DeliveryError("HTTP 400 bad", retryable=False), DeliveryError("down"), DeliveryError("down")
+    )
+    records = records_for(3)
+    result = await deliver_batch(
+        records, sink, department="roads", sink_name="hook", seen=seen, settings=settings
+    )
+    assert len(result.letters) == 1 and result.dead == ["t.department.roads:0:0"]
+    assert result.held == "down"
+
+    published: list[object] = []
+
+    async def publish(broker: object, letters: list[object], **_: object) -> None:
+        published.extend(letters)
+
+    monkeypatch.setattr(app, "publish_with_retry", publish)
+    with pytest.raises(SinkUnavailable):
+        await finish_batch(None, result, seen=seen, namespace="roads/hook", settings=settings)  # type: ignore[arg-type]
+    assert len(published) == 1
+    # Redelivered after the rewind: the refused record is not dead-lettered a second time.
+    again = await deliver_batch(
+        records, sink, department="roads", sink_name="hook", seen=seen, settings=settings
+    )
+    assert again.letters == [] and again.held is None
+    assert [call[0] for call in sink.calls] == [
+        "K7M4-QPXA",
+        "K7M4-QPXB",
+        "K7M4-QPXB",
+        "K7M4-QPXB",
+        "K7M4-QPXC",
+    ]
+    seen.close()
+
+
+async def test_after_retry_timeout_an_outage_dead_letters_with_its_length(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, retry_attempts=1, retry_backoff_s=0)
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+    sink = ScriptedSink(*[DeliveryError("connection refused")] * 10)
+    clock = Clock()
+    outage = Outage("roads/hook", clock=clock)
+    records = records_for(2)
+    kwargs = {"department": "roads", "sink_name": "hook", "seen": seen, "settings": settings}
+    first = await deliver_batch(records, sink, outage=outage, retry_timeout_s=60, **kwargs)  # type: ignore[arg-type]
+    assert first.letters == [] and first.held is not None
+    clock.now += 61
+    late = await deliver_batch(records, sink, outage=outage, retry_timeout_s=60, **kwargs)  # type: ignore[arg-type]
+    assert late.held is None and len(late.letters) == 2
+    letter = DeadLetter.model_validate_json(late.letters[0].value)
+    assert letter.reason.startswith("sink roads/hook down for 61 s: connection refused")
+    seen.close()
+
+
+def test_retry_timeout_is_a_sink_option() -> None:
+    config = parse_sink_config({"name": "hook", "type": "jsonl", "retry_timeout_s": 600})
+    assert config.retry_timeout_s == 600
+    assert parse_sink_config({"name": "file", "type": "jsonl"}).retry_timeout_s is None
+    with pytest.raises(ValueError, match="retry_timeout_s"):
+        parse_sink_config({"name": "file", "type": "jsonl", "retry_timeout_s": 0})
+
+
+async def test_status_changes_wait_for_a_down_sink_and_refusals_are_dead_lettered(tmp_path: Path) -> None:
+    """Showing status follows the same policy: a Slack outage no longer dead-letters changes."""
+    settings = Settings(data_dir=tmp_path, retry_attempts=2, retry_backoff_s=0)
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+
+    class StatusSink:
+        name = "slack"
+
+        def __init__(self, *failures: BaseException) -> None:
+            self.failures, self.shown = list(failures), []
+
+        async def on_status(self, change: StatusChange) -> None:
+            if self.failures:
+                raise self.failures.pop(0)
+            self.shown.append(change.event_id)
+
+    def change(i: int) -> Record:
+        value = StatusChange(
+            event_id=f"ev{i}",
+            request_id="K7M4-QPXA",
+            state="closed",
+            at=datetime(2026, 11, 2, 10, i, tzinfo=UTC),
+            source="api:public-works",
+        )
+        return Record(value.model_dump_json().encode(), topic="t.status", partition=0, offset=i)
+
+    records = [change(i) for i in range(3)]
+    refused = DeliveryError("channel_not_found", retryable=False)
+    sink = StatusSink(refused, DeliveryError("HTTP 503"), DeliveryError("HTTP 503"))
+    down = await status_batch(records, sink, settings, seen=seen, namespace="pw/slack.status")
+    assert len(down.letters) == 1 and down.dead == ["t.status:0:0"] and down.held == "HTTP 503"
+    seen.mark("pw/slack.status#dead-lettered", down.dead)  # what finish_batch does after publishing
+    back = await status_batch(records, sink, settings, seen=seen, namespace="pw/slack.status")
+    assert back.letters == [] and back.held is None
+    assert sink.shown == ["ev1", "ev2"]
+    seen.close()

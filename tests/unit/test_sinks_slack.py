@@ -210,7 +210,9 @@ async def test_posts_the_block_kit_message_without_personal_data(slack: FakeSlac
         "unfurl_media": False,
         "metadata": {
             "event_type": "intake311_request",
-            "event_payload": {"request_id": "K7M4-QPXA", "department": "public-works"},
+            # The delivery id travels with the message: Slack cannot dedupe a repeated post
+            # (a kill between posting and recording it), whoever reads the channel can.
+            "event_payload": {"request_id": "K7M4-QPXA", "department": "public-works", "delivery_id": "d1"},
         },
     }
     raw = call.raw.decode()
