@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from channels.base import ContactPublisher
 from intake311.bus import Outgoing, publish_all
 from intake311.logging import get_logger
+from schemas.deadletter import DeadLetter
 from schemas.emergency import EmergencyRules, rules_for
 from schemas.ids import is_slug
 from schemas.outbound import OutboundMessage
@@ -82,6 +83,26 @@ class Outbox:
                     key=m.request_id or m.message_id,
                 )
                 for m in messages
+            ],
+        )
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Keep input a channel received but can never turn into a contact (``topics.deadletter``).
+
+        For webhook posts that are authentic yet malformed: kept for an operator instead of being
+        refused into a provider's retry loop. Returns once the broker acknowledged it.
+        """
+        if self._broker is None:
+            raise RuntimeError("outbox used before the broker started")
+        await publish_all(
+            self._broker,
+            [
+                Outgoing(
+                    self._topics.deadletter,
+                    letter.model_dump_json().encode(),
+                    key=letter.key,
+                    headers={"x-stage": letter.stage},
+                )
             ],
         )
 

@@ -25,6 +25,7 @@ from channels.plugin import ChannelPlugin
 from intake311.bus import PublishError
 from intake311.settings import Settings
 from schemas import RawContact
+from schemas.deadletter import DeadLetter
 from schemas.outbound import OutboundMessage
 
 P = TypeVar("P", bound=ChannelPlugin)
@@ -107,13 +108,23 @@ class FakePublisher:
 
 
 class FakeOutbox:
-    """Keeps queued messages (the channels stage would send them later)."""
+    """Keeps queued messages (the channels stage would send them later) and dead letters.
+
+    ``fail_dead_letters``: the dead-letter topic is unreachable (``dead_letter`` raises).
+    """
 
     def __init__(self) -> None:
         self.messages: list[OutboundMessage] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.fail_dead_letters = False
 
     async def send(self, *messages: OutboundMessage) -> None:
         self.messages.extend(messages)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        if self.fail_dead_letters:
+            raise PublishError("dead-letter topic down (test)")
+        self.dead_letters.append(letter)
 
 
 def published(plugin: ChannelPlugin) -> FakePublisher:

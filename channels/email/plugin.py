@@ -83,7 +83,9 @@ class EmailChannel(ChannelPlugin):
         self._started = False
 
     def http_routes(self) -> APIRouter:
-        return email_routes(self.config, self.intake, self.state, self.media)
+        return email_routes(
+            self.config, self.intake, self.state, self.media, dead_letters=self.context.outbox.dead_letter
+        )
 
     async def start(self) -> None:
         if self._started:

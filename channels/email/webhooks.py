@@ -8,6 +8,14 @@
   token or basic-auth credentials.
 
 Both answer 200 only once the contact is on Kafka, and 503 otherwise so the provider retries.
+A post that is authentic but can never become a contact (JSON nested 100,000 deep, a field of the
+wrong type, bytes that are not UTF-8, a lone surrogate) is not retried: retrying cannot fix it, and
+a 503 would make the provider try for hours and then drop it. It is kept instead, whole, on the
+dead-letter topic with its reason, and answered with the provider's "do not retry" status (406
+for Mailgun, 403 for Postmark: the only codes their retry schedules stop on). Only if the
+dead-letter topic cannot take it either is the answer 503, since then a retry is what keeps it.
+Bodies are read through ``intake311.http.read_body``, capped before anything is authenticated.
+
 Both rebuild a MIME message from the provider's fields and go through the same parser as the
 SMTP listener, so the same email reads the same whichever way it came in.
 """
@@ -18,9 +26,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
@@ -29,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
@@ -37,13 +45,21 @@ from channels.email.intake import EmailIntake, IngestResult, Outcome, TemporaryF
 from channels.email.media import MediaStore
 from channels.email.parse import parse_email
 from channels.email.state import EmailState
+from intake311.http import BadBody, BodyTooLarge, parse_json, printable, read_body
 from intake311.logging import get_logger
+from intake311.stage import explain
+from schemas.deadletter import DeadLetter
 
 log = get_logger("channels.email.webhooks")
 
 # Headers the rebuilt message's own MIME structure defines; the provider's copies would lie.
 _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version", "content-disposition"}
 _FORM_OVERHEAD = 256 * 1024
+MAILGUN_NO_RETRY = 406  # Mailgun retries every other non-2xx answer for 8 hours
+POSTMARK_NO_RETRY = 403  # Postmark retries every other non-200 answer 10 times
+
+DeadLetterSink = Callable[[DeadLetter], Awaitable[None]]
+"""Publishes a dead letter and returns once the broker acknowledged it (``Outbox.dead_letter``)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,9 @@ def verify_mailgun(
 ) -> str | None:
     """None if the post is Mailgun's and fresh; else why not ("forged", "stale")."""
     expected = hmac.new(key, f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
-    if not (timestamp and token and signature) or not hmac.compare_digest(expected, signature.lower()):
+    # Compared as bytes: compare_digest refuses non-ASCII str, and a forged signature may be anything.
+    given = signature.lower().encode("utf-8", "replace")
+    if not (timestamp and token and signature) or not hmac.compare_digest(expected.encode(), given):
         return "forged"
     try:
         age = now - float(timestamp)
@@ -138,8 +156,19 @@ def parse_form(body: bytes, content_type: str) -> tuple[dict[str, str], list[Upl
         if name == "body-mime" or isinstance(filename, str):
             files.append(Upload(name, filename if isinstance(filename, str) else None, ctype, data))
         else:
-            fields[name] = data.decode(part.get_content_charset() or "utf-8", errors="replace")
+            fields[name] = _decode(data, part.get_content_charset())
     return fields, files
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    """A text part in its declared charset; one Python does not know is read as UTF-8.
+
+    Leniency as in the stdlib mail parser: a mislabelled part still carries the report.
+    """
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return data.decode("utf-8", errors="replace")
 
 
 def mailgun_message(fields: dict[str, str], files: list[Upload]) -> tuple[EmailMessage | bytes, str | None]:
@@ -150,10 +179,7 @@ def mailgun_message(fields: dict[str, str], files: list[Upload]) -> tuple[EmailM
     mime = next((f for f in files if f.name == "body-mime"), None)
     if mime is not None:
         return mime.data, envelope_from
-    try:
-        headers = [(str(h[0]), str(h[1])) for h in json.loads(fields.get("message-headers") or "[]")]
-    except (ValueError, TypeError, IndexError):
-        headers = []
+    headers = _mailgun_headers(fields.get("message-headers") or "[]")
     present = {name.lower() for name, _ in headers}
     for header, key in (
         ("From", "from"),
@@ -170,62 +196,90 @@ def mailgun_message(fields: dict[str, str], files: list[Upload]) -> tuple[EmailM
     return message, envelope_from
 
 
-def postmark_message(payload: dict[str, Any]) -> EmailMessage | bytes:
-    """The message in a Postmark inbound post (raw MIME if "include raw email" is on)."""
-    raw = payload.get("RawEmail")
-    if isinstance(raw, str) and raw:
-        return raw.encode("utf-8", errors="surrogateescape")
-    headers: list[tuple[str, str]] = []
-    for key, header in (
-        ("From", "From"),
-        ("To", "To"),
-        ("Cc", "Cc"),
-        ("Subject", "Subject"),
-        ("Date", "Date"),
+def _mailgun_headers(raw: str) -> list[tuple[str, str]]:
+    """Mailgun's ``message-headers``: a JSON list of ``[name, value]`` string pairs, or ``BadBody``."""
+    value = parse_json(raw, "message-headers")
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair) for pair in value
     ):
-        if payload.get(key):
-            headers.append((header, str(payload[key])))
-    for item in payload.get("Headers") or []:
-        if isinstance(item, dict) and item.get("Name"):
-            if item["Name"].lower() in {"from", "to", "cc", "subject", "date"}:
-                continue
-            headers.append((str(item["Name"]), str(item.get("Value", ""))))
-    if not any(name.lower() == "message-id" for name, _ in headers) and payload.get("MessageID"):
-        headers.append(("Message-ID", f"<{payload['MessageID']}@inbound.postmarkapp.com>"))
-    attachments = []
-    for item in payload.get("Attachments") or []:
-        if not isinstance(item, dict):
-            continue
-        try:
-            data = base64.b64decode(item.get("Content") or "", validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        attachments.append(
-            Upload(
-                "attachment",
-                item.get("Name"),
-                str(item.get("ContentType") or "application/octet-stream"),
-                data,
-            )
+        raise BadBody("message-headers is not a JSON list of [name, value] string pairs")
+    return [(name, text) for name, text in value]
+
+
+class _PostmarkHeader(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    Name: str
+    Value: str = ""
+
+
+class _PostmarkAttachment(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    Name: str | None = None
+    Content: str = ""
+    ContentType: str | None = None
+
+
+class PostmarkInbound(BaseModel):
+    """The fields of Postmark's inbound JSON that we read, with the types Postmark sends.
+
+    Validating first turns a field of the wrong type into a reason naming the field, instead of
+    a ``TypeError`` deep in the MIME builder.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    From: str | None = None
+    To: str | None = None
+    Cc: str | None = None
+    Subject: str | None = None
+    Date: str | None = None
+    MessageID: str | None = None
+    TextBody: str | None = None
+    HtmlBody: str | None = None
+    RawEmail: str | None = None
+    Headers: list[_PostmarkHeader] | None = None
+    Attachments: list[_PostmarkAttachment] | None = None
+
+
+def postmark_message(payload: dict[str, Any]) -> EmailMessage | bytes:
+    """The message in a Postmark inbound post (raw MIME if "include raw email" is on).
+
+    Raises ``BadBody`` for fields of the wrong type.
+    """
+    try:
+        post = PostmarkInbound.model_validate(payload)
+    except ValidationError as exc:
+        raise BadBody(explain(exc)) from None
+    if post.RawEmail:
+        return post.RawEmail.encode("utf-8", errors="surrogateescape")
+    headers: list[tuple[str, str]] = [
+        (name, value)
+        for name, value in (
+            ("From", post.From),
+            ("To", post.To),
+            ("Cc", post.Cc),
+            ("Subject", post.Subject),
+            ("Date", post.Date),
         )
-    return build_message(
-        headers, text=payload.get("TextBody"), html=payload.get("HtmlBody"), attachments=attachments
-    )
-
-
-async def read_limited(request: Request, limit: int) -> bytes | None:
-    """The request body, or None once it passes ``limit`` (no unbounded buffering)."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if value
+    ]
+    for item in post.Headers or []:
+        if item.Name and item.Name.lower() not in {"from", "to", "cc", "subject", "date"}:
+            headers.append((item.Name, item.Value))
+    if not any(name.lower() == "message-id" for name, _ in headers) and post.MessageID:
+        headers.append(("Message-ID", f"<{post.MessageID}@inbound.postmarkapp.com>"))
+    attachments = []
+    for attachment in post.Attachments or []:
+        try:
+            data = base64.b64decode(attachment.Content, validate=True)
+        except (binascii.Error, ValueError):
+            continue  # one undecodable file is not worth refusing the report for
+        attachments.append(
+            Upload("attachment", attachment.Name, attachment.ContentType or "application/octet-stream", data)
+        )
+    return build_message(headers, text=post.TextBody, html=post.HtmlBody, attachments=attachments)
 
 
 def _answer(result: IngestResult) -> Response:
@@ -247,12 +301,50 @@ def email_routes(
     state: EmailState,
     media: MediaStore,
     *,
+    dead_letters: DeadLetterSink,
     clock: Callable[[], float] = time.time,
 ) -> APIRouter:
-    """The channel's endpoints, mounted at ``/channels/email``."""
+    """The channel's endpoints, mounted at ``/channels/email``.
+
+    ``dead_letters`` keeps authentic posts that can never become a contact (see the module doc).
+    """
     router = APIRouter()
     # Base64 and form encoding make a post bigger than the mail it carries.
     limit = config.max_message_bytes * 4 // 3 + _FORM_OVERHEAD
+
+    def too_large() -> Response:
+        intake.stats.rejected += 1
+        return JSONResponse({"status": "rejected", "reason": "too large"}, status_code=413)
+
+    async def keep(request: Request, body: bytes, source: str, exc: Exception, status: int) -> Response:
+        """Dead-letter an authentic post that cannot be processed, then refuse it without retries.
+
+        ``BadBody`` is the sender's fault; anything else raised while building the contact is ours
+        (logged with its traceback), but just as deterministic: a retry would fail the same way.
+        """
+        reason = printable(str(exc) if isinstance(exc, BadBody) else f"{type(exc).__name__}: {exc}", 500)
+        # The path, not the URL: Postmark's query string carries the secret token.
+        headers = {"content-type": request.headers.get("content-type", ""), "path": request.url.path}
+        letter = DeadLetter.of(
+            body, stage=f"channels.email.{source}", reason=reason, error=type(exc).__name__, headers=headers
+        )
+        try:
+            await dead_letters(letter)
+        except Exception as failure:
+            log.warning(
+                "malformed post not dead-lettered; asking for a retry",
+                source=source,
+                error=type(failure).__name__,
+            )
+            return _retry()
+        intake.stats.rejected += 1
+        (log.warning if isinstance(exc, BadBody) else log.error)(
+            "email webhook post dead-lettered",
+            source=source,
+            reason=reason[:200],
+            exc_info=not isinstance(exc, BadBody),
+        )
+        return JSONResponse({"status": "rejected", "reason": reason}, status_code=status)
 
     async def ingest(message: EmailMessage | bytes, source: str, envelope_from: str | None) -> IngestResult:
         if isinstance(message, bytes):
@@ -268,11 +360,12 @@ def email_routes(
         @router.post("/mailgun/mime", include_in_schema=False)
         async def mailgun_inbound(request: Request) -> Response:
             """Mailgun route forward: verify the signature, then publish before answering 200."""
-            body = await read_limited(request, limit)
-            if body is None:
-                intake.stats.rejected += 1
-                return JSONResponse({"status": "rejected", "reason": "too large"}, status_code=413)
             try:
+                body = await read_body(request, limit)
+            except BodyTooLarge:
+                return too_large()
+            try:
+                # Not kept when unreadable: without the fields there is no signature to check.
                 fields, files = parse_form(body, request.headers.get("content-type", ""))
             except ValueError as exc:
                 return JSONResponse({"status": "rejected", "reason": str(exc)[:200]}, status_code=400)
@@ -303,10 +396,11 @@ def email_routes(
             except TemporaryFailure:
                 await state.run(state.release_token, "mailgun", token)
                 return _retry()
-            except Exception:
-                await state.run(state.release_token, "mailgun", token)
-                log.exception("mailgun post failed")
-                return _retry()
+            except Exception as exc:
+                answer = await keep(request, body, "mailgun", exc, MAILGUN_NO_RETRY)
+                if answer.status_code >= 500:  # not kept: Mailgun's retry must not look like a replay
+                    await state.run(state.release_token, "mailgun", token)
+                return answer
 
     if config.postmark is not None and config.postmark.enabled:
         postmark = config.postmark
@@ -322,7 +416,7 @@ def email_routes(
                 if scheme.lower() == "basic":
                     try:
                         user, _, password = base64.b64decode(encoded).decode().partition(":")
-                    except (binascii.Error, UnicodeDecodeError):
+                    except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
                         return False
                     return hmac.compare_digest(
                         user.encode(), postmark.username.encode()
@@ -342,25 +436,19 @@ def email_routes(
                     if postmark.username
                     else None,
                 )
-            body = await read_limited(request, limit)
-            if body is None:
-                intake.stats.rejected += 1
-                return JSONResponse({"status": "rejected", "reason": "too large"}, status_code=413)
             try:
-                payload = json.loads(body)
+                body = await read_body(request, limit)
+            except BodyTooLarge:
+                return too_large()
+            try:
+                payload = parse_json(body)
                 if not isinstance(payload, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                return JSONResponse(
-                    {"status": "rejected", "reason": f"bad JSON: {exc}"[:200]}, status_code=400
-                )
-            try:
+                    raise BadBody("the body is not a JSON object")
                 return _answer(await ingest(postmark_message(payload), "postmark", None))
             except TemporaryFailure:
                 return _retry()
-            except Exception:
-                log.exception("postmark post failed")
-                return _retry()
+            except Exception as exc:
+                return await keep(request, body, "postmark", exc, POSTMARK_NO_RETRY)
 
     @router.get("/media/{name}", include_in_schema=False)
     async def media_file(name: str) -> Response:

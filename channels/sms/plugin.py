@@ -19,6 +19,7 @@ from channels.sms.parse import CHANNEL, SmsInvalid
 from channels.sms.phone import is_e164
 from channels.sms.rest import UNSUBSCRIBED, make_client, send_error
 from channels.sms.twilio import TwilioChannel, forbidden, unavailable, xml_response
+from intake311.http import http_errors
 from intake311.logging import get_logger
 from schemas.contact import mask
 from schemas.outbound import OutboundMessage
@@ -94,7 +95,8 @@ class SmsChannel(TwilioChannel):
             ("/inbound", self.inbound, "Twilio Messaging webhook (A message comes in)"),
             ("/status", self.status, "Twilio message status callback"),
         ):
-            router.add_api_route(path, handler, methods=["POST"], summary=summary)
+            # Bodies are capped (413) and unreadable ones refused (400) in every handler.
+            router.add_api_route(path, http_errors(handler), methods=["POST"], summary=summary)
         return router
 
     def addressed_to_us(self, params: dict[str, str]) -> bool:

@@ -4,16 +4,22 @@ Twilio signs the URL *it* called plus the sorted POST parameters (HMAC-SHA1 with
 token), or, for JSON bodies, the URL carrying ``bodySHA256``. Behind a proxy or a TLS
 terminator the URL this process sees differs from the one Twilio called, so the URL is rebuilt
 from the configured public base URL. The SDK's ``RequestValidator`` does the cryptography.
+
+The body is read with ``intake311.http.read_body`` before the signature can be checked, capped at
+``MAX_BODY_BYTES``: past it ``BodyTooLarge`` is raised (a 413, see ``intake311.http.http_errors``).
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
 from starlette.datastructures import MultiDict
 from starlette.requests import Request
 from twilio.request_validator import RequestValidator
+
+from intake311.http import BadBody, parse_json, read_body
 
 SIGNATURE_HEADER = "x-twilio-signature"
 MAX_BODY_BYTES = 64 * 1024  # an SMS with ten media URLs is a few kilobytes
@@ -45,16 +51,15 @@ class TwilioSignature:
         return bool(signature) and self._validator.validate(url, params, signature)
 
     async def verified_params(self, request: Request) -> dict[str, str] | None:
-        """The request's parameters if the signature is valid, else None (nothing else read)."""
+        """The request's parameters if the signature is valid, else None (nothing else read).
+
+        Raises ``BodyTooLarge`` past ``MAX_BODY_BYTES``, and ``BadBody`` for a signed JSON body
+        that cannot be read (too deep, lone surrogates, not an object).
+        """
         signature = request.headers.get(SIGNATURE_HEADER, "")
         if not signature:
             return None
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return None
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return None
+        body = await read_body(request, MAX_BODY_BYTES)
         url = self.url_for(request)
         text = body.decode("utf-8", errors="replace")
         if "bodySHA256" in parse_qs(request.url.query):
@@ -69,10 +74,8 @@ class TwilioSignature:
 
 
 def _json_params(text: str) -> dict[str, str]:
-    try:
-        data = json.loads(text) if text.strip() else {}
-    except ValueError:
-        return {}
+    """A signed JSON body's top-level fields as strings (nested values as their JSON)."""
+    data: Any = parse_json(text) if text.strip() else {}
     if not isinstance(data, dict):
-        return {}
+        raise BadBody("the body is not a JSON object")
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items() if v is not None}

@@ -28,6 +28,7 @@ from channels.voice.parse import (
     parse_transcription,
     verify_transcript,
 )
+from intake311.http import http_errors, read_body
 from intake311.logging import get_logger
 from schemas.contact import RawContact
 from schemas.emergency import warning
@@ -60,7 +61,8 @@ class VoiceChannel(TwilioChannel):
             ("/transcription", self.transcription, "<Record> transcribeCallback"),
             ("/transcripts", self.transcripts, "call-centre transcript (signed JSON)"),
         ):
-            router.add_api_route(path, handler, methods=["POST"], summary=summary)
+            # Bodies are capped (413) and unreadable ones refused (400) in every handler.
+            router.add_api_route(path, http_errors(handler), methods=["POST"], summary=summary)
         return router
 
     @property
@@ -151,11 +153,8 @@ class VoiceChannel(TwilioChannel):
         secret = self.config.transcripts_key()
         if secret is None:
             return PlainTextResponse("transcript intake is not configured", status_code=404)
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_TRANSCRIPT_BYTES:
-            return PlainTextResponse("transcript too large", status_code=413)
-        body = await request.body()
-        ok = len(body) <= MAX_TRANSCRIPT_BYTES and verify_transcript(
+        body = await read_body(request, MAX_TRANSCRIPT_BYTES)  # BodyTooLarge: 413 (http_errors)
+        ok = verify_transcript(
             secret,
             request.headers.get(HEADER_TIMESTAMP),
             body,

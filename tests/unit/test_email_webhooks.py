@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from channels.email import ack_message_id
 from schemas import make_contact_id, ticket_for
+from schemas.deadletter import DeadLetter
 from tests.unit.test_email_support import JPEG, PNG, Harness, harness, make_message
 
 MAILGUN_KEY = "key-mailgun-signing-0123456789"
@@ -255,10 +256,13 @@ async def test_postmark_publish_failure_is_503(hooks: tuple[Harness, httpx.Async
     assert h.outbox.messages == []
 
 
-async def test_postmark_bad_json_is_400(hooks: tuple[Harness, httpx.AsyncClient]) -> None:
-    _, web = hooks
+async def test_postmark_bad_json_is_refused_without_retries_and_kept(
+    hooks: tuple[Harness, httpx.AsyncClient],
+) -> None:
+    h, web = hooks
     response = await web.post(f"/channels/email/postmark?token={POSTMARK_TOKEN}", content=b"not json")
-    assert response.status_code == 400
+    assert response.status_code == 403 and "not JSON" in response.json()["reason"]
+    assert [letter.original for letter in kept(h)] == [b"not json"]
 
 
 async def test_postmark_auto_reply_is_ignored(hooks: tuple[Harness, httpx.AsyncClient]) -> None:
@@ -292,3 +296,138 @@ async def test_disabled_webhooks_have_no_routes(tmp_path: Path) -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as web:
             assert (await web.post("/channels/email/mailgun", data={})).status_code in (404, 405)
             assert (await web.post("/channels/email/postmark", json={})).status_code in (404, 405)
+
+
+# ---- hostile but authenticated input: a 4xx that stops the provider's retries, and the post kept ----
+
+
+def kept(h: Harness) -> list[DeadLetter]:
+    """What the webhook put on the dead-letter topic (through the fake outbox)."""
+    return h.outbox.dead_letters
+
+
+async def test_postmark_deeply_nested_json_is_refused_and_kept(
+    hooks: tuple[Harness, httpx.AsyncClient],
+) -> None:
+    h, web = hooks
+    body = b"[" * 100_000
+    response = await web.post(f"/channels/email/postmark?token={POSTMARK_TOKEN}", content=body)
+    # 403 is the one answer after which Postmark stops retrying.
+    assert response.status_code == 403, response.text
+    assert "nested too deeply" in response.json()["reason"]
+    [letter] = kept(h)
+    assert letter.original == body and letter.stage == "channels.email.postmark"
+    assert "nested too deeply" in letter.reason
+    assert POSTMARK_TOKEN not in letter.model_dump_json()  # the URL's secret is not kept with it
+    assert h.publisher.contacts == []
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"TextBody": 5},
+        {"HtmlBody": ["<p>x</p>"]},
+        {"Headers": 7},
+        {"Headers": [{"Name": 5, "Value": "x"}]},
+        {"Attachments": [{"Name": "a.png", "Content": 12, "ContentType": "image/png"}]},
+        {"Attachments": [{"Name": ["a.png"], "Content": "iVBORw0KGgo=", "ContentType": "image/png"}]},
+        {"Attachments": 3},
+        {"TextBody": "Hay un bache \ud800 en la calle"},
+    ],
+    ids=lambda f: "-".join(f"{k}={type(v).__name__}" for k, v in f.items()),
+)
+async def test_postmark_fields_of_the_wrong_type_are_refused_and_kept(
+    hooks: tuple[Harness, httpx.AsyncClient], field: dict[str, object]
+) -> None:
+    h, web = hooks
+    body = json.dumps(postmark_payload(**field)).encode()
+    response = await web.post(
+        f"/channels/email/postmark?token={POSTMARK_TOKEN}",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["status"] == "rejected" and response.json()["reason"]
+    [letter] = kept(h)
+    assert letter.original == body and letter.reason == response.json()["reason"]
+    assert h.publisher.contacts == []
+
+
+async def test_postmark_non_utf8_body_is_refused_and_kept(hooks: tuple[Harness, httpx.AsyncClient]) -> None:
+    h, web = hooks
+    body = json.dumps(postmark_payload()).encode().replace(b"Bache", b"B\xe1che")
+    response = await web.post(f"/channels/email/postmark?token={POSTMARK_TOKEN}", content=body)
+    assert response.status_code == 403 and "UTF-8" in response.json()["reason"]
+    assert [letter.original for letter in kept(h)] == [body]
+
+
+async def test_postmark_malformed_post_is_retried_when_it_cannot_be_kept(
+    hooks: tuple[Harness, httpx.AsyncClient],
+) -> None:
+    """If the dead-letter topic is down too, only a retry keeps the report: 503, not a 4xx."""
+    h, web = hooks
+    h.outbox.fail_dead_letters = True
+    response = await web.post(f"/channels/email/postmark?token={POSTMARK_TOKEN}", content=b"[" * 5000)
+    assert response.status_code == 503
+    assert kept(h) == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        json.dumps([{"From": "x"}]),  # objects, not [name, value] pairs
+        "[" * 100_000,
+        json.dumps([["From", "Ana <ana@example.org>"], ["Subject", "\ud800"]]),
+    ],
+    ids=["objects", "deep", "surrogate"],
+)
+async def test_mailgun_message_headers_of_the_wrong_shape_are_refused_and_kept(
+    hooks: tuple[Harness, httpx.AsyncClient], headers: str
+) -> None:
+    h, web = hooks
+    post = {**mailgun_fields(**{"message-headers": headers}), **signed(token=f"shape-{len(headers)}")}
+    response = await web.post("/channels/email/mailgun", data=post)
+    # 406 is the one answer after which Mailgun stops retrying.
+    assert response.status_code == 406, response.text
+    assert "message-headers" in response.json()["reason"]
+    [letter] = kept(h)
+    assert letter.stage == "channels.email.mailgun" and b"message-headers" in letter.original
+    assert h.publisher.contacts == []
+
+
+async def test_mailgun_part_with_an_unknown_charset_is_read_as_utf8(
+    hooks: tuple[Harness, httpx.AsyncClient],
+) -> None:
+    """A charset Python does not know is read as UTF-8 (with replacements), as the mail parser does."""
+    h, web = hooks
+    fields = {**mailgun_fields(), **signed(token="charset")}
+    boundary = "b0undary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
+        + ("Content-Type: text/plain; charset=no-such-charset\r\n" if name == "body-plain" else "")
+        + f"\r\n{value}\r\n"
+        for name, value in fields.items()
+    ]
+    body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+    response = await web.post(
+        "/channels/email/mailgun",
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.text
+    [contact] = h.publisher.contacts
+    assert "spray painted tags on the underpass wall" in contact.text
+
+
+async def test_mailgun_unreadable_form_is_refused_but_not_kept(
+    hooks: tuple[Harness, httpx.AsyncClient],
+) -> None:
+    """A body we cannot parse carries no signature we can check: anyone could have sent it, so
+    it is not written to Kafka."""
+    h, web = hooks
+    body = b"--x\r\nno headers end here"
+    response = await web.post(
+        "/channels/email/mailgun", content=body, headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
+    assert response.status_code == 400
+    assert kept(h) == []

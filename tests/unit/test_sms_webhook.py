@@ -432,3 +432,25 @@ async def test_a_city_rules_file_from_the_setting_adds_a_phrase(tmp_path: Path) 
         # The city's file replaces the packaged one: its phrases, not the packaged ones, count.
         gas = reply_of(await post_signed(c, INBOUND, sms_params("I smell gas", sender="+12035559876")))
         assert gas is not None and "911" not in gas
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("[" * 30_000, "nested too deeply"),  # deeper than json's recursion limit, inside the cap
+        ('{"From": "+12035550123", "Body": "bache \\ud800"}', "surrogate"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+    ids=["deep", "surrogate", "array"],
+)
+async def test_signed_json_body_that_cannot_be_read_is_400(
+    sms: SmsChannel, client: httpx.AsyncClient, body: str, reason: str
+) -> None:
+    """Signed (bodySHA256) but unreadable: a 400 naming the problem, not a 500 Twilio retries."""
+    path = f"{INBOUND}?bodySHA256={hashlib.sha256(body.encode()).hexdigest()}"
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + path, {})
+    headers = {"X-Twilio-Signature": signature, "Content-Type": "application/json"}
+    response = await client.post(path, content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert reason in response.text
+    assert published(sms).contacts == []
