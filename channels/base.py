@@ -12,7 +12,7 @@ from typing import Protocol
 
 from faststream.kafka import KafkaBroker
 
-from intake311.bus import Outgoing, PublishError, publish_all
+from intake311.bus import BusWatch, NotSent, OutcomeUnknown, Outgoing, PublishError, publish_all
 from schemas.contact import RawContact
 from schemas.topics import Topics
 
@@ -21,17 +21,37 @@ class ContactPublisher(Protocol):
     """Puts a contact on the bus; returns only once the broker acknowledged it."""
 
     async def publish(self, contact: RawContact) -> None:
-        """Raise ``PublishError`` if the broker did not take it: the caller must not confirm."""
+        """Raise ``PublishError`` if the broker did not take it: the caller must not confirm.
+
+        ``OutcomeUnknown`` (a ``PublishError``) means it may still arrive: the caller must not
+        say "not created", and a retry must reuse the contact id.
+        """
         ...
 
 
 class KafkaContactPublisher:
-    """The production ``ContactPublisher``: acks=all publish to ``topics.contacts(channel)``."""
+    """The production ``ContactPublisher``: acks=all publish to ``topics.contacts(channel)``.
 
-    def __init__(self, broker: KafkaBroker, topics: Topics, *, timeout_s: float = 10.0) -> None:
+    With a ``watch`` (the process's ``BusWatch``) it also refuses to promise while the broker is
+    known to be lost (``NotSent``, nothing sent) and, after the acknowledgement, checks that the
+    broker which acknowledged is still the one whose topics exist: a broker that restarted
+    empty auto-creates the topic on produce and acknowledges into a log no stage reads yet.
+    """
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        topics: Topics,
+        *,
+        timeout_s: float = 10.0,
+        watch: BusWatch | None = None,
+        ready_wait_s: float = 1.0,
+    ) -> None:
         self._broker = broker
         self._topics = topics
         self._timeout_s = timeout_s
+        self._watch = watch
+        self._ready_wait_s = min(ready_wait_s, timeout_s)
 
     async def publish(self, contact: RawContact) -> None:
         record = Outgoing(
@@ -40,12 +60,31 @@ class KafkaContactPublisher:
             key=contact.request_id,
             headers={"x-contact-id": contact.contact_id},
         )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        watch = self._watch
+        if watch is not None and not watch.ready.is_set():
+            try:  # a recovery in its last second should not turn a resident away
+                await asyncio.wait_for(watch.ready.wait(), self._ready_wait_s)
+            except TimeoutError:
+                raise NotSent("the broker is unreachable or recovering; nothing was sent") from None
         # A resident is waiting on the other end: a broker outage must become a prompt "try
         # again" (PublishError -> 503), not a request that hangs for the client's full timeout.
+        # Once handed to the producer the record cannot be called back (it may be on the wire),
+        # so every failure from here on is OutcomeUnknown, never "not created".
         try:
-            await asyncio.wait_for(publish_all(self._broker, [record]), self._timeout_s)
+            await asyncio.wait_for(publish_all(self._broker, [record]), deadline - loop.time())
         except TimeoutError as exc:
-            raise PublishError(f"broker did not acknowledge within {self._timeout_s}s") from exc
+            if watch is not None:
+                watch.poke()
+            raise OutcomeUnknown(f"broker did not acknowledge within {self._timeout_s}s") from exc
+        except PublishError as exc:
+            if watch is not None:
+                watch.poke()
+            raise OutcomeUnknown(str(exc)) from exc
+        if watch is not None and not await watch.confirm(max(0.5, deadline - loop.time())):
+            watch.poke()
+            raise OutcomeUnknown("acknowledged by a broker that has lost the pipeline's topics")
 
 
-__all__ = ["ContactPublisher", "KafkaContactPublisher", "PublishError"]
+__all__ = ["ContactPublisher", "KafkaContactPublisher", "NotSent", "OutcomeUnknown", "PublishError"]

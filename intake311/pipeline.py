@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -22,7 +23,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from intake311 import __version__
-from intake311.bus import ensure_topics, make_broker
+from intake311.bus import BusWatch, make_broker
 from intake311.embedded import EmbeddedKafka
 from intake311.logging import get_logger
 from intake311.settings import Settings
@@ -97,6 +98,19 @@ class Runtime:
     channels: ChannelSet | None
     settings: Settings
     case_store: Any = None  # sinks.postgres.CaseStore when settings.case_store_dsn is set
+    watch: BusWatch | None = None  # notices a broker that lost its topics; gates web promises
+
+
+async def rejoin(broker: KafkaBroker) -> None:
+    """Fresh consumers for every subscriber, after the broker came back empty.
+
+    Why not let aiokafka carry on: its consumers keep their old fetch positions, beyond the end
+    of the new (empty) logs, and wait there forever. New consumers find no committed offsets on
+    the fresh broker and start from the earliest record (``auto_offset_reset="earliest"``).
+    """
+    subscribers = list(broker.subscribers)
+    await asyncio.gather(*(s.stop() for s in subscribers), return_exceptions=True)
+    await asyncio.gather(*(s.start() for s in subscribers))
 
 
 @contextlib.asynccontextmanager
@@ -119,20 +133,27 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
             broker = make_broker(settings.kafka, servers, metadata_max_age_ms=30_000)
             channel_set = None
             topics = topic_names(settings)
+            # Created before the channels so their publishers refuse to promise on a lost broker.
+            watch = BusWatch(settings.kafka, servers, [], prefix=settings.topics.prefix)
             if WEB in stages or CHANNELS in stages:
                 from channels.runtime import ChannelSet
 
-                channel_set = await ChannelSet.open(settings, broker, stack)
+                channel_set = await ChannelSet.open(settings, broker, stack, watch=watch)
                 topics += channel_set.topic_names()
                 if CHANNELS in stages:
                     channel_set.register_outbound(broker, stack)
             for stage in stages:
                 if stage in STAGES:
                     await _load(STAGES[stage])(broker, settings, stack)
-            await ensure_topics(settings.kafka, servers, topics)
+            watch.names = sorted(set(topics))
+            stack.push_async_callback(watch.stop)
+            await watch.establish()  # ensure_topics, then the epoch marker
             await broker.start()
             # Stop consuming before the stages' resources close (the stack unwinds last-in first).
             stack.push_async_callback(broker.stop)
+            watch.rejoin = functools.partial(rejoin, broker)
+            await watch.watch()
+            stack.push_async_callback(watch.stop)  # before broker.stop: no rejoin while stopping
             if channel_set is not None and CHANNELS in stages:
                 await channel_set.start()
             case_store = None
@@ -148,7 +169,7 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
                 bootstrap=",".join(servers),
                 channels=channel_set.names if channel_set else [],
             )
-            yield Runtime(broker, channel_set, settings, case_store)
+            yield Runtime(broker, channel_set, settings, case_store, watch)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -172,7 +193,7 @@ def web_app(runtime: Runtime) -> Any:
         )
     app = create_app(
         settings,
-        KafkaContactPublisher(runtime.broker, settings.topics),
+        KafkaContactPublisher(runtime.broker, settings.topics, watch=runtime.watch),
         load_taxonomy(settings.taxonomy_file),
         lookup=lookup,
         asyncapi=lambda: spec.to_specification().to_jsonable(),

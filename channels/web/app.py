@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,11 +11,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from channels.base import ContactPublisher
-from channels.web.accept import accept, contact_id_for, now, read_form
+from channels.web.accept import (
+    MAX_BODY_BYTES,
+    Outcome,
+    accept,
+    now,
+    read_form,
+    recent_submissions,
+    submission_id,
+)
 from channels.web.form import asyncapi_page, confirmation_page, form_page
 from channels.web.lookup import AcceptedRequests, RequestLookup
 from channels.web.open311 import PREFIX, open311_router
 from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
+from intake311.http import BodyTooLarge, read_body
 from intake311.settings import Settings
 from schemas.emergency import rules_for, warning
 from schemas.language import preferred_language
@@ -24,6 +34,14 @@ from schemas.taxonomy import Taxonomy
 
 def _bus_down(language: str) -> tuple[str, str]:
     return render("web.form.bus_down_title", language), render("web.form.bus_down", language)
+
+
+def _bus_unsure(language: str, ticket: str) -> tuple[str, str]:
+    # Sent but not acknowledged: the report may still arrive, under this ticket.
+    return (
+        render("web.form.bus_unsure_title", language),
+        render("web.form.bus_unsure", language, ticket=ticket),
+    )
 
 
 def create_app(
@@ -55,6 +73,7 @@ def create_app(
     app.state.lookup = lookup
     app.include_router(open311_router(settings, publisher, taxonomy, lookup))
     emergencies = rules_for(settings.emergency_rules_file)
+    recent = recent_submissions(settings.data_dir)
 
     def page_language(request: Request) -> str:
         # The browser's preference among the city's languages (settings.languages).
@@ -67,12 +86,20 @@ def create_app(
     @app.post("/", response_class=HTMLResponse, include_in_schema=False)
     async def submit_form(request: Request) -> Response:
         language = page_language(request)
+        try:
+            # Capped before anything else reads it: a chunked 100 MB body stops at the cap.
+            await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge as exc:
+            notice = (render("web.form.unreadable", language), str(exc))
+            return form_page(taxonomy, status=413, notice=notice, language=language)
         form = await read_form(request)
         if isinstance(form, str):
             notice = (render("web.form.unreadable", language), form)
             return form_page(taxonomy, status=400, notice=notice, language=language)
         fields = FormFields.of(form)
-        contact_id = contact_id_for(WEB_CHANNEL, request, web_form_key(fields))
+        # Pressing Send again (same page, or the same report typed anew) is the same contact.
+        content = {k: v for k, v in asdict(fields).items() if k != "form_id"}
+        contact_id = await submission_id(WEB_CHANNEL, request, content, recent, web_form_key(fields))
         try:
             contact = parse_web_form(
                 fields,
@@ -87,7 +114,11 @@ def create_app(
             return form_page(taxonomy, fields, exc.errors, status=400, language=language)
         service = taxonomy.get(contact.service_code) if contact.service_code else None
         service_name = service.name if service else None
-        if not await accept(contact, publisher, lookup, service_name):
+        outcome = await accept(contact, publisher, lookup, service_name)
+        if outcome is Outcome.UNCERTAIN:
+            notice = _bus_unsure(language, contact.request_id)
+            return form_page(taxonomy, fields, status=503, notice=notice, language=language)
+        if not outcome:
             return form_page(taxonomy, fields, status=503, notice=_bus_down(language), language=language)
         # The confirmation speaks the language of the report itself (the contact's).
         danger = warning(contact.text, contact.language, emergencies)

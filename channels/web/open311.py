@@ -24,10 +24,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from channels.base import ContactPublisher
-from channels.web.accept import accept, contact_id_for, log, now, read_form
+from channels.web.accept import (
+    MAX_BODY_BYTES,
+    Outcome,
+    accept,
+    log,
+    now,
+    read_form,
+    recent_submissions,
+    submission_id,
+)
 from channels.web.formats import FORMATS, Format, errors, render, render_object
 from channels.web.lookup import RequestLookup
 from channels.web.parse import OPEN311_CHANNEL, Open311Invalid, parse_open311_request
+from intake311.http import BodyTooLarge, read_body
 from intake311.settings import Settings
 from schemas import messages
 from schemas.emergency import rules_for, warning
@@ -149,6 +159,7 @@ def open311_router(
     router = APIRouter(prefix=PREFIX, tags=["open311"])
     jurisdiction = settings.web.jurisdiction_id
     emergencies = rules_for(settings.emergency_rules_file)
+    recent = recent_submissions(settings.data_dir)
 
     def wrong_jurisdiction(fmt: Format, given: str | None) -> Response | None:
         if given and given.strip() != jurisdiction:
@@ -181,6 +192,11 @@ def open311_router(
         f = _format(fmt)
         if f is None:
             return _unknown_format(fmt)
+        try:
+            # Capped before the api_key can be checked; ``read_form`` then parses these bytes.
+            await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge as exc:
+            return errors(f, 413, str(exc))
         form = await read_form(request)
         if isinstance(form, str):
             return errors(f, 400, form)
@@ -188,7 +204,15 @@ def open311_router(
             return errors(f, 403, "a valid api_key is required")
         if refused := wrong_jurisdiction(f, form.get("jurisdiction_id")):
             return refused
-        contact_id = contact_id_for(OPEN311_CHANNEL, request, client=form.get("api_key", "").strip())
+        # Same Idempotency-Key, or without one the same content: the same contact, never a second.
+        contact_id = await submission_id(
+            OPEN311_CHANNEL,
+            request,
+            form,
+            recent,
+            client=form.get("api_key", "").strip(),
+            ignore=("api_key",),
+        )
         try:
             contact = parse_open311_request(
                 form, taxonomy, contact_id=contact_id, received_at=now(), languages=settings.languages
@@ -197,7 +221,19 @@ def open311_router(
             return errors(f, exc.status, *exc.descriptions)
         service = taxonomy.get(contact.service_code or "")
         service_name = service.name if service else None
-        if not await accept(contact, publisher, lookup, service_name):
+        outcome = await accept(contact, publisher, lookup, service_name)
+        if outcome is Outcome.UNCERTAIN:
+            # Sent but not acknowledged: it may still land, so say so, with the ticket it will have.
+            unsure = errors(
+                f,
+                503,
+                f"the request may still be created as service_request_id {contact.request_id}; retry the"
+                " same request (with the same Idempotency-Key if you sent one): a retry returns that"
+                " ticket and never creates a second request",
+            )
+            unsure.headers["Retry-After"] = "5"
+            return unsure
+        if not outcome:
             return errors(f, 503, "the request could not be queued and was not created; please retry later")
         language = contact.language
         shown = messages.service_name(contact.service_code, language, service_name) if service_name else None

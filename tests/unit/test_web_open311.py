@@ -385,10 +385,25 @@ async def test_idempotency_key_gives_same_ticket(client: httpx.AsyncClient, publ
     assert other.json()[0]["service_request_id"] != ticket
 
 
-async def test_without_idempotency_key_each_post_is_new(client: httpx.AsyncClient) -> None:
-    first = await client.post(f"{BASE}/requests.json", data=valid())
-    second = await client.post(f"{BASE}/requests.json", data=valid())
+async def test_without_idempotency_key_a_different_report_is_new(client: httpx.AsyncClient) -> None:
+    first = await client.post(f"{BASE}/requests.json", data=valid(description="pothole by the school"))
+    second = await client.post(f"{BASE}/requests.json", data=valid(description="pothole by the church"))
     assert first.json()[0]["service_request_id"] != second.json()[0]["service_request_id"]
+
+
+async def test_without_idempotency_key_a_same_content_retry_is_the_same_request(
+    client: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    """A client that got a 503 (or lost the 201) and sends the same report again: one ticket."""
+    first = await client.post(f"{BASE}/requests.json", data=valid(description="tree down"))
+    again = await client.post(f"{BASE}/requests.json", data=valid(description="tree down"))
+    other_app = await client.post(
+        f"{BASE}/requests.json", data=valid(description="tree down", api_key="other-key")
+    )
+    ticket = first.json()[0]["service_request_id"]
+    assert again.json()[0]["service_request_id"] == ticket
+    assert other_app.status_code == 201 and other_app.json()[0]["service_request_id"] != ticket
+    assert len({c.contact_id for c in publisher.contacts}) == 2
 
 
 # --- GET requests ---------------------------------------------------------------------------
@@ -708,3 +723,29 @@ async def test_ordinary_request_notice_has_no_911_line(
     )
     assert response.status_code == 201 and publisher.contacts
     assert "911" not in response.json()[0]["service_notice"]
+
+
+# --- hostile bodies: capped before the api_key is checked --------------------------------------
+
+
+@pytest.mark.parametrize("path", [f"{BASE}/requests.json", "/"], ids=["open311", "form"])
+async def test_chunked_body_past_the_cap_is_413_without_being_read(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    from channels.web.accept import MAX_BODY_BYTES
+    from tests.unit.test_hostile_input import assert_refused_early, post_counted
+
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response, body = await post_counted(client, path, 20 * 1024 * 1024, declared=False, headers=headers)
+    assert_refused_early(response, body, MAX_BODY_BYTES, declared=False)
+
+
+@pytest.mark.parametrize("path", [f"{BASE}/requests.json", "/"], ids=["open311", "form"])
+async def test_declared_body_past_the_cap_is_refused_without_being_read(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    from tests.unit.test_hostile_input import post_counted
+
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response, body = await post_counted(client, path, 20 * 1024 * 1024, declared=True, headers=headers)
+    assert response.status_code == 413 and body.pulled == 0
