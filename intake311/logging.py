@@ -2,40 +2,116 @@
 
 Bind ``contact_id`` / ``request_id`` with ``log.bind(...)``; personal data (phone numbers,
 emails) is only ever logged through ``schemas.mask`` at info level.
+
+Third-party libraries are the other way secrets reach the logs: httpx logs every request URL
+at INFO (department webhook URLs carry their token in the query), uvicorn's access log prints
+each request path with its query (Twilio/Slack/Postmark tokens, Open311 ``api_key=``), aiosmtpd
+every envelope address. ``configure_logging`` puts a filter on its handler that passes only
+their warnings and errors, and every event, ours or theirs, passes through
+``intake311.secrets.redact`` before it is rendered, as a safety net.
+
+A filter on the handler, not logger levels: uvicorn and FastStream set their loggers' levels
+when they configure themselves (after us), and a level set on a library's logger is global
+state that outlives this configuration (a test capturing tweepy's debug lines would then see
+nothing, depending on which test configured logging before it).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
-_SECRET_KEYS = {"password", "secret", "token", "api_key", "auth_token", "authorization", "signature"}
+from intake311.secrets import is_secret_field, redact
+
+# Loggers (and their children) that print URLs, headers, tokens or residents' addresses below
+# WARNING. A name here covers "name" and "name.*".
+QUIET_LOGGERS = (
+    "httpx",  # "HTTP Request: POST https://…?token=… 200 OK" for every webhook delivery
+    "httpcore",  # connection and request tracing at DEBUG
+    "urllib3",  # "GET /path?query" at DEBUG (tweepy and Mastodon.py use requests)
+    "uvicorn.access",  # client address, path and query of every request
+    "aiokafka",  # chatty about rebalances at INFO; its warnings still show
+    "faststream",
+    "intake311.faststream",  # the broker's logger (intake311.bus): every consumer start and callback
+    "twilio",  # twilio.http_client logs request URLs, headers and bodies (phone numbers) at INFO
+    "channels.sms.twilio",  # the logger we hand the Twilio SDK's HTTP client
+    "tweepy",  # request headers (the bearer token) at DEBUG
+    "mastodon",
+    "oauthlib",  # OAuth 1.0a signing: consumer key and access token at DEBUG
+    "requests_oauthlib",
+    "slack_sdk",  # request bodies (the resident's report text) at DEBUG
+    "mail.log",  # aiosmtpd: every MAIL FROM / RCPT TO address at INFO
+    "mail.debug",
+    "aioimaplib",
+    "geopy",  # geocoder URLs: the resident's address and the API key, at DEBUG
+)
 
 
-def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event):
-        if key.lower() in _SECRET_KEYS:
-            event[key] = "***"
+class QuietThirdParty(logging.Filter):
+    """Drops records below WARNING from ``QUIET_LOGGERS``, whatever level their logger has
+    (``uvicorn.Config(log_level="info")`` sets ``uvicorn.access`` to INFO after we configured)."""
+
+    def __init__(self, names: tuple[str, ...] = QUIET_LOGGERS) -> None:
+        super().__init__()
+        self._names = names
+        self._prefixes = tuple(f"{n}." for n in names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        name = record.name
+        return not (name in self._names or name.startswith(self._prefixes))
+
+
+def redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Secret-named fields become ``***``; query strings and URL passwords in any text value too.
+
+    Last in the chain, after the traceback was rendered, so an exception message quoting a
+    webhook URL (httpx puts it in ``HTTPStatusError``) is cleaned as well.
+    """
+    for key, value in event.items():
+        if key.startswith("_"):
+            continue  # structlog's own (``_record``, ``_from_structlog``)
+        event[key] = "***" if is_secret_field(key) else redact(value)
     return event
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Configure structlog and route stdlib logging (aiokafka, uvicorn) through the same output."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    shared: list[Any] = [
+def _processors() -> list[Any]:
+    """The chain shared by our events and foreign (stdlib) records, ending with redaction.
+
+    ``format_exc_info`` turns ``exc_info`` into the traceback text under ``exception`` (without
+    it a JSON line said only ``"exc_info": true``, and a 503 could not be diagnosed). Plain text
+    in both formats: no locals (rich and ``dict_tracebacks`` show them by default, and a frame's
+    locals hold tokens and request bodies), and text is what the redaction can clean.
+    """
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_secrets,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redact_secrets,
     ]
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", *, stream: TextIO | None = None) -> None:
+    """Configure structlog and route stdlib logging (aiokafka, uvicorn) through the same output.
+
+    ``stream`` defaults to stderr (tests pass their own to read what an operator would see).
+    """
+    out = stream if stream is not None else sys.stderr
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    )
+    shared = _processors()  # the same for both formats; only the renderer differs
     structlog.configure(
         # filter_by_level first: a disabled debug line costs a level check, not a render.
         processors=[
@@ -47,21 +123,22 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(QuietThirdParty())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiokafka is chatty about rebalances at INFO; its warnings still show.
+    # These two were always held at WARNING by level (the volume is high enough that not even
+    # creating the records matters); the handler filter covers them as well.
     quiet = max(logging.WARNING, logging.getLevelName(level))
-    logging.getLogger("aiokafka").setLevel(quiet)
-    # FastStream narrates every consumer start and task callback; the stages log what matters.
-    logging.getLogger("intake311.faststream").setLevel(quiet)
+    for name in ("aiokafka", "intake311.faststream"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

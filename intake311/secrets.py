@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -38,4 +39,98 @@ def resolve_secret(
         return None
     if not value.get_secret_value():
         raise ValueError(f"'{what}' is empty")
+    return value
+
+
+# --- keeping secrets out of logs -------------------------------------------------------------
+#
+# Webhook URLs carry their shared secret as a query parameter (Postmark ``?token=``, department
+# webhooks, Open311 ``api_key=``), DSNs carry passwords, and an exception message quotes the URL
+# it failed on. The log pipeline (intake311.logging) passes every event through ``redact`` as a
+# last line of defence; the primary defence is never logging those values in the first place.
+
+REDACTED = "***"
+
+SECRET_FIELDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "auth_token",
+        "access_token",
+        "refresh_token",
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "signature",
+        "x_twilio_signature",
+        "x_slack_signature",
+        "x_intake311_signature",
+        "x_intake311_token",
+        "signing_key",
+        "signing_secret",
+        "client_secret",
+        "dsn",
+    }
+)
+# Field names built on the above (``department_token``, ``slack_signing_secret``, ``case_store_dsn``).
+_SECRET_SUFFIXES = ("_token", "_secret", "_password", "_signature", "_api_key", "_dsn")
+
+# A query string: a '?' glued to a path or URL, up to whitespace, a quote or a fragment.
+_QUERY = re.compile(r"(?<=[^\s?])\?([^\s\"'<>`#]+)")
+# Credentials in a URL's authority: ``scheme://user:password@host``.
+_USERINFO = re.compile(r"(//[^/\s:@\"'<>]*):([^@\s/\"'<>]+)@")
+
+
+def is_secret_field(name: str) -> bool:
+    """True for a field name that holds a credential (case- and ``-``/``_``-insensitive)."""
+    key = name.strip().lower().replace("-", "_")
+    return key in SECRET_FIELDS or key.endswith(_SECRET_SUFFIXES)
+
+
+def _redact_query(match: re.Match[str]) -> str:
+    parts = []
+    for part in re.split(r"([&;])", match.group(1)):
+        if part in ("&", ";", ""):
+            parts.append(part)
+        else:
+            name, eq, _ = part.partition("=")
+            # Every value goes, not only the known names: a city's webhook may call its token "k".
+            parts.append(f"{name}={REDACTED}" if eq else REDACTED)
+    return "?" + "".join(parts)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL query value and URL password replaced by ``***``.
+
+    Keys stay (``?token=***&page=***``) so a log line still says which parameter was sent.
+    """
+    if "?" not in text and "@" not in text:
+        return text  # the common case: no URL-ish content, no regex work
+    return _QUERY.sub(_redact_query, _USERINFO.sub(rf"\1:{REDACTED}@", text))
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """``value`` with secrets removed: secret-named fields of mappings, query strings in text.
+
+    Recurses into dicts, lists and tuples (to a bounded depth, so a cyclic structure cannot
+    hang the logger); other objects are returned as they are, for the renderer to format.
+    """
+    if isinstance(value, str):
+        return redact_text(value)
+    if _depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and is_secret_field(k) else redact(v, _depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v, _depth + 1) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # a namedtuple keeps its type
+        return tuple(redact(v, _depth + 1) for v in value)
     return value

@@ -1,0 +1,182 @@
+"""What an operator sees in the logs: no tokens or URLs from libraries at INFO, redacted events,
+and tracebacks that say what failed. Each test reads the real rendered output of
+``configure_logging`` (a handler on a StringIO), not structlog's ``capture_logs``, because the
+leaks were in the stdlib loggers and the renderer, which ``capture_logs`` bypasses."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from intake311.logging import QUIET_LOGGERS, configure_logging
+from intake311.secrets import redact, redact_text
+from tests.support import serving
+
+SECRET = "SECRET-0123456789abcdef"
+
+
+@pytest.fixture
+def out() -> Iterator[io.StringIO]:
+    """The stream ``configure_logging`` writes to; the stdlib logging state is put back after.
+
+    (tests/conftest.py puts structlog's configuration back; root handlers and logger levels are
+    the stdlib's and would otherwise leak into every later test.)
+    """
+    root = logging.getLogger()
+    names = ("", *QUIET_LOGGERS, "uvicorn", "uvicorn.access", "uvicorn.error")
+    levels = {name: logging.getLogger(name).level for name in names}
+    handlers = root.handlers[:]
+    stream = io.StringIO()
+    yield stream
+    root.handlers[:] = handlers
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+async def _hook(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+async def test_a_real_webhook_call_leaves_no_token_in_the_logs(out: io.StringIO, level: str) -> None:
+    """httpx (client side) and uvicorn's access log (server side) both saw ``?token=SECRET``."""
+    configure_logging(level, "json", stream=out)
+    app = Starlette(routes=[Route("/hook", _hook, methods=["POST"])])
+    async with serving(app) as url, httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/hook?token={SECRET}", json={"request_id": "r1"})
+    assert response.status_code == 200
+    structlog.get_logger("sinks.webhook").info("webhook delivered", status=response.status_code)
+    text = out.getvalue()
+    assert "webhook delivered" in text  # the handler did write: the absence below means something
+    assert SECRET not in text
+    assert "HTTP Request" not in text  # httpx's own line is gone, not merely cleaned
+
+
+def test_an_access_log_record_is_dropped_even_when_uvicorn_resets_its_level(out: io.StringIO) -> None:
+    configure_logging("INFO", "json", stream=out)
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(logging.INFO)  # what uvicorn.Config(log_level="info") does after we configured
+    access.info(
+        '%s - "%s %s HTTP/%s" %d',
+        "203.0.113.9:51234",
+        "POST",
+        f"/open311/v2/requests.json?api_key={SECRET}",
+        "1.1",
+        201,
+    )
+    logging.getLogger("intake311.test").info("marker")
+    text = out.getvalue()
+    assert "marker" in text
+    assert SECRET not in text and "203.0.113.9" not in text
+
+
+def test_a_library_warning_still_shows_with_its_query_redacted(out: io.StringIO) -> None:
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("httpx").warning("retrying https://dept.example/hook?token=%s&n=2", SECRET)
+    [line] = lines(out)
+    assert line["event"] == "retrying https://dept.example/hook?token=***&n=***"
+    assert line["level"] == "warning" and line["logger"] == "httpx"
+
+
+def test_our_own_events_are_redacted(out: io.StringIO) -> None:
+    configure_logging("INFO", "json", stream=out)
+    structlog.get_logger("sinks.webhook").info(
+        "delivery failed",
+        url="https://x/y?token=S",
+        department_token=SECRET,
+        headers={"Authorization": f"Bearer {SECRET}", "Accept": "application/json"},
+        dsn_hint=f"postgresql://intake:{SECRET}@db:5432/cases",
+        detail=f"Client error for url 'https://dept.example/hook?token={SECRET}'",
+    )
+    [line] = lines(out)
+    assert line["url"] == "https://x/y?token=***"
+    assert line["department_token"] == "***"
+    assert line["headers"] == {"Authorization": "***", "Accept": "application/json"}
+    assert line["dsn_hint"] == "postgresql://intake:***@db:5432/cases"
+    assert line["detail"] == "Client error for url 'https://dept.example/hook?token=***'"
+    assert SECRET not in out.getvalue()
+
+
+def _fail_publishing() -> None:
+    raise ConnectionError(f"broker at kafka://k1:9092?auth={SECRET} did not acknowledge")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_an_exception_is_logged_with_its_traceback(out: io.StringIO, fmt: str) -> None:
+    configure_logging("INFO", fmt, stream=out)
+    try:
+        _fail_publishing()
+    except ConnectionError:
+        structlog.get_logger("channels.web").warning("publish failed; contact refused", exc_info=True)
+    text = out.getvalue()
+    assert "Traceback (most recent call last)" in text
+    assert "_fail_publishing" in text and "ConnectionError: broker at kafka://k1:9092?auth=***" in text
+    assert SECRET not in text
+    if fmt == "json":
+        [line] = lines(out)
+        assert "exc_info" not in line
+        assert line["exception"].startswith("Traceback (most recent call last)")
+
+
+def test_a_library_exception_record_shows_its_traceback_too(out: io.StringIO) -> None:
+    """uvicorn logs "Exception in ASGI application" through the stdlib with ``exc_info``."""
+    configure_logging("INFO", "json", stream=out)
+    try:
+        _fail_publishing()
+    except ConnectionError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    [line] = lines(out)
+    assert line["event"] == "Exception in ASGI application"
+    assert "_fail_publishing" in line["exception"] and SECRET not in line["exception"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("no url here, nothing to do", "no url here, nothing to do"),
+        ("what is the address? 12 Elm", "what is the address? 12 Elm"),
+        ("GET /a?x=1&y=&z HTTP/1.1", "GET /a?x=***&y=***&*** HTTP/1.1"),
+        ('"https://h/p?sig=abc#frag"', '"https://h/p?sig=***#frag"'),
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),  # a password without a user
+        ("https://user:pw@h/", "https://user:***@h/"),
+        ("ana@example.org wrote", "ana@example.org wrote"),
+    ],
+)
+def test_redact_text(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_redact_keeps_shapes_and_stops_on_deep_nesting() -> None:
+    nested: dict[str, Any] = {"a": ["https://h/?t=1", ("https://h/?t=2",)], "client_secret": "s", "n": 3}
+    expected = {"a": ["https://h/?t=***", ("https://h/?t=***",)], "client_secret": "***", "n": 3}
+    assert redact(nested) == expected
+    # Deeper than the recursion limit: an unbounded walk would raise RecursionError in the logger.
+    deep: list[Any] = []
+    cursor = deep
+    for _ in range(5000):
+        cursor.append([])
+        cursor = cursor[0]
+    assert isinstance(redact(deep), list)
+
+
+def test_library_logger_levels_are_left_alone(out: io.StringIO) -> None:
+    """The filter sits on our handler: a level set on httpx or tweepy would outlive this
+    configuration (and hide their records from ``caplog`` in every later test)."""
+    before = {name: logging.getLogger(name).level for name in ("httpx", "tweepy", "urllib3", "mail.log")}
+    configure_logging("INFO", "json", stream=out)
+    assert {name: logging.getLogger(name).level for name in before} == before
