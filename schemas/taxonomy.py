@@ -88,6 +88,9 @@ class Service(BaseModel):
     group: str = ""
     keywords: tuple[str, ...] = ()
     examples: tuple[str, ...] = ()
+    # Sentences in other languages ({es: [...]}): the index of a language counts only its own
+    # examples, so Spanish sentences teach Spanish reports without diluting English ones.
+    examples_by_language: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     sla_hours: float | None = Field(default=None, gt=0, description="the target at the service's priority")
     sla_by_priority: dict[Priority, float] = Field(
         default_factory=dict, description="explicit targets per priority (sla_hours: {high: 24, ...})"

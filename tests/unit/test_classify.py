@@ -1,6 +1,5 @@
 """The free-text classifier: obvious reports, the fallback, confidence, speed and real-data accuracy."""
 
-
 import pytest
 
 from normalizer.classify import Classification, Classifier, stem
@@ -114,6 +113,32 @@ def test_spanish_without_accents_stems_like_with_them() -> None:
 def test_spanish_everyday_verbs_do_not_match_service_words() -> None:
     assert stem("meten", "es") != stem("meter", "es")  # "se meten" is not a parking meter
     assert stem("podemos", "es") != stem("podar", "es") == stem("poda", "es")
+
+
+def test_examples_in_another_language_teach_only_that_language() -> None:
+    def taxonomy(**extra: object) -> Taxonomy:
+        return Taxonomy(
+            services=(
+                Service(
+                    code="pothole", name="Pothole", department="public-works", keywords=("bache",), **extra
+                ),
+                Service(code="misc", name="Misc", department="triage", keywords=("otro",)),
+            ),
+            fallback_code="misc",
+        )
+
+    plain = Classifier(taxonomy(examples=("The asphalt is broken",)))
+    taught = Classifier(
+        taxonomy(
+            examples=("The asphalt is broken",),
+            examples_by_language={"es": ("El pavimento de la calle quedó destrozado",)},
+        )
+    )
+    spanish = "el pavimento está destrozado"
+    assert plain.classify(spanish, "es").service_code == "misc"
+    assert taught.classify(spanish, "es").service_code == "pothole"
+    # The English index never sees the Spanish sentence.
+    assert taught.scores("the pavimento", "en") == plain.scores("the pavimento", "en")
 
 
 def test_spanish_stopwords_do_not_count() -> None:
