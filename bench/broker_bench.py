@@ -1,0 +1,151 @@
+"""What durable storage costs the embedded broker: memory vs durable (Tansu on SeaweedFS S3).
+
+    python bench/broker_bench.py [--messages M] [--latency-samples K] [--size BYTES]
+
+Why: `intake311 up` keeps the broker's logs on disk by default so an accepted request survives a
+crash; this shows what that costs in the same run on the same machine. For each engine a fresh
+embedded broker is started (durable: in a scratch data directory), then:
+
+* produce latency: K records one at a time, each ``send_and_wait`` with ``acks=all`` (what the
+  web channel does per resident request before it answers): p50 and p99;
+* produce throughput: M records pipelined (``send`` all, then gather the acknowledgements);
+* consume throughput: a new consumer group reads all M back from the earliest offset.
+
+Figures are printed, never asserted: they depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # running as a script puts bench/ first, not the repo root
+    sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+
+from intake311.embedded import EmbeddedKafka, Storage  # noqa: E402
+from intake311.logging import configure_logging  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(bootstrap: str, messages: int, samples: int, size: int) -> dict[str, float]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("bench.latency", 3, 1), NewTopic("bench.throughput", 3, 1)])
+    finally:
+        await admin.close()
+    payload = b"x" * size
+    # No linger for the one-at-a-time sends: the figure is the broker's round trip, not a wait.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        latencies = []
+        for i in range(samples):
+            start = time.perf_counter()
+            await producer.send_and_wait("bench.latency", payload, key=str(i).encode())
+            latencies.append((time.perf_counter() - start) * 1000)
+    finally:
+        await producer.stop()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        futures = [
+            await producer.send("bench.throughput", payload, key=str(i).encode()) for i in range(messages)
+        ]
+        await asyncio.gather(*futures)
+        produce_s = time.perf_counter() - start
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        "bench.throughput",
+        bootstrap_servers=bootstrap,
+        group_id="bench.reader",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        start = time.perf_counter()
+        deadline = time.monotonic() + 120
+        while seen < messages and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+            seen += sum(len(records) for records in batches.values())
+        consume_s = time.perf_counter() - start
+    finally:
+        await consumer.stop()
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": percentile(latencies, 0.99),
+        "produce_per_s": messages / produce_s,
+        "consume_per_s": seen / consume_s,
+        "consumed": seen,
+    }
+
+
+def run(storage: Storage, scratch: Path, args: argparse.Namespace) -> dict[str, float]:
+    data_dir = scratch / storage / "broker"
+    data_dir.mkdir(parents=True)
+    broker = EmbeddedKafka(
+        log_file=scratch / f"{storage}.log",
+        storage=storage,
+        data_dir=data_dir if storage == "durable" else None,
+    )
+    started = time.perf_counter()
+    broker.start()
+    start_s = time.perf_counter() - started
+    try:
+        figures = asyncio.run(measure(broker.bootstrap, args.messages, args.latency_samples, args.size))
+    finally:
+        broker.stop()
+    figures["start_s"] = start_s
+    if storage == "durable":
+        figures["disk_mb"] = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file()) / 1e6
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", "-m", type=int, default=20_000, help="records for the throughput runs")
+    parser.add_argument("--latency-samples", "-k", type=int, default=1000, help="records sent one at a time")
+    parser.add_argument("--size", type=int, default=600, help="record size in bytes (a contact is ~600)")
+    args = parser.parse_args()
+    configure_logging("WARNING", "console")
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="intake311-broker-bench-") as tmp:
+        for storage in ("memory", "durable"):
+            print(f"{storage}: starting", file=sys.stderr)
+            rows[storage] = run(storage, Path(tmp), args)
+    print(
+        f"{args.messages} records of {args.size} B (throughput), "
+        f"{args.latency_samples} one at a time (latency)"
+    )
+    print(f"{'storage':<9}{'start s':>9}{'p50 ms':>9}{'p99 ms':>9}{'produce/s':>11}{'consume/s':>11}")
+    for storage, f in rows.items():
+        print(
+            f"{storage:<9}{f['start_s']:>9.1f}{f['p50_ms']:>9.2f}{f['p99_ms']:>9.2f}"
+            f"{f['produce_per_s']:>11.0f}{f['consume_per_s']:>11.0f}"
+            + (f"   ({int(f['consumed'])} consumed)" if f["consumed"] < args.messages else "")
+        )
+    if "disk_mb" in rows["durable"]:
+        print(f"durable data directory after the run: {rows['durable']['disk_mb']:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
