@@ -24,6 +24,7 @@ from channels.plugin import (
     SendError,
     configured_channels,
 )
+from intake311 import metrics as process_metrics
 from intake311.bus import BusWatch, Outgoing
 from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
@@ -177,6 +178,8 @@ async def _send_with_retry(
 def _subscribe_outbound(
     broker: KafkaBroker, settings: Settings, plugin: ChannelPlugin, seen: SeenStore
 ) -> None:
+    metrics = process_metrics.current()
+
     @batch_subscriber(
         broker,
         settings.topics.outbound(plugin.name),
@@ -190,3 +193,4 @@ def _subscribe_outbound(
         await publish_with_retry(
             broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
+        metrics.dead_lettered(letters, settings.topics.deadletter)

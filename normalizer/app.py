@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
 from intake311.logging import get_logger
 from intake311.settings import Settings
@@ -178,6 +179,7 @@ def build_desk(settings: Settings) -> IncidentDesk:
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """Attach the normalizer's subscribers and its documented publishers to ``broker``."""
     topics = settings.topics
+    metrics = process_metrics.current()
     desk = build_desk(settings)
     store = open_state(settings)
     stack.callback(store.close)
@@ -206,6 +208,11 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
+        for item in prepared.values():  # counted once published (a rewound batch counts again)
+            metrics.contact(item.contact.channel)
+            if item.request is not None:
+                metrics.request_opened(item.request)
+        metrics.dead_lettered(out, topics.deadletter)
         requests = sum(1 for o in out if o.topic == topics.requests)
         log.info("batch normalized", contacts=len(batch), requests=requests, dead_lettered=len(letters))
         for o in out:
@@ -227,3 +234,4 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
+        metrics.dead_lettered(out, topics.deadletter)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
 from intake311.logging import get_logger
 from intake311.settings import Settings
@@ -71,6 +72,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     """Attach the router's subscriber and one documented publisher per department topic."""
     router = build_router(settings)
     topics = settings.topics
+    metrics = process_metrics.current()
     for department in router.all_departments():
         broker.publisher(
             topics.department(department),
@@ -92,6 +94,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
+        metrics.dead_lettered(out, topics.deadletter)
         routed = [r for r in out if "x-department" in r.headers]
         log.info("batch routed", deliveries=len(routed), dead_lettered=len(out) - len(routed))
         for record in routed:

@@ -18,9 +18,11 @@ import httpx
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
 from intake311.dedupe import SeenStore
 from intake311.logging import get_logger
+from intake311.metrics import Metrics
 from intake311.settings import Settings
 from intake311.stage import (
     RawBatch,
@@ -110,6 +112,7 @@ async def deliver_batch(
     settings: Settings,
     outage: Outage | None = None,
     retry_timeout_s: float | None = None,
+    metrics: Metrics | None = None,
 ) -> BatchResult:
     """Deliver what this sink has not delivered yet; dead-letter only what it refused.
 
@@ -144,13 +147,17 @@ async def deliver_batch(
     )
     timed_out = outage.timed_out(retry_timeout_s)
     delivered = []
+    count = metrics.delivery if metrics is not None else _uncounted
     for (record, delivery), outcome in zip(todo, outcomes, strict=True):
         if outcome.delivered:
             delivered.append(delivery.delivery_id)
+            count(department, sink_name, "delivered", delivery.request.requested_datetime)
             continue
         if outcome.held and not timed_out:
             result.held = result.held or outcome.reason
+            count(department, sink_name, "held")
             continue
+        count(department, sink_name, "expired" if outcome.held else "refused")
         if outcome.held:
             reason = f"sink {namespace} down for {outage.down_for():.0f} s: {outcome.reason}"
         else:
@@ -170,8 +177,18 @@ async def deliver_batch(
     return result
 
 
+def _uncounted(*args: object) -> None:
+    """``Metrics.delivery`` for callers without metrics (unit tests, tools)."""
+
+
 async def finish_batch(
-    broker: KafkaBroker, result: BatchResult, *, seen: SeenStore, namespace: str, settings: Settings
+    broker: KafkaBroker,
+    result: BatchResult,
+    *,
+    seen: SeenStore,
+    namespace: str,
+    settings: Settings,
+    metrics: Metrics | None = None,
 ) -> None:
     """Publish the dead letters, remember them, and rewind the batch if its sink is down.
 
@@ -182,6 +199,8 @@ async def finish_batch(
         broker, result.letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
     )
     seen.mark(_dead_namespace(namespace), result.dead)
+    if metrics is not None:
+        metrics.dead_lettered(result.letters, settings.topics.deadletter)
     if result.held is not None:
         raise SinkUnavailable(f"sink {namespace} is down; its requests wait on the topic: {result.held}")
 
@@ -191,6 +210,7 @@ def _subscribe(
 ) -> None:
     namespace = f"{department}/{config.name}"
     outage = Outage(namespace)  # this consumer's view of its sink, kept across batches
+    metrics = process_metrics.current()
 
     @batch_subscriber(
         broker,
@@ -210,8 +230,9 @@ def _subscribe(
             settings=settings,
             outage=outage,
             retry_timeout_s=config.retry_timeout_s,
+            metrics=metrics,
         )
-        await finish_batch(broker, result, seen=seen, namespace=namespace, settings=settings)
+        await finish_batch(broker, result, seen=seen, namespace=namespace, settings=settings, metrics=metrics)
 
 
 async def status_batch(
@@ -279,6 +300,7 @@ def _subscribe_status(
 ) -> None:
     namespace = f"{department}/{config.name}.status"
     outage = Outage(namespace)
+    metrics = process_metrics.current()
 
     @batch_subscriber(
         broker,
@@ -298,7 +320,7 @@ def _subscribe_status(
             outage=outage,
             retry_timeout_s=config.retry_timeout_s,
         )
-        await finish_batch(broker, result, seen=seen, namespace=namespace, settings=settings)
+        await finish_batch(broker, result, seen=seen, namespace=namespace, settings=settings, metrics=metrics)
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

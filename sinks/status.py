@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
 from intake311.logging import get_logger
 from intake311.settings import Settings
@@ -117,6 +118,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         return
     store = await stack.enter_async_context(CaseStore(settings.case_store_dsn.get_secret_value()))
     topics = settings.topics
+    metrics = process_metrics.current()
 
     @batch_subscriber(
         broker,
@@ -131,3 +133,4 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
+        metrics.dead_lettered(out, topics.deadletter)
