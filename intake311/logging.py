@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from intake311.secrets import is_secret_field, redact
+from intake311.secrets import is_secret_field, mask_pii, redact
 
 # Loggers (and their children) that print URLs, headers, tokens or residents' addresses below
 # WARNING. A name here covers "name" and "name.*".
@@ -67,15 +67,20 @@ class QuietThirdParty(logging.Filter):
 
 
 def redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Secret-named fields become ``***``; query strings and URL passwords in any text value too.
+    """Secret-named fields become ``***``; in every other value, at any depth, query strings,
+    URL passwords, provider tokens (Twilio SIDs, bearer credentials), email addresses and phone
+    numbers are masked (``intake311.secrets.mask_pii``).
 
+    By value as well as by key because personal data travels in fields with innocent names: a
+    resident's text quoted in ``reason``, a Twilio REST URL with the Account SID in ``error``.
     Last in the chain, after the traceback was rendered, so an exception message quoting a
-    webhook URL (httpx puts it in ``HTTPStatusError``) is cleaned as well.
+    webhook URL (httpx puts it in ``HTTPStatusError``) is cleaned as well; every level, because
+    a debug line is exactly where a whole payload gets dumped.
     """
     for key, value in event.items():
         if key.startswith("_"):
             continue  # structlog's own (``_record``, ``_from_structlog``)
-        event[key] = "***" if is_secret_field(key) else redact(value)
+        event[key] = "***" if is_secret_field(key) else mask_pii(redact(value))
     return event
 
 

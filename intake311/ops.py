@@ -4,15 +4,49 @@ sink is; the service-level report from the case store. Used by the CLI."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from intake311.settings import Settings
+from intake311.settings import KafkaSettings, Settings
 from schemas.deadletter import DeadLetter
+
+REPLAY_OF = "x-intake311-replay-of"
+"""Header on a re-published record: the dead letter it came from (``letter_id``). A stage that
+fails on it again copies it into the new letter, so a replay can tell a letter that failed
+again after a replay from a first failure."""
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments every aiokafka client of the operator commands needs: the client id and
+    the configured security (SASL/TLS, from ``intake311.bus.security_for``).
+
+    Why one place: the pipeline's clients come from ``make_broker``, but ``tail``,
+    ``departments`` and ``replay`` build plain aiokafka clients, which connected without TLS or
+    SASL to a cluster that requires them (and failed, or worse, spoke plaintext).
+    """
+    from faststream.kafka.security import parse_security
+
+    from intake311.bus import security_for
+
+    security = security_for(kafka)
+    return {"client_id": kafka.client_id, **(parse_security(security) if security is not None else {})}
+
+
+def tail_consumer(settings: Settings, bootstrap: list[str], topic: str, *, from_beginning: bool) -> Any:
+    """The consumer ``intake311 tail`` follows ``topic`` with: no group, nothing committed."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        **client_options(settings.kafka),
+    )
 
 
 def department_rows(settings: Settings) -> list[dict[str, Any]]:
@@ -44,8 +78,9 @@ async def add_backlog(settings: Settings, bootstrap: list[str], rows: list[dict[
     Reads end offsets from the broker, so the figure is only as good as the broker's answer
     (the embedded Tansu build's end offsets are approximate).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="intake311-ops")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="intake311-ops", group_id=None)
+    options = {**client_options(settings.kafka), "client_id": "intake311-ops"}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **options)
     await admin.start()
     await consumer.start()
     try:
@@ -146,6 +181,14 @@ class ReplayReport:
     no_source: int = 0  # letters that do not say where they came from: nowhere to send them
     no_original: int = 0  # too large to keep their original: it is only on the source topic
     not_letters: list[str] = field(default_factory=list)  # "partition/offset: why" of each
+    failed_again: int = 0  # of the letters replayed: re-failures of an earlier replay
+    considered: int = 0  # records on the dead-letter topic up to the snapshot of its end
+    per_stage: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> outcome -> count
+
+    def count(self, stage: str, outcome: str) -> None:
+        """One more letter of ``stage`` with ``outcome`` (replayed, already replayed, …)."""
+        counts = self.per_stage.setdefault(stage, {})
+        counts[outcome] = counts.get(outcome, 0) + 1
 
 
 def replayed_topic(settings: Settings) -> str:
@@ -158,28 +201,70 @@ def letter_id(record: ConsumerRecord[Any, Any]) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
-async def _read_all(
-    bootstrap: list[str], topic: str, idle_s: float, settings: Settings
-) -> list[ConsumerRecord[Any, Any]]:
-    """Every record on ``topic`` from the beginning, read until the topic has been idle ``idle_s``.
+async def end_offsets(settings: Settings, bootstrap: list[str], topic: str) -> dict[TopicPartition, int]:
+    """The end offset (next offset to be written) of every partition of ``topic``, right now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **client_options(settings.kafka))
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return dict(await consumer.end_offsets(tps)) if tps else {}
+    finally:
+        await consumer.stop()
 
-    No consumer group: nothing is committed, so reading can never make a record unreadable to
-    the next run (the embedded broker's end offsets are approximate, hence the idle wait).
+
+async def _read_until(
+    settings: Settings,
+    bootstrap: list[str],
+    ends: dict[TopicPartition, int],
+    idle_s: float,
+    progress: Callable[[str], None] | None = None,
+    *,
+    bounded: bool = True,
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record from the beginning up to ``ends`` (a snapshot of the end offsets), no further.
+
+    Bounded by the snapshot, not by the topic going quiet: a replayed record that fails again is
+    dead-lettered at a new offset, and a running pipeline keeps adding letters, so "read until
+    idle" could read for ever (and a run would see its own re-failures). ``idle_s`` only stops
+    a read the broker cannot complete (the embedded broker's end offsets are approximate).
+    No consumer group: nothing is committed, so reading never hides a record from the next run.
+    ``bounded=False`` reads every partition of ``ends`` until idle instead (the replay marks:
+    a mark written just before is sometimes still beyond the end offsets the embedded broker
+    reports, and a missed mark would replay its letter twice; marks grow only with replays).
     """
+    if not bounded:
+        ends = {tp: 2**62 for tp in ends}
+    todo = {tp: end for tp, end in ends.items() if end > 0}
+    if not todo:
+        return []
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
         session_timeout_ms=settings.kafka.consumer_session_timeout_ms,
+        **client_options(settings.kafka),
     )
     await consumer.start()
     records: list[ConsumerRecord[Any, Any]] = []
+    total = sum(todo.values())
     try:
-        while batches := await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=500):
-            for batch in batches.values():
-                records.extend(batch)
+        consumer.assign(list(todo))
+        await consumer.seek_to_beginning(*todo)
+        last = time.monotonic()
+        while todo and time.monotonic() - last < idle_s:
+            batches = await consumer.getmany(*todo, timeout_ms=200, max_records=500)
+            for tp, batch in batches.items():
+                records.extend(r for r in batch if r.offset < ends[tp])
+                last = time.monotonic()
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+            if batches and progress is not None:
+                progress(f"read {len(records)} of {total} record(s) of {next(iter(ends)).topic}")
     finally:
         await consumer.stop()
     return records
@@ -192,33 +277,42 @@ async def replay(
     stage: str | None = None,
     dry_run: bool = False,
     idle_s: float = 2.0,
+    progress: Callable[[str], None] | None = None,
 ) -> ReplayReport:
     """Re-publish dead letters' original bytes to their source topics, each letter once.
 
-    Every run reads the whole dead-letter topic and skips the letters a replay already
-    re-published, as recorded on ``replayed_topic`` (keyed by ``letter_id``). That record is on
-    the cluster, so every operator sees it; ``--stage`` only chooses which letters to replay and
-    marks just those, so other stages' letters stay replayable (a consumer group's committed
-    offset used to move past them for good). Records on the topic that are not dead letters are
-    skipped and reported, never fatal. Marks are written after the replayed records are
-    acknowledged: a crash in between replays those letters again next time, which is harmless
-    because ids are stable downstream; so are two operators replaying at the same moment.
-    ``dry_run`` reports what would be replayed, publishing and marking nothing.
+    A run first takes a snapshot of the dead-letter topic's end offsets and considers only the
+    letters below it, so it always ends: what it replays and fails again lands beyond the
+    snapshot, for the next run (each re-published record names its letter in ``REPLAY_OF``,
+    which the new letter keeps, counted as ``failed_again`` when that one is replayed).
+    Letters a replay already re-published are skipped, as recorded on ``replayed_topic``
+    (keyed by ``letter_id``). That record is on the cluster, so every operator sees it;
+    ``--stage`` only chooses which letters to replay and marks just those, so other stages'
+    letters stay replayable. Records on the topic that are not dead letters are skipped and
+    reported, never fatal. Marks are written after the replayed records are acknowledged: a
+    crash in between replays those letters again next time, which is harmless because ids are
+    stable downstream; so are two operators replaying at the same moment. ``dry_run`` reports
+    what would be replayed, publishing and marking nothing. ``progress`` is told what is done.
     """
-    from aiokafka import AIOKafkaProducer
-
     from intake311.bus import ensure_topics
 
+    say = progress or (lambda _: None)
+    topic = settings.topics.deadletter
     marks_topic = replayed_topic(settings)
-    await ensure_topics(settings.kafka, bootstrap, [settings.topics.deadletter, marks_topic])
+    await ensure_topics(settings.kafka, bootstrap, [topic, marks_topic])
+    letter_ends = await end_offsets(settings, bootstrap, topic)
+    mark_ends = await end_offsets(settings, bootstrap, marks_topic)
+    say(f"{topic}: {sum(letter_ends.values())} record(s) up to now; later ones are left for the next run")
     done = {
         r.key.decode(errors="replace")
-        for r in await _read_all(bootstrap, marks_topic, idle_s, settings)
+        for r in await _read_until(settings, bootstrap, mark_ends, idle_s, bounded=False)
         if r.key
     }
     report = ReplayReport()
     todo: list[tuple[str, DeadLetter]] = []
-    for record in await _read_all(bootstrap, settings.topics.deadletter, idle_s, settings):
+    letters = await _read_until(settings, bootstrap, letter_ends, idle_s, say)
+    report.considered = len(letters)
+    for record in letters:
         try:
             letter = DeadLetter.model_validate_json(record.value or b"")
         except ValueError as exc:
@@ -226,33 +320,44 @@ async def replay(
             continue
         if stage and letter.stage != stage:
             report.other_stages += 1
+            report.count(letter.stage, "other stage")
         elif not letter.source_topic:
             report.no_source += 1
+            report.count(letter.stage, "no source topic")
         elif letter.original_encoding == "omitted":
             report.no_original += 1
+            report.count(letter.stage, "no original")
         elif letter_id(record) in done:
             report.already_replayed += 1
+            report.count(letter.stage, "already replayed")
         else:
             todo.append((letter_id(record), letter))
+            report.count(letter.stage, "would replay" if dry_run else "replayed")
+            report.failed_again += REPLAY_OF in letter.headers
     report.replayed = [letter for _, letter in todo]
     if dry_run or not todo:
         return report
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, **client_options(settings.kafka)
+    )
     await producer.start()
     try:
         sends = []
-        for _, letter in todo:
-            headers = [(k, v.encode()) for k, v in letter.headers.items() if k != "content-type"]
+        for ident, letter in todo:
+            headers = [
+                (k, v.encode()) for k, v in letter.headers.items() if k not in ("content-type", REPLAY_OF)
+            ]
             sends.append(
                 await producer.send(
                     letter.source_topic or "",
                     letter.original,
                     key=letter.key.encode() if letter.key else None,
-                    headers=[("content-type", b"application/json"), *headers],
+                    headers=[("content-type", b"application/json"), (REPLAY_OF, ident.encode()), *headers],
                 )
             )
         for sent in sends:
             await sent
+        say(f"{len(sends)} record(s) re-published; marking them replayed")
         now = datetime.now(UTC).isoformat()
         marks = [
             await producer.send(

@@ -134,3 +134,72 @@ def redact(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, tuple) and not hasattr(value, "_fields"):  # a namedtuple keeps its type
         return tuple(redact(v, _depth + 1) for v in value)
     return value
+
+
+# --- residents' personal data and provider tokens, found by value ----------------------------
+#
+# Key names catch ``password=…``; they cannot catch a phone number in a resident's free text
+# ("call me at (203) 555-0143"), an email address in an exception message, or a Twilio Account
+# SID inside the REST URL the SDK failed on. These are found in the value itself, so whatever
+# field (or nested dict/list) they travel in, at whatever level, they are masked.
+
+# Twilio SIDs: Account (AC), API key (SK), messaging service (MG), number (PN), message (SM/MM),
+# call (CA), recording (RE): a two-letter prefix and 32 hex digits. The prefix stays, so a line
+# still says which kind of object it was about.
+_TWILIO_SID = re.compile(r"\b(AC|SK|MG|PN|SM|MM|CA|RE)[0-9a-fA-F]{32}\b")
+# ``Authorization: Bearer …`` / ``Basic …`` quoted in a message or a header dump.
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_EMAIL = re.compile(r"(?<![\w.+-])([A-Za-z0-9][\w.+-]*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# Seven digits at least, whatever separates them: cheap pre-check before the phone matcher.
+_MANY_DIGITS = re.compile(r"(?:\d\D{0,3}){7}")
+# A bare ISO date/time (every line's ``timestamp``): never a phone number, and the matcher
+# costs ~60 us a string, which every log line would pay.
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ][\d:.]+)?(?:Z|[+-]\d{2}:?\d{2})?")
+
+
+def _mask_phones(text: str) -> str:
+    """Every phone number ``phonenumbers`` finds (US region: a city's residents), last 2 digits kept.
+
+    The library's VALID leniency only matches numbers a carrier could assign, so dates,
+    ticket numbers, offsets and house numbers ("45 Elm Street") are left as they are.
+    """
+    import phonenumbers
+
+    if not _MANY_DIGITS.search(text) or _ISO_DATETIME.fullmatch(text):
+        return text
+    pieces: list[str] = []
+    end = 0
+    for match in phonenumbers.PhoneNumberMatcher(text, "US"):
+        digits = [c for c in match.raw_string if c.isdigit()]
+        pieces += [text[end : match.start], "***" + "".join(digits[-2:])]
+        end = match.end
+    return "".join(pieces) + text[end:] if pieces else text
+
+
+def mask_pii_text(text: str) -> str:
+    """``text`` with provider tokens, auth credentials, emails and phone numbers masked.
+
+    Tokens first, so the matcher never sees (or half-masks) the digits inside a SID. An email
+    keeps its first letter and domain, a phone number its last two digits, like
+    ``schemas.contact.mask``: enough to tell two residents apart in a log, no more.
+    """
+    text = _TWILIO_SID.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    if "@" in text:
+        text = _EMAIL.sub(lambda m: f"{m.group(1)[:1]}{REDACTED}@{m.group(2)}", text)
+    return _mask_phones(text)
+
+
+def mask_pii(value: Any, _depth: int = 0) -> Any:
+    """``value`` with ``mask_pii_text`` applied to every string in it (dict values, lists, tuples)."""
+    if isinstance(value, str):
+        return mask_pii_text(value)
+    if _depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {k: mask_pii(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_pii(v, _depth + 1) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(mask_pii(v, _depth + 1) for v in value)
+    return value

@@ -1,8 +1,12 @@
 """``intake311 replay`` on the embedded broker: nothing on the dead-letter topic can block it,
-and replaying one stage never makes another stage's letters unreplayable."""
+replaying one stage never makes another stage's letters unreplayable, and a run always ends:
+letters written after it started (its own re-failures, a busy pipeline's) wait for the next."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
 from intake311.cli import app
-from intake311.ops import replay_dead_letters
+from intake311.ops import REPLAY_OF, replay, replay_dead_letters
 from intake311.settings import Settings
 from schemas import DeadLetter
 
@@ -121,6 +125,8 @@ def test_cli_replay_reports_skipped_records_and_dry_run_shows_what_would_go(
     dry = runner.invoke(app, ["replay", "--stage", "normalizer", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.count("would replay  normalizer") == 2
+    assert "normalizer: 2 would replay" in dry.stderr and "router: 1 other stage" in dry.stderr
+    assert "(of 5 record(s) on the topic when the run started)" in dry.stderr
     assert dry.stdout.count("not a dead letter") == 2
     assert "2 dead letter(s) would be replayed" in dry.stderr
     assert "1 from other stages" in dry.stderr and "2 not dead letters" in dry.stderr
@@ -134,3 +140,85 @@ def test_cli_replay_reports_skipped_records_and_dry_run_shows_what_would_go(
     assert rest.exit_code == 0, rest.output
     assert rest.stdout.count("replayed  router") == 1 and "replayed  normalizer" not in rest.stdout
     assert "2 already replayed" in rest.stderr
+
+
+async def test_a_run_ends_while_stages_keep_dead_lettering(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A pipeline that keeps failing keeps adding letters: the run replays those that were there
+    when it started and ends (reading "until the topic is idle" never ended)."""
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    contacts, deadletter = settings.topics.contacts("web"), settings.topics.deadletter
+    await put(settings, deadletter, [letter(settings, "normalizer", b'{"n": 0}', contacts)])
+    written = 1
+
+    async def failing_stage() -> None:
+        nonlocal written
+        producer = AIOKafkaProducer(bootstrap_servers=[kafka_bootstrap], enable_idempotence=False)
+        await producer.start()
+        try:
+            while True:
+                await producer.send_and_wait(
+                    deadletter, letter(settings, "router", b"{}", contacts), partition=0
+                )
+                written += 1
+                await asyncio.sleep(0.05)
+        finally:
+            await producer.stop()
+
+    traffic = asyncio.create_task(failing_stage())
+    while written < 5:  # the stage is failing before the operator starts the replay
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    try:
+        # Before the fix this never returned: the topic was never idle for idle_s.
+        report = await asyncio.wait_for(replay(settings, [kafka_bootstrap], idle_s=1.0), 30)
+        ended = time.monotonic()
+        await asyncio.sleep(0.3)
+    finally:
+        traffic.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await traffic
+    assert ended - started < 30
+    assert 5 <= report.considered < written  # letters kept coming; the run did not wait for them
+    assert b'{"n": 0}' in [x.original for x in report.replayed]
+    assert report.per_stage["normalizer"] == {"replayed": 1}
+
+
+async def test_a_letter_that_fails_again_is_replayed_by_the_next_run_not_this_one(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A real normalizer fails on the replayed record again: the new letter (a new offset) is not
+    seen by the run that caused it, carries where it came from, and the next run replays it once."""
+    from intake311.pipeline import running
+
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    deadletter, contacts = settings.topics.deadletter, settings.topics.contacts("web")
+
+    async def letters() -> list[DeadLetter]:
+        return [DeadLetter.model_validate_json(v) for v in await on_topic(settings, deadletter)]
+
+    async def letters_after(count: int) -> list[DeadLetter]:
+        deadline = time.monotonic() + 30
+        while (found := await letters()) and len(found) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert len(found) >= count, found
+        return found
+
+    async with running(settings, ["normalizer"]):
+        await put(settings, contacts, [b"not a contact"])
+        [first] = await letters_after(1)
+        # Where the letter came from (dead letters of real stages once had neither).
+        assert (first.stage, first.source_topic) == ("normalizer", contacts)
+        assert first.partition == 0 and first.offset is not None and first.offset >= 0
+        assert REPLAY_OF not in first.headers
+
+        run = await asyncio.wait_for(replay(settings, [kafka_bootstrap], idle_s=1.0), 30)
+        assert [x.original for x in run.replayed] == [b"not a contact"] and run.failed_again == 0
+
+        again = (await letters_after(2))[1]  # the normalizer failed on the replayed record again
+        assert again.original == b"not a contact" and again.offset is not None
+        assert again.headers[REPLAY_OF].startswith(f"{deadletter}/")
+
+        second = await asyncio.wait_for(replay(settings, [kafka_bootstrap], idle_s=1.0), 30)
+        assert [x.original for x in second.replayed] == [b"not a contact"]
+        assert second.failed_again == 1 and second.already_replayed == 1
+        assert second.per_stage == {"normalizer": {"already replayed": 1, "replayed": 1}}

@@ -76,3 +76,16 @@ def test_schemas_export_and_asyncapi_commands(tmp_path: Path) -> None:
     spec = json.loads(result.stdout)
     addresses = {c["address"] for c in spec["channels"].values()}
     assert "intake311.requests" in addresses and "intake311.department.public-works" in addresses
+
+
+def test_asyncapi_documents_the_deadletter_status_and_outbound_topics(tmp_path: Path, monkeypatch) -> None:
+    """Every topic an operator or another team consumes is in the document, with its payload."""
+    monkeypatch.setenv("INTAKE311_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("INTAKE311_KAFKA__TOPIC_PREFIX", "doc")
+    result = runner.invoke(app, ["asyncapi"])
+    assert result.exit_code == 0, result.output
+    spec = json.loads(result.stdout)
+    addresses = {c["address"] for c in spec["channels"].values()}
+    assert {"doc.deadletter", "doc.status", "doc.outbound.sms", "doc.outbound.email"} <= addresses
+    schemas = set(spec["components"]["schemas"])
+    assert {"DeadLetter", "StatusChange", "OutboundMessage"} <= schemas

@@ -180,3 +180,54 @@ def test_library_logger_levels_are_left_alone(out: io.StringIO) -> None:
     before = {name: logging.getLogger(name).level for name in ("httpx", "tweepy", "urllib3", "mail.log")}
     configure_logging("INFO", "json", stream=out)
     assert {name: logging.getLogger(name).level for name in before} == before
+
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_URL = f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+
+
+@pytest.mark.parametrize(("level", "fmt"), [("DEBUG", "json"), ("INFO", "console")])
+def test_personal_data_and_tokens_are_masked_by_value_in_every_field(
+    out: io.StringIO, level: str, fmt: str
+) -> None:
+    """Innocently named fields, nested ones too: the value is what gives a phone number away."""
+    configure_logging(level, fmt, stream=out)
+    log = structlog.get_logger("channels.sms")
+    (log.debug if level == "DEBUG" else log.info)(
+        "send failed",
+        error=f"HTTP 401 from POST {TWILIO_URL}",
+        reason="call me at (203) 555-0143 about the pothole",
+        payload={
+            "from": "resident jane.doe+311@example.org",
+            "lines": ["Bearer abcdefghijk123", "+12035550177"],
+        },
+        when="2026-12-01T14:01:13Z",
+        ticket="4821-7730",
+        place="45 Elm Street, 06511",
+        received="12/01/2026",
+    )
+    text = out.getvalue()
+    for leaked in (ACCOUNT_SID, "555-0143", "2035550177", "jane.doe", "abcdefghijk123"):
+        assert leaked not in text
+    if fmt == "json":
+        [line] = lines(out)
+        assert (
+            line["error"]
+            == "HTTP 401 from POST https://api.twilio.com/2010-04-01/Accounts/AC***/Messages.json"
+        )
+        assert line["reason"] == "call me at ***43 about the pothole"
+        assert line["payload"] == {"from": "resident j***@example.org", "lines": ["Bearer ***", "***77"]}
+        # What is not personal stays readable: dates, ticket numbers, addresses, the timestamp.
+        assert line["when"] == "2026-12-01T14:01:13Z" and line["received"] == "12/01/2026"
+        assert line["ticket"] == "4821-7730" and line["place"] == "45 Elm Street, 06511"
+        assert line["timestamp"].startswith("20") and "*" not in line["timestamp"]
+    else:
+        assert "45 Elm Street" in text and "4821-7730" in text and "2026-12-01T14:01:13Z" in text
+
+
+def test_a_library_record_is_masked_by_value_too(out: io.StringIO) -> None:
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("some.library").warning("giving up on %s for +1 203 555 0143", TWILIO_URL)
+    [line] = lines(out)
+    assert ACCOUNT_SID not in line["event"] and "555 0143" not in line["event"]
+    assert line["event"].endswith("for ***43")
