@@ -5,20 +5,106 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import ssl
 import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import BaseModel
+from typer.core import TyperGroup
 
 from intake311.logging import configure_logging
 from intake311.pipeline import ALL, WEB, embedded_bootstrap_file, serve
 from intake311.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    # Typer vendors click (0.27): its groups take this Context, not the click package's.
+    from typer._click.core import Context as ClickContext
+
+# The settings the running command loaded (``_settings``), to name the setting an error is about.
+_loaded: Settings | None = None
+
+
+def setting_of(settings: Settings | None, filename: str | os.PathLike[str]) -> str | None:
+    """The dotted name of the setting (``subscriptions_file``, ``geo.boundaries.ward``) whose
+    value is ``filename``, if any: a missing file is reported as the setting to fix."""
+    if settings is None:
+        return None
+    wanted = Path(filename).expanduser().absolute()
+
+    def walk(value: Any, name: str) -> str | None:
+        if isinstance(value, Path):
+            return name if value.expanduser().absolute() == wanted else None
+        if isinstance(value, BaseModel):
+            items: Any = ((k, getattr(value, k)) for k in type(value).model_fields)
+        elif isinstance(value, dict):
+            items = value.items()
+        else:
+            return None
+        for key, item in items:
+            if found := walk(item, f"{name}.{key}" if name else str(key)):
+                return found
+        return None
+
+    return walk(settings, "")
+
+
+def config_error_line(exc: BaseException, settings: Settings | None) -> str | None:
+    """One line for an error in the configuration (None: not one, let it raise).
+
+    A file a setting names that cannot be read (``OSError`` with a filename), TLS material that
+    does not load, and invalid values (``ValueError``: pydantic's errors and the validators',
+    which already name their field) are the operator's to fix, and a traceback hid the one
+    line that says which setting.
+    """
+    # A loader that wraps the OSError (``ValueError("routing table …") from exc``) still names a
+    # file a setting gave: report it as that setting.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if (
+            isinstance(cause, OSError)
+            and cause.filename is not None
+            and not isinstance(cause, ConnectionError)
+        ):
+            name = setting_of(settings, cause.filename)
+            if name is not None or cause is exc:
+                what = cause.strerror or type(cause).__name__
+                return f"configuration error: {name + ': ' if name else ''}{cause.filename}: {what}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, ssl.SSLError):
+        return f"configuration error: kafka TLS settings: {exc}"
+    if isinstance(exc, ValueError):
+        text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        return f"configuration error: {text[:500] or type(exc).__name__}"
+    return None
+
+
+class _Commands(TyperGroup):
+    """Every command (and every sub-command group) runs through here, so a configuration error
+    raised anywhere (loading settings, opening a file a setting names, building a Kafka client)
+    ends as one line and exit status 2, not a traceback."""
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            line = config_error_line(exc, _loaded)
+            if line is None:
+                raise
+            typer.echo(line, err=True)
+            raise typer.Exit(2) from exc
+
+
 app = typer.Typer(
-    help="intake311: multi-channel 311 intake over Kafka.", no_args_is_help=True, add_completion=False
+    help="intake311: multi-channel 311 intake over Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    cls=_Commands,
 )
 schemas_app = typer.Typer(help="The event contracts.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
@@ -33,6 +119,8 @@ def _settings(config: Path | None) -> Settings:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
+    global _loaded
+    _loaded = settings
     return settings
 
 
@@ -79,22 +167,41 @@ def _run(settings: Settings, stages: tuple[str, ...]) -> None:
         asyncio.run(serve(settings, stages, on_ready=lambda: _announce(settings, stages)))
 
 
+EphemeralOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ephemeral",
+        help="embedded broker in memory: nothing kept after exit (default: durable, under DATA_DIR/broker)",
+    ),
+]
+
+
+def _storage(settings: Settings, ephemeral: bool) -> Settings:
+    """``--ephemeral`` wins over ``kafka.embedded_storage`` (it only matters without bootstrap servers)."""
+    if not ephemeral:
+        return settings
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"embedded_storage": "memory"})}
+    )
+
+
 @app.command()
-def up(config: ConfigOpt = None) -> None:
+def up(config: ConfigOpt = None, ephemeral: EphemeralOpt = False) -> None:
     """Everything in one process: embedded broker (if none configured), web, normalizer, router, sinks."""
-    _run(_settings(config), ALL)
+    _run(_storage(_settings(config), ephemeral), ALL)
 
 
 @app.command()
 def run(
     stage: Annotated[str, typer.Argument(help=f"one of: {', '.join(ALL)}")],
     config: ConfigOpt = None,
+    ephemeral: EphemeralOpt = False,
 ) -> None:
     """One stage alone, as a member of its consumer group (start more to scale out)."""
     if stage not in ALL:
         typer.echo(f"unknown stage {stage!r}; choose one of: {', '.join(ALL)}", err=True)
         raise typer.Exit(2)
-    _run(_settings(config), (stage,))
+    _run(_storage(_settings(config), ephemeral), (stage,))
 
 
 @app.command()
@@ -132,7 +239,8 @@ def tail(
     topic: Annotated[
         str,
         typer.Argument(
-            help="requests, deadletter, status, contacts:CHANNEL, department:ID, or a full topic name"
+            help="requests, deadletter, status, contacts:CHANNEL, outbound:CHANNEL, department:ID,"
+            " or a full topic name"
         ),
     ],
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="replay the topic")] = False,
@@ -140,18 +248,18 @@ def tail(
     config: ConfigOpt = None,
 ) -> None:
     """Print events on a topic as JSON lines as they pass."""
-    from aiokafka import AIOKafkaConsumer
+    from intake311.ops import tail_consumer
 
     settings = _settings(config)
-    name = resolve_topic(settings, topic)
+    try:
+        name = resolve_topic(settings, topic)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    bootstrap = _client_bootstrap(settings)
 
     async def follow() -> None:
-        consumer = AIOKafkaConsumer(
-            name,
-            bootstrap_servers=_client_bootstrap(settings),
-            group_id=None,
-            auto_offset_reset="earliest" if from_beginning else "latest",
-        )
+        consumer = tail_consumer(settings, bootstrap, name, from_beginning=from_beginning)
         await consumer.start()
         seen = 0
         try:
@@ -182,20 +290,32 @@ def tail(
         asyncio.run(follow())
 
 
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
 def resolve_topic(settings: Settings, short: str) -> str:
-    """Accept short names so operators need not remember the prefix."""
+    """Accept short names so operators need not remember the prefix.
+
+    Raises ``ValueError`` for anything that is neither a short name nor a legal topic name:
+    aiokafka does not refuse an illegal name, it logs "not a valid topic name" every 100 ms
+    for ever (``outbound:sms`` used to reach it unresolved).
+    """
     topics = settings.topics
-    kind, _, arg = short.partition(":")
-    if kind == "requests" and not arg:
-        return topics.requests
-    if kind == "deadletter" and not arg:
-        return topics.deadletter
-    if kind == "status" and not arg:
-        return topics.status
-    if kind == "contacts" and arg:
-        return topics.contacts(arg)
-    if kind == "department" and arg:
-        return topics.department(arg)
+    kind, colon, arg = short.partition(":")
+    named = {"requests": topics.requests, "deadletter": topics.deadletter, "status": topics.status}
+    per_arg = {"contacts": topics.contacts, "outbound": topics.outbound, "department": topics.department}
+    if kind in named and not colon:
+        return named[kind]
+    if kind in per_arg and arg:
+        return per_arg[kind](arg)
+    if colon:
+        raise ValueError(
+            f"unknown topic {short!r}: use requests, deadletter, status, "
+            + ", ".join(f"{k}:NAME" for k in per_arg)
+            + ", or a full topic name"
+        )
+    if not _TOPIC_NAME.match(short):
+        raise ValueError(f"{short!r} is not a valid Kafka topic name (letters, digits, '.', '_', '-')")
     return short
 
 
@@ -297,12 +417,22 @@ def replay(
 
     Each letter is replayed once, whoever runs the replay: the letters replayed are recorded on
     the cluster (the dead-letter topic's ``.replayed`` topic), and every run skips them.
+    A run only considers the letters that were there when it started, so it always ends: a
+    replayed record that fails again becomes a new letter, for the next run.
     Records on the dead-letter topic that are not dead letters are listed and skipped.
     """
     from intake311.ops import replay as replay_letters
 
     settings = _settings(config)
-    report = asyncio.run(replay_letters(settings, _client_bootstrap(settings), stage=stage, dry_run=dry_run))
+    report = asyncio.run(
+        replay_letters(
+            settings,
+            _client_bootstrap(settings),
+            stage=stage,
+            dry_run=dry_run,
+            progress=lambda line: typer.echo(line, err=True),
+        )
+    )
     for letter in report.replayed:
         typer.echo(
             f"{'would replay' if dry_run else 'replayed'}  {letter.stage:<11}{letter.source_topic}"
@@ -310,7 +440,10 @@ def replay(
         )
     for where in report.not_letters:
         typer.echo(f"skipped  not a dead letter  {settings.topics.deadletter}/{where}")
+    for name, counts in sorted(report.per_stage.items()):
+        typer.echo(f"{name}: " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())), err=True)
     skipped = [
+        (report.failed_again, "of them failed again after an earlier replay"),
         (report.already_replayed, "already replayed"),
         (report.other_stages, "from other stages (not replayed, still replayable)"),
         (report.no_source, "without a source topic"),
@@ -319,7 +452,8 @@ def replay(
     ]
     typer.echo(
         f"{len(report.replayed)} dead letter(s) {'would be replayed' if dry_run else 'replayed'}"
-        + "".join(f"; {n} {what}" for n, what in skipped if n),
+        + "".join(f"; {n} {what}" for n, what in skipped if n)
+        + f" (of {report.considered} record(s) on the topic when the run started)",
         err=True,
     )
 

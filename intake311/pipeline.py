@@ -25,7 +25,18 @@ from faststream.specification import AsyncAPI
 from intake311 import __version__
 from intake311.bus import BusWatch, make_broker
 from intake311.embedded import EmbeddedKafka
+from intake311.health import (
+    HEALTH_PATHS,
+    Probes,
+    Readiness,
+    broker_check,
+    consumers_check,
+    postgres_check,
+    serve_probes,
+)
 from intake311.logging import get_logger
+from intake311.metrics import Metrics
+from intake311.metrics import installed as installed_metrics
 from intake311.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,7 +93,41 @@ async def describe(settings: Settings) -> AsyncAPI:
         broker = make_broker(settings.kafka, settings.kafka.bootstrap_servers or ["embedded:9092"])
         for stage in STAGES:
             await _load(STAGES[stage])(broker, settings, stack)
+        _document_shared_topics(broker, settings)
         return asyncapi(broker)
+
+
+def _document_shared_topics(broker: KafkaBroker, settings: Settings) -> None:
+    """Publishers for the topics no stage registered here documents: dead letters (every stage
+    writes them), status changes (the status API and sinks write them) and each channel's
+    outbound topic (the channels process consumes them, and it is not loaded here). Other teams
+    consume these, so they belong in the contract."""
+    from channels.plugin import available_channels
+    from schemas.deadletter import DeadLetter
+    from schemas.outbound import OutboundMessage
+    from schemas.status import StatusChange
+
+    topics = settings.topics
+    broker.publisher(
+        topics.deadletter,
+        schema=DeadLetter,
+        title="deadletter",
+        description="What a stage could not process: the original bytes, the reason, its source topic, "
+        "partition and offset. `intake311 replay` re-publishes them.",
+    )
+    broker.publisher(
+        topics.status,
+        schema=StatusChange,
+        title="status changes",
+        description="Status changes to requests (acknowledged, in progress, closed), keyed by request_id.",
+    )
+    for channel in sorted(set(available_channels()) | set(settings.channels)):
+        broker.publisher(
+            topics.outbound(channel),
+            schema=OutboundMessage,
+            title=f"outbound {channel}",
+            description=f"Messages to residents, sent by the {channel} channel.",
+        )
 
 
 def embedded_bootstrap_file(settings: Settings) -> Path:
@@ -99,6 +144,7 @@ class Runtime:
     settings: Settings
     case_store: Any = None  # sinks.postgres.CaseStore when settings.case_store_dsn is set
     watch: BusWatch | None = None  # notices a broker that lost its topics; gates web promises
+    probes: Probes | None = None  # /metrics, /health/live, /health/ready of this process
 
 
 async def rejoin(broker: KafkaBroker) -> None:
@@ -113,6 +159,46 @@ async def rejoin(broker: KafkaBroker) -> None:
     await asyncio.gather(*(s.start() for s in subscribers))
 
 
+def process_metrics(settings: Settings, broker: KafkaBroker) -> Metrics:
+    """The process's one registry: intake311's metrics and FastStream's Kafka metrics in it.
+
+    FastStream's middleware counts every message consumed and published (sizes, durations,
+    exceptions by subscriber/topic); intake311's own metrics say what those messages meant.
+    """
+    from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+
+    metrics = Metrics(district_layer=settings.metrics_district_layer)
+    broker.add_middleware(KafkaPrometheusMiddleware(registry=metrics.registry, app_name="intake311"))
+    return metrics
+
+
+def readiness_of(
+    settings: Settings, stages: Sequence[str], broker: KafkaBroker, watch: BusWatch
+) -> Readiness:
+    """What this process needs to do its work: the broker, its consumers, and its stores.
+
+    The consumers get three session timeouts to settle (a group's join takes about one); the
+    stores are the PostgreSQL ones only: a SQLite file on the local disk is not a service that
+    can be down while the process runs.
+    """
+    readiness = Readiness()
+    readiness.add("broker", broker_check(watch))
+    settle_s = max(10.0, 3 * settings.kafka.consumer_session_timeout_ms / 1000)
+    readiness.add("consumers", consumers_check(lambda: broker.subscribers, settle_s))
+    if settings.case_store_dsn is not None and (WEB in stages or "sinks" in stages):
+        readiness.add("case store", postgres_check(settings.case_store_dsn.get_secret_value()))
+    state_dsn = settings.incidents.state_dsn or settings.case_store_dsn
+    if "normalizer" in stages and state_dsn is not None:
+        readiness.add("normalizer state store", postgres_check(state_dsn.get_secret_value()))
+    return readiness
+
+
+async def _sample(metrics: Metrics, broker: KafkaBroker, watch: BusWatch) -> None:
+    """Refresh the sampled gauges (broker reachability, consumer lag) just before a scrape."""
+    metrics.sample_broker(watch)
+    await metrics.sample_consumers(broker.subscribers)
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Runtime]:
     """A started broker with ``stages`` registered, on the configured or an embedded cluster."""
@@ -123,7 +209,12 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
     servers = settings.kafka.bootstrap_servers
     if settings.kafka.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        embedded = EmbeddedKafka(log_file=settings.data_dir / "embedded-broker.log")
+        storage = settings.kafka.embedded_storage
+        embedded = EmbeddedKafka(
+            log_file=settings.data_dir / "embedded-broker.log",
+            storage=storage,
+            data_dir=settings.data_dir / "broker" if storage == "durable" else None,
+        )
         servers = [await asyncio.to_thread(embedded.start)]
         announce = embedded_bootstrap_file(settings)
         announce.parent.mkdir(parents=True, exist_ok=True)
@@ -131,20 +222,22 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
     try:
         async with contextlib.AsyncExitStack() as stack:
             broker = make_broker(settings.kafka, servers, metadata_max_age_ms=30_000)
+            metrics = process_metrics(settings, broker)
             channel_set = None
             topics = topic_names(settings)
             # Created before the channels so their publishers refuse to promise on a lost broker.
             watch = BusWatch(settings.kafka, servers, [], prefix=settings.topics.prefix)
-            if WEB in stages or CHANNELS in stages:
-                from channels.runtime import ChannelSet
+            with installed_metrics(metrics):  # what the stages count into (metrics.current())
+                if WEB in stages or CHANNELS in stages:
+                    from channels.runtime import ChannelSet
 
-                channel_set = await ChannelSet.open(settings, broker, stack, watch=watch)
-                topics += channel_set.topic_names()
-                if CHANNELS in stages:
-                    channel_set.register_outbound(broker, stack)
-            for stage in stages:
-                if stage in STAGES:
-                    await _load(STAGES[stage])(broker, settings, stack)
+                    channel_set = await ChannelSet.open(settings, broker, stack, watch=watch)
+                    topics += channel_set.topic_names()
+                    if CHANNELS in stages:
+                        channel_set.register_outbound(broker, stack)
+                for stage in stages:
+                    if stage in STAGES:
+                        await _load(STAGES[stage])(broker, settings, stack)
             watch.names = sorted(set(topics))
             stack.push_async_callback(watch.stop)
             await watch.establish()  # ensure_topics, then the epoch marker
@@ -169,7 +262,12 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
                 bootstrap=",".join(servers),
                 channels=channel_set.names if channel_set else [],
             )
-            yield Runtime(broker, channel_set, settings, case_store, watch)
+            probes = Probes(
+                metrics,
+                readiness_of(settings, stages, broker, watch),
+                sample=functools.partial(_sample, metrics, broker, watch),
+            )
+            yield Runtime(broker, channel_set, settings, case_store, watch, probes)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -202,6 +300,10 @@ def web_app(runtime: Runtime) -> Any:
         from sinks.api import department_routes
 
         app.include_router(department_routes(settings, runtime.broker, runtime.case_store))
+    if runtime.probes is not None:
+        # The process's honest /healthz (= /health/ready) replaces the web channel's constant one.
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in HEALTH_PATHS]
+        app.router.routes[:0] = runtime.probes.routes()
     if runtime.channels is not None:
         channel_set = runtime.channels
         channel_set.mount(app)
@@ -286,9 +388,14 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if on_ready:
-            on_ready()
-        await stop.wait()
+        async with contextlib.AsyncExitStack() as probes:
+            if settings.metrics_port and runtime.probes is not None:
+                await probes.enter_async_context(
+                    serve_probes(runtime.probes.app(), settings.metrics_host, settings.metrics_port)
+                )
+            if on_ready:
+                on_ready()
+            await stop.wait()
 
 
 @contextlib.asynccontextmanager

@@ -61,6 +61,12 @@ class KafkaSettings(BaseModel):
         description="consumer group session timeout; None: 10000 on a cluster, 2000 embedded",
     )
     topic_prefix: str = "intake311"
+    embedded_storage: Literal["durable", "memory"] = Field(
+        default="durable",
+        description="the embedded broker's storage (no bootstrap servers only): durable keeps the "
+        "logs under <data_dir>/broker/ across restarts and crashes; memory loses them at exit "
+        "(`up --ephemeral`)",
+    )
 
     @property
     def embedded(self) -> bool:
@@ -75,11 +81,19 @@ class KafkaSettings(BaseModel):
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.security_protocol not in ("SSL", "SASL_SSL"):
             return None
-        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
-        if self.ssl_certfile:
-            context.load_cert_chain(
-                str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
-            )
+        # ssl's own errors name neither the file nor the setting ("[Errno 2] No such file or directory").
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"kafka.{name}: {path}: no such file")
+        try:
+            context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+            if self.ssl_certfile:
+                context.load_cert_chain(
+                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                )
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"kafka.ssl_cafile/ssl_certfile/ssl_keyfile: cannot be loaded: {exc}") from exc
         return context
 
 
@@ -187,6 +201,20 @@ class Settings(BaseSettings):
     languages: CommaList = Field(
         default_factory=lambda: list(DEFAULT_LANGUAGES),
         description="ISO 639-1 codes residents are answered in, the default first (docs/language.md)",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="port of /metrics, /health/live and /health/ready for a process without the web "
+        "stage (the web stage serves them on web.port); 0: off. Off by default because replicas of a "
+        "stage on one host would fight over any fixed port: a container sets one (e.g. 9311)",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the metrics port binds")
+    metrics_district_layer: str | None = Field(
+        default=None,
+        description="geo.boundaries layer whose district names label intake311_requests_total "
+        "(e.g. ward); None: no district label value",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
