@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -169,6 +169,35 @@ class BusWatch:
         self.epoch = markers[0]
         self.ready.set()
 
+    async def establish_patiently(self, *, first_wait_s: float = 1.0, max_wait_s: float = 30.0) -> None:
+        """``establish``, retried with capped exponential backoff until the broker answers.
+
+        Why: under compose or Kubernetes the stages and the broker start together, and a stage
+        that exited on its first refused connection would run only thanks to a restart policy
+        (and flap until the broker is up). Only "cannot reach it" is retried; anything else (a
+        refused login, a bad setting) is raised at once, because waiting will not fix it.
+        """
+        wait = first_wait_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.establish()
+            except (KafkaConnectionError, TimeoutError, OSError) as exc:
+                await self._reset_client()
+                log.warning(
+                    "broker not reachable yet, retrying",
+                    attempt=attempt,
+                    retry_in_s=round(wait, 1),
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                )
+                await asyncio.sleep(wait)
+                wait = min(max_wait_s, wait * 2)
+                continue
+            if attempt > 1:
+                log.info("broker reachable", attempts=attempt)
+            return
+
     async def start(self) -> None:
         """``establish`` then ``watch``."""
         await self.establish()
@@ -205,7 +234,12 @@ class BusWatch:
     async def _client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
             admin = _admin(self.kafka, self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
-            await asyncio.wait_for(admin.start(), self.timeout_s)
+            try:
+                await asyncio.wait_for(admin.start(), self.timeout_s)
+            except BaseException:
+                with contextlib.suppress(Exception):  # a half-started client holds sockets and tasks
+                    await admin.close()
+                raise
             self._admin = admin
         return self._admin
 

@@ -240,7 +240,7 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
                         await _load(STAGES[stage])(broker, settings, stack)
             watch.names = sorted(set(topics))
             stack.push_async_callback(watch.stop)
-            await watch.establish()  # ensure_topics, then the epoch marker
+            await watch.establish_patiently()  # ensure_topics, then the epoch marker; waits for the broker
             await broker.start()
             # Stop consuming before the stages' resources close (the stack unwinds last-in first).
             stack.push_async_callback(broker.stop)
