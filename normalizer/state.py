@@ -28,16 +28,19 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from intake311.logging import get_logger
 from intake311.sqlite import connect, transaction
 from schemas.request import ServiceRequest
 from schemas.status import State
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 # One key for every normalizer's state transaction; derived from a name nothing else uses.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"intake311.normalizer.state").digest()[:8], "big", signed=True)
@@ -49,7 +52,8 @@ _TABLES = (
         body TEXT NOT NULL,
         state TEXT NOT NULL,
         state_at REAL NOT NULL,
-        absorbed TEXT NOT NULL DEFAULT '[]'
+        absorbed TEXT NOT NULL DEFAULT '[]',
+        touched_at REAL NOT NULL DEFAULT 0
     )""",
     """CREATE TABLE IF NOT EXISTS normalizer_incidents (
         incident_id TEXT PRIMARY KEY,
@@ -60,7 +64,8 @@ _TABLES = (
         opened_at REAL NOT NULL,
         last_report_at REAL NOT NULL,
         closed_at REAL,
-        members TEXT NOT NULL
+        members TEXT NOT NULL,
+        touched_at REAL NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS normalizer_incidents_area"
     " ON normalizer_incidents (service_code, last_report_at, lat)",
@@ -69,6 +74,55 @@ _TABLES = (
         incident_id TEXT NOT NULL
     )""",
 )
+# ``touched_at`` (wall clock of the last write, for pruning) came later: files and databases
+# made before it get the column in place, stamped "now", so their rows age out from the upgrade.
+_TOUCHED = ("normalizer_requests", "normalizer_incidents")
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS normalizer_requests_touched ON normalizer_requests (touched_at)",
+    "CREATE INDEX IF NOT EXISTS normalizer_incidents_touched ON normalizer_incidents (touched_at)",
+    "CREATE INDEX IF NOT EXISTS normalizer_members_incident ON normalizer_members (incident_id)",
+)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What the normalizer's state keeps, and how often it prunes the rest.
+
+    Only *closed* requests and incidents are pruned, once their last write is older than
+    ``keep_s``: an open one is a department's live work (its close still has to fan out to the
+    incident's reports, its follow-ups still merge), so it stays however old it is. A closed
+    incident is also kept for ``horizon_s`` (the longest incident window plus the cool-off over
+    the taxonomy), so a late report can still join, reopen or link to it; a request is kept while
+    an incident still lists it. ``keep_s`` must cover the topic retention plus the longest replay
+    delay: a replayed contact of a pruned request would open it again.
+
+    ``service_horizon_s`` narrows the horizon per service (a pothole's 30-day window need not keep
+    it as long as a 90-day one); a service not listed there gets ``horizon_s``, the longest.
+    """
+
+    keep_s: float
+    horizon_s: float = 0.0
+    every_s: float = 600.0
+    batch: int = 1000
+    service_horizon_s: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def incident_keep_s(self) -> float:
+        return max(self.keep_s, self.horizon_s)
+
+    def incident_groups(self) -> list[tuple[float, list[str]]]:
+        """(keep seconds, service codes) per distinct keep; ``[]`` codes: every service not listed."""
+        by_keep: dict[float, list[str]] = {}
+        for code, horizon in sorted(self.service_horizon_s.items()):
+            by_keep.setdefault(max(self.keep_s, horizon), []).append(code)
+        return [*sorted(by_keep.items()), (self.incident_keep_s, [])]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    requests: int = 0
+    incidents: int = 0
+    members: int = 0
 
 
 @dataclass(frozen=True)
@@ -306,9 +360,10 @@ def merge_areas(areas: Iterable[Area]) -> list[Area]:
 class _Sql:
     """Reads and writes over a DB-API connection; ``ph`` is the placeholder style."""
 
-    def __init__(self, conn: Any, ph: str) -> None:
+    def __init__(self, conn: Any, ph: str, now: float = 0.0) -> None:
         self.conn = conn
         self.ph = ph
+        self.now = now  # stamped into ``touched_at`` of every row written
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph) if self.ph != "?" else sql
@@ -387,9 +442,11 @@ class _Sql:
         if requests:
             cur.executemany(
                 self._q(
-                    "INSERT INTO normalizer_requests (request_id, body, state, state_at, absorbed)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET body = excluded.body,"
-                    " state = excluded.state, state_at = excluded.state_at, absorbed = excluded.absorbed"
+                    "INSERT INTO normalizer_requests"
+                    " (request_id, body, state, state_at, absorbed, touched_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET body = excluded.body,"
+                    " state = excluded.state, state_at = excluded.state_at, absorbed = excluded.absorbed,"
+                    " touched_at = excluded.touched_at"
                 ),
                 [
                     (
@@ -398,6 +455,7 @@ class _Sql:
                         s.state.value,
                         s.state_at,
                         json.dumps(list(s.absorbed)),
+                        self.now,
                     )
                     for s in requests
                 ],
@@ -405,11 +463,12 @@ class _Sql:
         if incidents:
             cur.executemany(
                 self._q(
-                    f"INSERT INTO normalizer_incidents ({self._INCIDENT_COLS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    f"INSERT INTO normalizer_incidents ({self._INCIDENT_COLS}, touched_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (incident_id) DO UPDATE SET state = excluded.state,"
                     " last_report_at = excluded.last_report_at, closed_at = excluded.closed_at,"
-                    " members = excluded.members, lat = excluded.lat, long = excluded.long"
+                    " members = excluded.members, lat = excluded.lat, long = excluded.long,"
+                    " touched_at = excluded.touched_at"
                 ),
                 [
                     (
@@ -422,6 +481,7 @@ class _Sql:
                         i.last_report_at,
                         i.closed_at,
                         json.dumps(list(i.members)),
+                        self.now,
                     )
                     for i in incidents
                 ],
@@ -435,6 +495,80 @@ class _Sql:
                 members,
             )
 
+    def prune(self, retention: Retention, now: float) -> Pruned:
+        """Delete up to ``retention.batch`` closed incidents and requests past their keep time."""
+        closed = State.CLOSED.value
+        incidents: list[str] = []
+        listed = sorted(retention.service_horizon_s)
+        for keep_s, codes in retention.incident_groups():
+            left = retention.batch - len(incidents)
+            if left <= 0:
+                break
+            if codes:
+                which, params = f"service_code IN ({','.join('?' * len(codes))})", codes
+            elif listed:
+                which, params = f"service_code NOT IN ({','.join('?' * len(listed))})", listed
+            else:
+                which, params = "1 = 1", []
+            incidents += [
+                row[0]
+                for row in self._rows(
+                    f"SELECT incident_id FROM normalizer_incidents WHERE state = ? AND touched_at < ?"
+                    f" AND {which} ORDER BY touched_at LIMIT ?",
+                    (closed, now - keep_s, *params, left),
+                )
+            ]
+        members = 0
+        cur = self.conn.cursor()
+        for start in range(0, len(incidents), _CHUNK):
+            chunk = incidents[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cur.execute(self._q(f"DELETE FROM normalizer_members WHERE incident_id IN ({marks})"), chunk)
+            members += max(cur.rowcount, 0)
+            cur.execute(self._q(f"DELETE FROM normalizer_incidents WHERE incident_id IN ({marks})"), chunk)
+        # A request an incident still lists stays: the incident's close and replays read it.
+        requests = [
+            row[0]
+            for row in self._rows(
+                "SELECT request_id FROM normalizer_requests r WHERE state = ? AND touched_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM normalizer_members m WHERE m.request_id = r.request_id)"
+                " ORDER BY touched_at LIMIT ?",
+                (closed, now - retention.keep_s, retention.batch),
+            )
+        ]
+        for start in range(0, len(requests), _CHUNK):
+            chunk = requests[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cur.execute(self._q(f"DELETE FROM normalizer_requests WHERE request_id IN ({marks})"), chunk)
+        return Pruned(requests=len(requests), incidents=len(incidents), members=members)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            table: int(self._rows(f"SELECT count(*) FROM {table}", ())[0][0])
+            for table in ("normalizer_requests", "normalizer_incidents", "normalizer_members")
+        }
+
+
+def _migrate(conn: Any, kind: str, now: float) -> None:
+    """Add ``touched_at`` to tables made before it (stamped ``now``), then the indexes."""
+    for table in _TOUCHED:
+        if kind == "postgres":
+            cols = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+                ).fetchall()
+            }
+        else:
+            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+        if "touched_at" not in cols:
+            real = "DOUBLE PRECISION" if kind == "postgres" else "REAL"
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN touched_at {real} NOT NULL DEFAULT 0")
+            ph = "%s" if kind == "postgres" else "?"
+            conn.execute(f"UPDATE {table} SET touched_at = {ph}", (now,))
+    for ddl in _INDEXES:
+        conn.execute(ddl)
+
 
 class StateStore:
     """Runs a batch's read-decide-write under the one lock every normalizer shares.
@@ -445,26 +579,42 @@ class StateStore:
     contacts already applied and re-emits the same events (same ids), which downstream dedupes.
     """
 
-    def __init__(self, conn: Any, *, kind: str, lock: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        *,
+        kind: str,
+        lock: Callable[[Any], Any],
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._conn = conn
         self.kind = kind
         self._lock_tx = lock
         self._thread_lock = threading.Lock()
+        self.retention = retention  # None: keep everything
+        self.clock = clock
+        self._last_prune = clock()  # the first pass one interval after start, not at start
 
     @classmethod
-    def sqlite(cls, path: Path) -> StateStore:
+    def sqlite(
+        cls, path: Path, *, retention: Retention | None = None, clock: Callable[[], float] = time.time
+    ) -> StateStore:
         db = connect(path)
         with transaction(db, immediate=True):
             for ddl in _TABLES:
                 db.execute(ddl)
+            _migrate(db, "sqlite", clock())
 
         def lock(conn: sqlite3.Connection) -> Any:
             return transaction(conn, immediate=True)
 
-        return cls(db, kind="sqlite", lock=lock)
+        return cls(db, kind="sqlite", lock=lock, retention=retention, clock=clock)
 
     @classmethod
-    def postgres(cls, dsn: str) -> StateStore:
+    def postgres(
+        cls, dsn: str, *, retention: Retention | None = None, clock: Callable[[], float] = time.time
+    ) -> StateStore:
         import psycopg
 
         conn = psycopg.connect(dsn, autocommit=False)
@@ -472,20 +622,58 @@ class StateStore:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))  # concurrent CREATEs race
             for ddl in _TABLES:
                 conn.execute(ddl.replace(" REAL", " DOUBLE PRECISION"))
+            _migrate(conn, "postgres", clock())
 
         def lock(c: Any) -> Any:
             return _PgLocked(c)
 
-        return cls(conn, kind="postgres", lock=lock)
+        return cls(conn, kind="postgres", lock=lock, retention=retention, clock=clock)
+
+    def _sql(self) -> _Sql:
+        return _Sql(self._conn, "%s" if self.kind == "postgres" else "?", self.clock())
 
     def run(self, work: Callable[[Snapshot], T]) -> T:
-        """``work`` under the lock, its writes committed with it (blocking: call in a thread)."""
-        with self._thread_lock, self._lock_tx(self._conn):
-            sql = _Sql(self._conn, "%s" if self.kind == "postgres" else "?")
-            snapshot = Snapshot(loader=sql)
-            result = work(snapshot)
-            sql.write(snapshot)
+        """``work`` under the lock, its writes committed with it (blocking: call in a thread).
+
+        At most once per ``retention.every_s`` a small prune pass follows, in a transaction of
+        its own under the same lock (so a batch's commit never waits on it).
+        """
+        with self._thread_lock:
+            with self._lock_tx(self._conn):
+                sql = self._sql()
+                snapshot = Snapshot(loader=sql)
+                result = work(snapshot)
+                sql.write(snapshot)
+            if self.retention is not None and self.clock() - self._last_prune >= self.retention.every_s:
+                try:
+                    pruned = self._prune_locked(self.retention)
+                except Exception:  # the batch is committed: a failed prune is retried next interval
+                    log.warning("normalizer state prune failed", exc_info=True)
+                else:
+                    if pruned.requests or pruned.incidents:
+                        log.info(
+                            "normalizer state pruned", requests=pruned.requests, incidents=pruned.incidents
+                        )
             return result
+
+    def prune(self, retention: Retention | None = None) -> Pruned:
+        """One prune pass now (at most ``batch`` rows per table); tools, tests and the bench."""
+        chosen = retention or self.retention
+        if chosen is None:
+            return Pruned()
+        with self._thread_lock:
+            return self._prune_locked(chosen)
+
+    def _prune_locked(self, retention: Retention) -> Pruned:
+        self._last_prune = self.clock()
+        with self._lock_tx(self._conn):
+            sql = self._sql()
+            return sql.prune(retention, sql.now)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per state table (the bench and operators)."""
+        with self._thread_lock, self._lock_tx(self._conn):
+            return self._sql().counts()
 
     def request(self, request_id: str) -> StoredRequest | None:
         """One stored request (operator tools and tests)."""

@@ -3,6 +3,11 @@
 Until a case store exists, the web channel remembers what it accepted (and nothing else) so a
 client that just posted a request can read it back. The record is written only after the
 broker acknowledged the contact, so it never lists a request the pipeline does not have.
+
+With ``retention_s`` the record is bounded: rows accepted longer ago than that are dropped, a
+batch at a time and at most once per ``prune_every_s`` (from ``record``). A replayed contact of a
+dropped row is recorded again (``ON CONFLICT DO NOTHING`` has nothing to keep), so the retention
+must cover the topic retention plus the longest replay delay (``settings.retention``).
 """
 
 from __future__ import annotations
@@ -10,14 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from intake311.logging import get_logger
+from intake311.settings import Settings
 from intake311.sqlite import connect
 from schemas.contact import RawContact
 from schemas.open311 import REQUEST_FIELDS as REQUEST_FIELDS  # re-exported: older imports use it here
+
+log = get_logger("channels.web")
 
 
 class RequestLookup(Protocol):
@@ -75,10 +85,21 @@ CREATE TABLE IF NOT EXISTS accepted (
     long REAL,
     media_url TEXT,
     requested_datetime TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'open'
+    status TEXT NOT NULL DEFAULT 'open',
+    accepted_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS accepted_requested ON accepted (requested_datetime);
 """
+
+
+def _migrate(conn: sqlite3.Connection, now: float) -> None:
+    """``accepted_at`` came later: a file made before it gets the column, stamped ``now`` (so its
+    rows age out from the upgrade), then the index pruning uses."""
+    cols = {row[1] for row in conn.execute("PRAGMA table_info(accepted)").fetchall()}
+    if "accepted_at" not in cols:
+        conn.execute("ALTER TABLE accepted ADD COLUMN accepted_at REAL NOT NULL DEFAULT 0")
+        conn.execute("UPDATE accepted SET accepted_at = ?", (now,))
+    conn.execute("CREATE INDEX IF NOT EXISTS accepted_at ON accepted (accepted_at)")
 
 
 class AcceptedRequests:
@@ -88,17 +109,53 @@ class AcceptedRequests:
     case store implements the same protocol with the real state.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retention_s: float | None = None,
+        prune_every_s: float = 600.0,
+        prune_batch: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self._ready = False
+        self.retention_s = retention_s  # None: keep every row
+        self.prune_every_s = prune_every_s
+        self.prune_batch = prune_batch
+        self.clock = clock
+        self._last_prune = clock()
 
     def _connect(self) -> sqlite3.Connection:
         conn = connect(self.path, timeout_s=10.0)
         conn.row_factory = sqlite3.Row
         if not self._ready:
             conn.executescript(_SCHEMA)
+            _migrate(conn, self.clock())
             self._ready = True
         return conn
+
+    def prune(self) -> int:
+        """Drop up to ``prune_batch`` rows accepted before ``retention_s`` ago; how many went."""
+        if self.retention_s is None:
+            return 0
+        now = self.clock()
+        self._last_prune = now
+        with contextlib.closing(self._connect()) as conn:
+            cur = conn.execute(
+                "DELETE FROM accepted WHERE request_id IN (SELECT request_id FROM accepted"
+                " WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?)",
+                (now - self.retention_s, self.prune_batch),
+            )
+            return max(cur.rowcount, 0)
+
+    def _record(self, sql: str, params: Sequence[Any]) -> None:
+        self._run(sql, params)
+        if self.retention_s is not None and self.clock() - self._last_prune >= self.prune_every_s:
+            try:
+                self.prune()
+            except Exception:  # the record is written: a failed prune is retried next interval
+                log.warning("accepted-requests prune failed", exc_info=True)
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         with contextlib.closing(self._connect()) as conn:
@@ -122,13 +179,14 @@ class AcceptedRequests:
             loc.long if loc else None,
             media_url,
             _stamp(contact.received_at),
+            self.clock(),
         )
         sql = (
             "INSERT INTO accepted (request_id, contact_id, channel, service_code, service_name,"
-            " description, address, address_id, lat, long, media_url, requested_datetime)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+            " description, address, address_id, lat, long, media_url, requested_datetime, accepted_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
         )
-        await asyncio.to_thread(self._run, sql, params)
+        await asyncio.to_thread(self._record, sql, params)
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         rows = await asyncio.to_thread(
@@ -169,6 +227,17 @@ class AcceptedRequests:
         params.append(max(0, limit))
         rows = await asyncio.to_thread(self._run, sql, params)
         return [_as_open311(row) for row in rows]
+
+
+def accepted_requests(settings: Settings) -> AcceptedRequests:
+    """The web channel's ``AcceptedRequests`` under ``data_dir/web``, pruned per ``settings.retention``."""
+    r = settings.retention
+    return AcceptedRequests(
+        settings.data_dir / "web" / "accepted.sqlite3",
+        retention_s=r.state_s,
+        prune_every_s=r.prune_every_s,
+        prune_batch=r.prune_batch,
+    )
 
 
 def _as_open311(row: sqlite3.Row) -> dict[str, Any]:
