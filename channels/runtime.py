@@ -117,7 +117,13 @@ class ChannelSet:
 
     def register_outbound(self, broker: KafkaBroker, stack: contextlib.AsyncExitStack) -> None:
         """One consumer group per channel sending what the outbox queued for it."""
-        self._seen = SeenStore(self.settings.data_dir / "channels" / "sent.sqlite3")
+        retention = self.settings.retention
+        self._seen = SeenStore(
+            self.settings.data_dir / "channels" / "sent.sqlite3",
+            retention_s=retention.state_s,
+            prune_every_s=retention.prune_every_s,
+            prune_batch=retention.prune_batch,
+        )
         stack.callback(self._seen.close)
         for plugin in self.plugins:
             _subscribe_outbound(broker, self.settings, plugin, self._seen)

@@ -38,8 +38,13 @@ from intake311.logging import get_logger
 from intake311.metrics import Metrics
 from intake311.metrics import installed as installed_metrics
 from intake311.settings import Settings
+from intake311.tracing import configure_tracing, instrument_app, instrument_broker
+from intake311.tracing import shutdown as shutdown_tracing
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import TracerProvider
+
     from channels.runtime import ChannelSet
 
 log = get_logger(__name__)
@@ -145,6 +150,7 @@ class Runtime:
     case_store: Any = None  # sinks.postgres.CaseStore when settings.case_store_dsn is set
     watch: BusWatch | None = None  # notices a broker that lost its topics; gates web promises
     probes: Probes | None = None  # /metrics, /health/live, /health/ready of this process
+    tracer_provider: TracerProvider | None = None  # intake311.tracing; a no-op one when off
 
 
 async def rejoin(broker: KafkaBroker) -> None:
@@ -200,8 +206,13 @@ async def _sample(metrics: Metrics, broker: KafkaBroker, watch: BusWatch) -> Non
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Runtime]:
-    """A started broker with ``stages`` registered, on the configured or an embedded cluster."""
+async def running(
+    settings: Settings, stages: Sequence[str], *, span_exporter: SpanExporter | None = None
+) -> AsyncIterator[Runtime]:
+    """A started broker with ``stages`` registered, on the configured or an embedded cluster.
+
+    ``span_exporter`` (tests) turns tracing on into that exporter, OTLP or not.
+    """
     from schemas.messages import use_messages_dir
 
     use_messages_dir(settings.messages_dir)  # every stage of the process talks with the city's words
@@ -223,6 +234,9 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
         async with contextlib.AsyncExitStack() as stack:
             broker = make_broker(settings.kafka, servers, metadata_max_age_ms=30_000)
             metrics = process_metrics(settings, broker)
+            tracer_provider = configure_tracing(settings, span_exporter)
+            stack.callback(shutdown_tracing, tracer_provider)  # flushed after the broker stops
+            instrument_broker(broker, tracer_provider)
             channel_set = None
             topics = topic_names(settings)
             # Created before the channels so their publishers refuse to promise on a lost broker.
@@ -267,7 +281,7 @@ async def running(settings: Settings, stages: Sequence[str]) -> AsyncIterator[Ru
                 readiness_of(settings, stages, broker, watch),
                 sample=functools.partial(_sample, metrics, broker, watch),
             )
-            yield Runtime(broker, channel_set, settings, case_store, watch, probes)
+            yield Runtime(broker, channel_set, settings, case_store, watch, probes, tracer_provider)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -284,11 +298,9 @@ def web_app(runtime: Runtime) -> Any:
     spec = asyncapi(runtime.broker)
     lookup = None
     if runtime.case_store is not None:
-        from channels.web.lookup import AcceptedRequests
+        from channels.web.lookup import accepted_requests
 
-        lookup = StoreFirstLookup(
-            runtime.case_store, AcceptedRequests(settings.data_dir / "web" / "accepted.sqlite3")
-        )
+        lookup = StoreFirstLookup(runtime.case_store, accepted_requests(settings))
     app = create_app(
         settings,
         KafkaContactPublisher(runtime.broker, settings.topics, watch=runtime.watch),
@@ -314,6 +326,8 @@ def web_app(runtime: Runtime) -> Any:
                 name: {"ok": h.ok, "detail": h.detail} for name, h in (await channel_set.health()).items()
             }
 
+    if runtime.tracer_provider is not None:
+        instrument_app(app, runtime.tracer_provider)
     return app
 
 

@@ -154,6 +154,42 @@ class IncidentSettings(BaseModel):
     )
 
 
+class RetentionSettings(BaseModel):
+    """How long local state is kept (docs/operations.md, "Local state and retention").
+
+    The rule: ``state_days`` >= the topics' retention + the longest replay delay, so every record
+    Kafka can still redeliver or replay finds its request, its delivered id or its accepted
+    record (Kafka's default retention is 7 days; 30 leaves a wide margin).
+    """
+
+    state_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="closed normalizer requests/incidents, sinks' delivered ids and the web's "
+        "accepted requests older than this are pruned; must cover topic retention + replay delay",
+    )
+    prune_every_minutes: float = Field(default=10.0, gt=0, description="at most one prune pass this often")
+    prune_batch: int = Field(default=1000, ge=1, description="rows deleted per table per prune pass")
+
+    @property
+    def state_s(self) -> float:
+        return self.state_days * 86400
+
+    @property
+    def prune_every_s(self) -> float:
+        return self.prune_every_minutes * 60
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces (intake311/tracing.py, docs/operations.md "Traces"); off by default."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); None: tracing off",
+    )
+    service_name: str = Field(default="intake311", description="service.name of this process's spans")
+
+
 class Settings(BaseSettings):
     """All of intake311's configuration in one validated object."""
 
@@ -167,6 +203,8 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     geo: GeoSettings = GeoSettings()
     incidents: IncidentSettings = IncidentSettings()
+    tracing: TracingSettings = TracingSettings()
+    retention: RetentionSettings = RetentionSettings()
     data_dir: Path = Path("var")
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")

@@ -27,13 +27,13 @@ from intake311.stage import (
 )
 from normalizer.incidents import IncidentDesk, Outcome
 from normalizer.normalize import Locator, Normalizer
-from normalizer.state import Snapshot, StateStore, merge_areas
+from normalizer.state import Retention, Snapshot, StateStore, merge_areas
 from schemas.contact import ACTION, RawContact
 from schemas.emergency import rules_for
 from schemas.language import detector
 from schemas.request import ServiceRequest
 from schemas.status import StatusChange
-from schemas.taxonomy import load_taxonomy
+from schemas.taxonomy import Taxonomy, load_taxonomy
 from schemas.topics import Topics
 
 ContactRecords = RawBatch[RawContact]  # what the AsyncAPI document shows
@@ -138,17 +138,35 @@ def outgoing(outcome: Outcome, topics: Topics, dump: Callable[[ServiceRequest], 
     return out
 
 
+def state_retention(settings: Settings, taxonomy: Taxonomy | None = None) -> Retention:
+    """``settings.retention`` for the state store; a closed incident is also kept for its
+    service's incident window plus the cool-off in the taxonomy (late reports still match it)."""
+    tax = taxonomy or load_taxonomy(settings.taxonomy_file)
+    cooloff_h = tax.incidents.cooloff_hours
+    horizons = {code: (tax.incident_rule(code).window_hours + cooloff_h) * 3600 for code in tax.codes}
+    r = settings.retention
+    return Retention(
+        keep_s=r.state_s,
+        # A service the taxonomy does not know (renamed since) keeps the longest horizon.
+        horizon_s=max([*horizons.values(), tax.incidents.window_hours * 3600 + cooloff_h * 3600]),
+        every_s=r.prune_every_s,
+        batch=r.prune_batch,
+        service_horizon_s=horizons,
+    )
+
+
 def open_state(settings: Settings) -> StateStore:
     """The shared state store: PostgreSQL when a DSN is configured, else SQLite (one host)."""
+    retention = state_retention(settings)
     dsn = settings.incidents.state_dsn or settings.case_store_dsn
     if dsn is not None:
-        return StateStore.postgres(dsn.get_secret_value())
+        return StateStore.postgres(dsn.get_secret_value(), retention=retention)
     if not settings.kafka.embedded:
         log.warning(
             "normalizer state is in a local SQLite file: run a single normalizer, or set "
             "INTAKE311_INCIDENTS__STATE_DSN (or INTAKE311_CASE_STORE_DSN) so several share it"
         )
-    return StateStore.sqlite(settings.data_dir / "normalizer" / "state.sqlite3")
+    return StateStore.sqlite(settings.data_dir / "normalizer" / "state.sqlite3", retention=retention)
 
 
 def build_locator(settings: Settings) -> Locator | None:

@@ -328,7 +328,12 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     subscriptions = load_subscriptions(settings.subscriptions_file)
     http = await stack.enter_async_context(httpx.AsyncClient())
     context = SinkContext.from_settings(settings, http_client=http)
-    seen = SeenStore(settings.data_dir / "sinks" / "delivered.sqlite3")
+    seen = SeenStore(
+        settings.data_dir / "sinks" / "delivered.sqlite3",
+        retention_s=settings.retention.state_s,
+        prune_every_s=settings.retention.prune_every_s,
+        prune_batch=settings.retention.prune_batch,
+    )
     stack.callback(seen.close)
     for department, config in subscriptions.pairs(departments(settings, subscriptions)):
         sink = config.build(context)

@@ -21,7 +21,7 @@ from channels.web.accept import (
     submission_id,
 )
 from channels.web.form import asyncapi_page, confirmation_page, form_page
-from channels.web.lookup import AcceptedRequests, RequestLookup
+from channels.web.lookup import RequestLookup, accepted_requests
 from channels.web.open311 import PREFIX, open311_router
 from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
 from intake311.http import BodyTooLarge, read_body
@@ -60,9 +60,7 @@ def create_app(
     pipeline's AsyncAPI document for ``/asyncapi.json``; ``lifespan`` is passed to FastAPI (the
     caller starts the broker there). FastAPI's own /docs are off: they load assets from a CDN.
     """
-    lookup = (
-        lookup if lookup is not None else AcceptedRequests(settings.data_dir / "web" / "accepted.sqlite3")
-    )
+    lookup = lookup if lookup is not None else accepted_requests(settings)
     app = FastAPI(
         title="intake311 web channel",
         summary="Open311 GeoReport v2 and a resident form, publishing raw contacts to Kafka",
