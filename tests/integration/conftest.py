@@ -7,6 +7,7 @@ gets its own topic prefix and data directory, so tests never see each other's ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import time
@@ -107,11 +108,12 @@ async def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = 
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-async def pipeline(
-    kafka_bootstrap: str, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+@contextlib.asynccontextmanager
+async def start_pipeline(
+    kafka_bootstrap: str, receiver: WebhookReceiver, data_dir: Path, **running_options: Any
 ) -> AsyncIterator[Pipeline]:
-    data_dir = tmp_path_factory.mktemp("var")
+    """normalizer, router and sinks on the broker, the web app in process; every department gets
+    a JSONL file and the signed webhook. ``running_options`` go to ``running`` (e.g. an exporter)."""
     subscriptions = data_dir / "subscriptions.yaml"
     subscriptions.write_text(
         "departments:\n"
@@ -131,9 +133,17 @@ async def pipeline(
         web={"api_keys": [API_KEY], "base_url": "http://testserver"},
         retry_backoff_s=0.05,
     )
-    async with running(settings, ["normalizer", "router", "sinks"]) as runtime:
+    async with running(settings, ["normalizer", "router", "sinks"], **running_options) as runtime:
         app = web_app(runtime)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
         ) as web:
             yield Pipeline(settings, runtime.broker, web, receiver)
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
+    kafka_bootstrap: str, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Pipeline]:
+    async with start_pipeline(kafka_bootstrap, receiver, tmp_path_factory.mktemp("var")) as pipe:
+        yield pipe

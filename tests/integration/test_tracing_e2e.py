@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from intake311.pipeline import running, web_app
-from intake311.settings import Settings
-from tests.integration.conftest import API_KEY, WEBHOOK_SECRET, Pipeline, WebhookReceiver, wait_for
+from tests.integration.conftest import API_KEY, Pipeline, WebhookReceiver, start_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,31 +28,8 @@ async def traced(
 ) -> AsyncIterator[Pipeline]:
     """The conftest ``pipeline``, with its process's spans exported into ``spans``."""
     data_dir = tmp_path_factory.mktemp("var")
-    subscriptions = data_dir / "subscriptions.yaml"
-    subscriptions.write_text(
-        "departments:\n"
-        '  "*":\n'
-        "    sinks:\n"
-        "      - {name: file, type: jsonl}\n"
-        f"      - {{name: hook, type: webhook, url: '{receiver.url}', secret: '{WEBHOOK_SECRET}'}}\n"
-    )
-    settings = Settings(
-        data_dir=data_dir,
-        subscriptions_file=subscriptions,
-        kafka={
-            "bootstrap_servers": [kafka_bootstrap],
-            "topic_prefix": f"it{uuid.uuid4().hex[:8]}",
-            "session_timeout_ms": 2000,
-        },
-        web={"api_keys": [API_KEY], "base_url": "http://testserver"},
-        retry_backoff_s=0.05,
-    )
-    async with running(settings, ["normalizer", "router", "sinks"], span_exporter=spans) as runtime:
-        app = web_app(runtime)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as web:
-            yield Pipeline(settings, runtime.broker, web, receiver)
+    async with start_pipeline(kafka_bootstrap, receiver, data_dir, span_exporter=spans) as pipe:
+        yield pipe
 
 
 def processed(spans: list[ReadableSpan], topic: str) -> list[ReadableSpan]:
