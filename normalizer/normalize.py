@@ -108,8 +108,11 @@ class Normalizer:
 
     def expected(self, request: ServiceRequest, priority: Priority) -> datetime | None:
         """When a request of this service at ``priority`` is due (None: no service level)."""
-        hours = self.taxonomy.sla_hours(request.service_code, priority)
-        return request.requested_datetime + timedelta(hours=hours) if hours else None
+        return self._due(request.service_code, request.requested_datetime, priority)
+
+    def _due(self, service_code: str, requested_at: datetime, priority: Priority) -> datetime | None:
+        hours = self.taxonomy.sla_hours(service_code, priority)
+        return requested_at + timedelta(hours=hours) if hours else None
 
     @classmethod
     def from_taxonomy(
@@ -243,8 +246,7 @@ class Normalizer:
             # A follow-up adds, never takes away: what raised the request (a later report's cue,
             # an escalation) still holds.
             priority, why = raise_to((priority, why), (base.priority, base.priority_reason or why))
-        hours = self.taxonomy.sla_hours(service.code, priority)
-        expected = requested_at + timedelta(hours=hours) if hours else None
+        expected = self._due(service.code, requested_at, priority)
         reason = None
         if place.outside_city:
             triage, reason = True, OUTSIDE_CITY
