@@ -8,6 +8,7 @@ autocommit so each caller decides where its transactions are.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,32 @@ def connect(path: Path, *, synchronous: str = "NORMAL", timeout_s: float = 30.0)
     """A connection to ``path`` (parent directories created), in WAL mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
+    try:
+        _wal(db, time.monotonic() + timeout_s)
+        db.execute(f"PRAGMA synchronous={synchronous}")
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def _wal(db: sqlite3.Connection, deadline: float) -> None:
+    """Switch to WAL, waiting out a concurrent first open of the same new file.
+
+    Why a loop: SQLite does not call the busy handler for the journal-mode change, so when
+    several threads or processes open a file that does not exist yet (the web's first burst of
+    submissions), all but one got "database is locked" at once, which surfaced as a 500.
+    """
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 @contextmanager
