@@ -12,7 +12,9 @@ change) and a ``Snapshot`` of the shared state, so every rule is tested without 
 * a follow-up after a close that carries no new problem ("Thank you!") changes nothing; one that
   says it is still broken reopens the request (and its incident) with a note to the department;
 * closing an incident's first request closes every report of it, so every reporter hears;
-* an operator can **split** a wrongly merged report back out.
+* an operator can **split** a wrongly merged report back out, **merge** a report into another
+  request's incident, **re-classify** a request (another service) or **re-route** it (another
+  department); see ``IncidentDesk.command``.
 
 Every output derives from the input and the stored state, so a replayed contact re-emits the
 same events with the same ids and nothing downstream happens twice.
@@ -32,8 +34,16 @@ from normalizer.geo.types import haversine_m as distance_m
 from normalizer.normalize import Normalizer, versioned
 from normalizer.priority import raise_to
 from normalizer.state import Area, Incident, Snapshot, StoredRequest
-from schemas.contact import ACTION, ACTION_SPLIT, RawContact
-from schemas.ids import digest
+from schemas.contact import (
+    ACTION,
+    ACTION_MERGE,
+    ACTION_RECLASSIFY,
+    ACTION_REROUTE,
+    ACTION_SPLIT,
+    OPERATOR_ACTIONS,
+    RawContact,
+)
+from schemas.ids import digest, is_slug, parse_ticket
 from schemas.messages import render, resolve_language
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 from schemas.request import MAX_INCIDENT_UPDATES, IncidentReport, Priority, ServiceRequest, Status
@@ -42,6 +52,16 @@ from schemas.taxonomy import IncidentRule, Taxonomy
 
 log = get_logger(__name__)
 MAX_MEDIA = 20
+RETIRED = ""  # the service of an incident record whose only report was merged elsewhere: matches none
+
+
+class CommandRefused(LookupError, ValueError):
+    """An operator command that can never apply (unknown ticket or service, no location).
+
+    A ``LookupError`` like split's unknown ticket, and a ``ValueError`` so the stage logs it as
+    bad input (a warning with the reason, no traceback) when it dead-letters the command.
+    """
+
 
 # A follow-up after a close that says the problem is back (English and Spanish).
 _STILL_BROKEN = re.compile(
@@ -270,8 +290,15 @@ class IncidentDesk:
             contact.contact_id in stored.request.source_contact_ids or contact.contact_id in stored.absorbed
         ):
             return self._replay(stored, contact, snap)
-        if contact.metadata.get(ACTION) == ACTION_SPLIT:
+        action = contact.metadata.get(ACTION)
+        if action == ACTION_SPLIT:
             return self.split(contact.request_id, snap, at=contact.received_at)
+        if action in (ACTION_RECLASSIFY, ACTION_REROUTE, ACTION_MERGE):
+            return self.command(contact, snap)
+        if action is not None and contact.channel == "operator":
+            raise CommandRefused(
+                f"unknown operator action {action!r} (known: {', '.join(sorted(OPERATOR_ACTIONS))})"
+            )
         if stored is None:
             request = prepared or self.normalizer.normalize(contact)
             return self._place_in_incident(request, snap, contact=contact)
@@ -455,25 +482,10 @@ class IncidentDesk:
         if incident_id is None or incident_id == request_id:
             return Outcome(requests=[stored.request])  # nothing to split (or a replayed split)
         incident = snap.incident(incident_id)
-        first = snap.request(incident_id)
         out = Outcome()
         if incident is not None:
-            members = tuple(m for m in incident.members if m != request_id)
-            snap.put_incident(replace(incident, members=members))
-            if first is not None:
-                head = first.request
-                head = head.model_copy(
-                    update={
-                        "incident_reports": max(1, len(members)),
-                        "incident_updates": tuple(
-                            u for u in head.incident_updates if u.request_id != request_id
-                        ),
-                        "status_notes": f"Report {request_id} was split out of this incident",
-                        "updated_datetime": max(head.updated_datetime, at),
-                    }
-                )
-                head = self._prioritised(head, keep=False)
-                out.extend(self._emit(snap, replace(first, request=versioned(head))))
+            notes = f"Report {request_id} was split out of this incident"
+            out.extend(self._leave(request_id, incident, snap, at=at, notes=notes))
         alone = self._prioritised(
             stored.request.model_copy(
                 update={
@@ -502,6 +514,202 @@ class IncidentDesk:
             )
         out.extend(self._emit(snap, replace(stored, request=versioned(alone))))
         return out
+
+    def command(self, contact: RawContact, snap: Snapshot) -> Outcome:
+        """Apply an operator's re-classify, re-route or merge command to the request it is keyed by.
+
+        The command's contact id joins the request's ``source_contact_ids``: the new version gets
+        a new event id, and a replayed command is recognised in ``handle`` and re-emits the
+        request's current events (same ids) instead of applying twice. What can never apply
+        (an unknown ticket or service, a merge with no location) raises ``CommandRefused``: the
+        stage dead-letters the command with the reason.
+        """
+        stored = snap.request(contact.request_id)
+        if stored is None:
+            raise CommandRefused(f"request {contact.request_id} is not known to the normalizer")
+        by = str(contact.metadata.get("by") or "operator")
+        action = contact.metadata.get(ACTION)
+        if action == ACTION_RECLASSIFY:
+            return self.reclassify(stored, contact, snap, by=by)
+        if action == ACTION_REROUTE:
+            return self.reroute(stored, contact, snap, by=by)
+        return self.merge(stored, contact, snap, by=by)
+
+    @staticmethod
+    def _decided(stored: StoredRequest, contact: RawContact, **update: object) -> ServiceRequest:
+        """The stored request with an operator's ``update``, the command among its contacts."""
+        request = stored.request
+        return request.model_copy(
+            update={
+                **update,
+                "updated_datetime": max(request.updated_datetime, contact.received_at),
+                "source_contact_ids": (*request.source_contact_ids, contact.contact_id),
+            }
+        )
+
+    def reclassify(self, stored: StoredRequest, contact: RawContact, snap: Snapshot, *, by: str) -> Outcome:
+        """The request is of another service: name, certainty, priority and due date follow it.
+
+        It leaves triage (a person classified it) and keeps the service through later follow-ups
+        (``decided_by``). A request that was in no incident (it was in triage) is matched now,
+        like a new report of that service; one in an incident stays in it (split it if it is
+        another problem), and an incident whose first request is re-classified takes the new
+        service, so later reports of that service find it.
+        """
+        code = str(contact.metadata.get("service_code") or "")
+        service = self.taxonomy.get(code)
+        if service is None:
+            raise CommandRefused(f"re-classify {contact.request_id}: service {code!r} is not in the taxonomy")
+        old = stored.request
+        request = self._decided(
+            stored,
+            contact,
+            service_code=service.code,
+            service_name=service.name,
+            confidence=1.0,
+            triage=False,
+            triage_reason=None,
+            decided_by=by,
+            status_notes=f"Re-classified by {by}: {old.service_name} ({old.service_code})"
+            f" -> {service.name} ({service.code})",
+        )
+        # The new service's own priority and service level: nothing of the old one's holds.
+        request = self._prioritised(request, keep=False)
+        request = request.model_copy(
+            update={"expected_datetime": self.normalizer.expected(request, request.priority)}
+        )
+        incident_id = snap.incident_of(request.request_id)
+        if incident_id is None:
+            return self._place_in_incident(request, snap, contact=contact, state=stored)
+        incident = snap.incident(incident_id)
+        if incident_id == request.request_id and incident is not None and incident.service_code != RETIRED:
+            snap.put_incident(replace(incident, service_code=service.code))
+        return self._emit(snap, replace(stored, request=versioned(request)))
+
+    def reroute(self, stored: StoredRequest, contact: RawContact, snap: Snapshot, *, by: str) -> Outcome:
+        """``department`` is responsible: the router sends it there before its own table.
+
+        The service is not changed (and so neither the incident nor the service level); the
+        request leaves triage, and later follow-ups keep the department (``decided_by``).
+        """
+        department = str(contact.metadata.get("department") or "")
+        if not is_slug(department):
+            raise CommandRefused(f"re-route {contact.request_id}: not a department: {department!r}")
+        request = self._decided(
+            stored,
+            contact,
+            assigned_department=department,
+            decided_by=by,
+            triage=False,
+            triage_reason=None,
+            status_notes=f"Re-routed to {department} by {by}",
+        )
+        return self._emit(snap, replace(stored, request=versioned(request)))
+
+    def merge(self, stored: StoredRequest, contact: RawContact, snap: Snapshot, *, by: str) -> Outcome:
+        """The request is the same problem as ``into``: it joins ``into``'s incident as a report.
+
+        The operator decides, so no radius, window or service rule applies. ``into`` may be a
+        later report itself: the request joins the incident that report is part of. The request
+        leaves the incident it was in (that incident's first request gets a new version without
+        it); if it was an incident alone, that incident record is retired (it matches nothing
+        again). Its resident is told the problem is known, as for any join; merged into a closed
+        incident, it is closed with it (the problem it reports was fixed).
+
+        Refused (``CommandRefused``, dead-lettered): ``into`` unknown to the normalizer; the
+        request is the first of an incident that has other reports (merge the other way, or split
+        them first); neither request has coordinates and ``into`` is in no incident yet (an
+        incident is a point: there is nowhere to put it). Already in that incident: nothing
+        changes (a replay, or a second click with a new nonce).
+        """
+        ticket = stored.request.request_id
+        into = parse_ticket(str(contact.metadata.get("into") or ""))
+        if into is None:
+            raise CommandRefused(f"merge {ticket}: not a ticket number: {contact.metadata.get('into')!r}")
+        target = snap.request(into)
+        if target is None:
+            raise CommandRefused(f"merge {ticket} into {into}: {into} is not known to the normalizer")
+        incident_id = snap.incident_of(into) or into
+        current = snap.incident_of(ticket)
+        if incident_id == ticket or current == incident_id:
+            return Outcome(requests=[stored.request])  # already there (or into a report of its own)
+        first = snap.request(incident_id)
+        if first is None:
+            raise CommandRefused(f"merge {ticket} into {into}: incident {incident_id} is not known")
+        own = snap.incident(current) if current is not None else None
+        if current == ticket and own is not None and len([m for m in own.members if m != ticket]) > 0:
+            raise CommandRefused(
+                f"merge {ticket} into {into}: {ticket} is the first report of an incident with"
+                f" {len(own.members) - 1} other report(s); merge {into} into {ticket}, or split them first"
+            )
+        incident = snap.incident(incident_id)
+        if incident is None:
+            point = next(
+                (
+                    (r.lat, r.long)
+                    for r in (first.request, stored.request)
+                    if r.lat is not None and r.long is not None
+                ),
+                None,
+            )
+            if point is None:
+                raise CommandRefused(
+                    f"merge {ticket} into {into}: neither request has a location, and an incident needs one"
+                )
+            head = first.request
+            incident = Incident(
+                incident_id,
+                head.service_code,
+                point[0],
+                point[1],
+                first.state,
+                _epoch(head.requested_datetime),
+                _epoch(head.updated_datetime),
+                first.state_at if first.closed else None,
+                (incident_id,),
+            )
+            snap.put_incident(incident)
+        at = contact.received_at
+        out = Outcome()
+        if current is not None and current == ticket and own is not None:
+            # An incident of its own: retired, so no later report joins a ticket that is now a report.
+            snap.put_incident(
+                replace(own, service_code=RETIRED, members=(), state=State.CLOSED, closed_at=_epoch(at))
+            )
+        elif current is not None and own is not None:
+            out.extend(
+                self._leave(
+                    ticket,
+                    own,
+                    snap,
+                    at=at,
+                    notes=f"Report {ticket} was merged into incident {incident_id} by {by}",
+                )
+            )
+        request = self._decided(stored, contact, status_notes=f"Merged into incident {incident_id} by {by}")
+        out.extend(self._join(request, stored, incident, first, snap, reopen=False))
+        return out
+
+    def _leave(
+        self, request_id: str, incident: Incident, snap: Snapshot, *, at: datetime, notes: str
+    ) -> Outcome:
+        """``request_id`` no longer a report of ``incident``: its first request without it."""
+        members = tuple(m for m in incident.members if m != request_id)
+        snap.put_incident(replace(incident, members=members))
+        first = snap.request(incident.incident_id)
+        if first is None:
+            return Outcome()
+        head = first.request.model_copy(
+            update={
+                "incident_reports": max(1, len(members)),
+                "incident_updates": tuple(
+                    u for u in first.request.incident_updates if u.request_id != request_id
+                ),
+                "status_notes": notes,
+                "updated_datetime": max(first.request.updated_datetime, at),
+            }
+        )
+        return self._emit(snap, replace(first, request=versioned(self._prioritised(head, keep=False))))
 
     # -- status changes ---------------------------------------------------------------------------
     def handle_status(self, change: StatusChange, snap: Snapshot) -> Outcome:

@@ -52,15 +52,24 @@ def versioned(request: ServiceRequest) -> ServiceRequest:
     """``request`` with the event id of exactly this version.
 
     The id derives from the contacts and from what incidents and departments changed (the
-    incident it belongs to, its later reports, a reopening), so a replay yields the same id and
-    a real change a new one. A plain request keeps the id it always had.
+    incident it belongs to, its later reports, a reopening, an operator's decision), so a replay
+    yields the same id and a real change a new one. A plain request keeps the id it always had.
+
+    An operator's decision (``decided_by``: a re-classification or re-route) adds the service and
+    the assigned department to the revision; only then, so every id minted before those fields
+    existed is still the id a replay mints now.
     """
+    decided = request.decided_by is not None or request.assigned_department is not None
     plain = (
         request.incident == request.request_id
         and not request.incident_updates
         and request.incident_reports == 1
         and request.status == Status.OPEN
         and request.status_notes is None
+        and not decided
+    )
+    operator = (
+        (request.service_code, request.assigned_department or "", request.decided_by or "") if decided else ()
     )
     revision = (
         ""
@@ -71,6 +80,7 @@ def versioned(request: ServiceRequest) -> ServiceRequest:
             *(u.request_id for u in request.incident_updates),
             request.status.value,
             request.status_notes or "",
+            *operator,
         ).hex()[:16]
     )
     event_id = event_id_for(request.request_id, request.source_contact_ids, revision)
@@ -185,10 +195,14 @@ class Normalizer:
         return place
 
     def _merge(self, previous: ServiceRequest, contact: RawContact) -> ServiceRequest:
-        """A follow-up (an answer to "where is it?", a reply email): add, never overwrite."""
+        """A follow-up (an answer to "where is it?", a reply email): add, never overwrite.
+
+        A service the resident picked, or one an operator decided (``decided_by``), is kept: the
+        follow-up's words do not classify the request again.
+        """
         text = contact.text.strip()
         description = "\n".join(p for p in (previous.description, text) if p)[:MAX_DESCRIPTION]
-        if previous.confidence >= 1.0:
+        if previous.confidence >= 1.0 or previous.decided_by is not None:
             result = Classification(previous.service_code, previous.confidence)
         else:
             result = self.classify(contact, description)
@@ -248,7 +262,9 @@ class Normalizer:
             priority, why = raise_to((priority, why), (base.priority, base.priority_reason or why))
         expected = self._due(service.code, requested_at, priority)
         reason = None
-        if place.outside_city:
+        if base is not None and base.decided_by is not None:
+            triage = False  # a person already decided what it is or who handles it
+        elif place.outside_city:
             triage, reason = True, OUTSIDE_CITY
         elif triage:
             reason = "service unclear" if classification.confidence > 0 else "no service recognised"
@@ -283,4 +299,6 @@ class Normalizer:
             incident_updates=base.incident_updates if base else (),
             related_incident_id=base.related_incident_id if base else None,
             source_contact_ids=contact_ids,
+            assigned_department=base.assigned_department if base else None,
+            decided_by=base.decided_by if base else None,
         )

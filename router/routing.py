@@ -274,11 +274,18 @@ class Router:
         return sorted({layer for c in conditions for layer in (c.districts or {})})
 
     def departments_for(self, request: ServiceRequest) -> list[str]:
-        """The owner first (rules, routes, taxonomy), then every department subscribed to it."""
+        """The owner first (an operator's assignment, rules, routes, taxonomy), then every
+        department subscribed to it, then the emergency copy.
+
+        ``assigned_department`` (an operator re-routed it) outranks the table: a person decided.
+        It is not checked against the table: a department the table never names is still a
+        topic name (a slug), whose topic exists only if the sinks' subscriptions or Kafka's
+        auto-creation made it.
+        """
         if request.triage:
             chosen = [self.table.triage_department]
         else:
-            owners = self._owners(request)
+            owners = [request.assigned_department] if request.assigned_department else self._owners(request)
             chosen = owners + [d for d, i in self.interests.items() if d not in owners and i.matches(request)]
         emergency = self.table.emergency_department
         if request.priority == Priority.EMERGENCY and emergency and emergency not in chosen:

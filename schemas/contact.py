@@ -8,7 +8,7 @@ from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from schemas.ids import is_slug, make_contact_id, parse_ticket
+from schemas.ids import digest, is_slug, make_contact_id, parse_ticket
 
 CONTACT_SCHEMA_VERSION: Final = 1
 
@@ -17,6 +17,10 @@ MetadataValue = str | int | float | bool | None
 # contacts path so it is ordered with the request's own contacts and replayed like them).
 ACTION = "action"
 ACTION_SPLIT = "split"  # take this request out of the incident it was merged into
+ACTION_RECLASSIFY = "reclassify"  # metadata["service_code"]: the service it really is
+ACTION_REROUTE = "reroute"  # metadata["department"]: the department responsible for it
+ACTION_MERGE = "merge"  # metadata["into"]: a ticket whose incident this request is part of
+OPERATOR_ACTIONS: Final = frozenset({ACTION_SPLIT, ACTION_RECLASSIFY, ACTION_REROUTE, ACTION_MERGE})
 
 
 class _Model(BaseModel):
@@ -140,3 +144,63 @@ def split_command(ticket: str, *, incident_id: str | None, now: datetime, by: st
         continues=True,
         metadata={ACTION: ACTION_SPLIT, "by": by},
     )
+
+
+def _command(
+    ticket: str, action: str, *, target_key: str, target: str, now: datetime, by: str, nonce: str
+) -> RawContact:
+    """An operator command on ``ticket``'s own key, its id derived from what it asks for.
+
+    ``nonce`` is generated once per form the console rendered: a retried click sends the same
+    nonce (the same contact, applied once), while asking for the same thing again later (A -> B
+    -> A) sends a new one, so it is a new contact and a new version.
+    """
+    parsed = parse_ticket(ticket)
+    if parsed is None:
+        raise ValueError(f"not a ticket number: {ticket!r}")
+    if not by.strip():
+        raise ValueError("by must say who gave the command (e.g. 'console:alice')")
+    if not nonce.strip() or len(nonce) > 200:
+        raise ValueError("nonce must be a non-empty string of at most 200 characters")
+    key = digest("operator", parsed, action, target, nonce).hex()[:20]
+    return RawContact(
+        contact_id=make_contact_id("operator", f"{action}-{parsed}-{key}"),
+        request_id=parsed,
+        channel="operator",
+        received_at=now,
+        continues=True,
+        metadata={ACTION: action, target_key: target, "by": by, "nonce": nonce},
+    )
+
+
+def reclassify_command(ticket: str, *, service_code: str, now: datetime, by: str, nonce: str) -> RawContact:
+    """An operator's "this is really ``service_code``": re-classify ``ticket``.
+
+    The normalizer refuses (dead-letters) a code the taxonomy does not know; checked there, not
+    here, because only the normalizer holds the taxonomy the request is classified against.
+    """
+    code = service_code.strip()
+    if not code or len(code) > 100 or any(c.isspace() for c in code):
+        raise ValueError(f"not a service code: {service_code!r}")
+    return _command(
+        ticket, ACTION_RECLASSIFY, target_key="service_code", target=code, now=now, by=by, nonce=nonce
+    )
+
+
+def reroute_command(ticket: str, *, department: str, now: datetime, by: str, nonce: str) -> RawContact:
+    """An operator's "``department`` is responsible for this": the router sends it there first."""
+    if not is_slug(department):
+        raise ValueError(f"department must be a lowercase slug: {department!r}")
+    return _command(
+        ticket, ACTION_REROUTE, target_key="department", target=department, now=now, by=by, nonce=nonce
+    )
+
+
+def merge_command(ticket: str, *, into: str, now: datetime, by: str, nonce: str) -> RawContact:
+    """An operator's "this is the same problem as ``into``": ``ticket`` joins ``into``'s incident."""
+    target = parse_ticket(into)
+    if target is None:
+        raise ValueError(f"not a ticket number: {into!r}")
+    if target == parse_ticket(ticket):
+        raise ValueError(f"cannot merge {target} into itself")
+    return _command(ticket, ACTION_MERGE, target_key="into", target=target, now=now, by=by, nonce=nonce)

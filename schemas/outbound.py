@@ -25,6 +25,7 @@ class MessageKind(StrEnum):
     HELP = "help"
     OPT_OUT = "opt-out"
     OPT_IN = "opt-in"
+    ANSWER = "answer"  # an operator's own words to the resident (the console)
 
 
 class OutboundMessage(BaseModel):

@@ -101,6 +101,17 @@ class ServiceRequest(BaseModel):
     updated_datetime: AwareDatetime
     expected_datetime: AwareDatetime | None = None
     agency_responsible: str | None = Field(default=None, description="department id, set by the router")
+    # An operator's decision outranks the classifier and the routing table: a person looked at
+    # it. Both default to None, so events written before they existed still validate.
+    assigned_department: str | None = Field(
+        default=None,
+        description="the department an operator made responsible (the router's owner before its table)",
+    )
+    decided_by: str | None = Field(
+        default=None,
+        description='who re-classified or re-routed it ("console:alice"); None: the classifier. '
+        "A later follow-up keeps that decision instead of classifying again",
+    )
     channel: str
     reporter: Sender = Sender()
     reply: ReplyVia | None = None
