@@ -4,7 +4,9 @@ One consumer group (``intake311.casestore.status``) records every ``StatusChange
 store and, for each change that is the request's current state, queues one message to the
 resident on the channel they used (``intake311.outbound.<channel>``). The message id is derived
 from the request and the state, so a replay (or a double click) re-queues the same message and
-the channel sends it once.
+the channel sends it once. Each queued message is also recorded in the request's history (a
+``message`` event, ``CaseStore.record_message``, once per message id), so an operator sees what
+the resident was told.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ async def apply_status_batch(records: Sequence[Record], store: CaseStore, topics
             continue
         message = notification_for(case, change)
         if message is not None:
+            # Before publishing: if the publish fails the batch is retried and this is a duplicate.
+            await store.record_message(message, source=f"outbound:{message.channel}")
             log.info(
                 "resident notified",
                 request_id=case.request_id,

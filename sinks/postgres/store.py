@@ -4,15 +4,16 @@ Everything that must survive replays lives in the SQL: a request event is applie
 is newer (``(updated_datetime, event_id)`` ordering, so any arrival order ends in the same
 row), every event is logged once by ``event_id``, and status changes older than the current
 status are kept in the history without rewinding the request. The same store answers the
-web channel's Open311 ``GET requests`` (``get``/``search``, the ``RequestLookup`` protocol)
-and the budget office's figures (``report``).
+web channel's Open311 ``GET requests`` (``get``/``search``, the ``RequestLookup`` protocol),
+the budget office's figures (``report``) and the operator console (``recent``, ``triage_queue``,
+``open_points``, ``events``, ``backlog``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -22,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from intake311.logging import get_logger
 from schemas.open311 import REQUEST_FIELDS
+from schemas.outbound import OutboundMessage
 from schemas.request import Priority, ServiceRequest, Status
 from schemas.status import State, parse_state, status_event_id
 from schemas.taxonomy import PRIORITY_ORDER, Taxonomy, load_taxonomy
@@ -78,6 +80,8 @@ _CONTENT_COLUMNS = (
     "priority",
     "priority_reason",
     "emergency",
+    "assigned_department",
+    "decided_by",
 )
 _INSERT_COLUMNS = (
     *_CONTENT_COLUMNS,
@@ -192,6 +196,8 @@ def _row_params(request: ServiceRequest, department: str | None) -> dict[str, An
         "priority": request.priority.value,
         "priority_reason": _clean(request.priority_reason),
         "emergency": _clean(request.emergency),
+        "assigned_department": request.assigned_department,
+        "decided_by": _clean(request.decided_by),
         "status": request.status.value,
         "state": state.value,
         "status_notes": _clean(request.status_notes),
@@ -217,6 +223,28 @@ class StatusEvent:
     notes: str | None
     at: datetime
     source: str
+
+
+@dataclass(frozen=True)
+class CaseEvent:
+    """One row of a request's whole history (``events``): every kind, not only status changes.
+
+    ``kind``: ``received`` (the event that created the request), ``updated`` (a later request
+    event), ``status`` (a status change), ``message`` (a message to the resident was queued;
+    ``notes`` is its text). ``status``/``state`` are the request's at that event (``state`` is
+    None on ``updated`` rows).
+    """
+
+    kind: str
+    event_id: str
+    status: str
+    state: str | None
+    notes: str | None
+    at: datetime
+    source: str
+
+
+EVENT_KINDS = ("received", "updated", "status", "message")
 
 
 @dataclass(frozen=True)
@@ -257,6 +285,8 @@ class Case:
     priority: Priority = Priority.NORMAL
     priority_reason: str | None = None
     emergency: str | None = None
+    assigned_department: str | None = None  # an operator re-routed it here (the console)
+    decided_by: str | None = None  # who re-classified or re-routed it; None: the classifier
 
     @property
     def is_later_report(self) -> bool:
@@ -481,6 +511,42 @@ class CaseStore:
             )
         return True
 
+    async def record_message(self, message: OutboundMessage, *, source: str) -> bool:
+        """Log that ``message`` was queued for the resident: one ``message`` row in the history.
+
+        ``notes`` is the message text, ``at`` its ``created_at``, ``event_id`` its
+        ``message_id`` (so a replay records it once: False for a duplicate), and
+        ``status``/``state`` the request's current ones. The request itself does not change.
+        Raises ``ValueError`` for a message without a ``request_id`` and ``LookupError`` for an
+        unknown request.
+        """
+        if not message.request_id:
+            raise ValueError(f"message {message.message_id!r} names no service request")
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "WITH r AS (SELECT request_id, status, state FROM requests"
+                "           WHERE request_id = %(request_id)s FOR SHARE),"
+                " ins AS (INSERT INTO request_events"
+                "             (event_id, request_id, kind, status, state, notes, at, source)"
+                "         SELECT %(event_id)s, r.request_id, 'message', r.status, r.state,"
+                "                %(notes)s, %(at)s, %(source)s"
+                "         FROM r ON CONFLICT (event_id) DO NOTHING RETURNING 1)"
+                " SELECT EXISTS (SELECT 1 FROM r), EXISTS (SELECT 1 FROM ins)",
+                {
+                    "request_id": message.request_id,
+                    "event_id": message.message_id,
+                    "notes": _clean(message.text),
+                    "at": _aware(message.created_at),
+                    "source": _clean(source),
+                },
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        known, inserted = row
+        if not known:
+            raise LookupError(f"no service request {message.request_id!r}")
+        return bool(inserted)
+
     # -- reading ---------------------------------------------------------------------------
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
@@ -532,44 +598,7 @@ class CaseStore:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute("SELECT * FROM requests WHERE request_id = %s", (request_id,))
             row = await cur.fetchone()
-        if row is None:
-            return None
-        return Case(
-            request_id=row["request_id"],
-            event_id=row["event_id"],
-            status=Status(row["status"]),
-            state=State(row["state"]),
-            status_notes=row["status_notes"],
-            service_code=row["service_code"],
-            service_name=row["service_name"],
-            description=row["description"],
-            agency_responsible=row["agency_responsible"],
-            departments=tuple(row["departments"]),
-            channel=row["channel"],
-            requested_datetime=row["requested_datetime"],
-            updated_datetime=row["updated_datetime"],
-            expected_datetime=row["expected_datetime"],
-            closed_datetime=row["closed_datetime"],
-            address=row["address"],
-            lat=row["lat"],
-            long=row["long"],
-            media_url=row["media_url"],
-            confidence=row["confidence"],
-            triage=row["triage"],
-            language=row["language"],
-            reporter=row["reporter"] or {},
-            reply=row["reply"],
-            source_contact_ids=tuple(row["source_contact_ids"]),
-            districts=dict(row["districts"] or {}),
-            location_precision=row["location_precision"],
-            triage_reason=row["triage_reason"],
-            incident_id=row["incident_id"],
-            incident_reports=row["incident_reports"],
-            related_incident_id=row["related_incident_id"],
-            priority=Priority(row["priority"]),
-            priority_reason=row["priority_reason"],
-            emergency=row["emergency"],
-        )
+        return _case(row) if row is not None else None
 
     async def history(self, request_id: str) -> list[StatusEvent]:
         """The request's status history (opening event and status changes), oldest first."""
@@ -581,6 +610,101 @@ class CaseStore:
             )
             rows = await cur.fetchall()
         return [StatusEvent(*row) for row in rows]
+
+    async def events(self, request_id: str) -> list[CaseEvent]:
+        """The request's whole history, every kind (``EVENT_KINDS``), oldest first; [] if unknown.
+
+        ``history`` stays what a resident-facing status history shows (opening + status changes).
+        """
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT kind, event_id, status, state, notes, at, source FROM request_events"
+                " WHERE request_id = %s ORDER BY at, id",
+                (request_id,),
+            )
+            rows = await cur.fetchall()
+        return [CaseEvent(*row) for row in rows]
+
+    async def recent(
+        self, *, limit: int = 50, since: datetime | None = None, department: str | None = None
+    ) -> list[Case]:
+        """The most recently updated requests, newest first (``updated_datetime``, then ticket).
+
+        ``since``: only requests updated after it (strictly), for polling a live stream.
+        ``department``: only requests delivered to it (in ``departments`` or ``agency_responsible``).
+        """
+        where, params = _department_filter(department)
+        if since is not None:
+            where.append("updated_datetime > %(since)s")
+            params["since"] = _aware(since)
+        params["limit"] = max(0, limit)
+        return await self._cases(
+            f"SELECT * FROM requests {_where(where)}"
+            " ORDER BY updated_datetime DESC, request_id DESC LIMIT %(limit)s",
+            params,
+        )
+
+    async def triage_queue(self, *, limit: int = 100) -> list[Case]:
+        """Open requests flagged for a person (``triage``): emergency, then high priority, then
+        the rest; oldest reported first within each."""
+        return await self._cases(
+            "SELECT * FROM requests WHERE status = 'open' AND triage"
+            f" ORDER BY {_URGENCY}, requested_datetime, request_id LIMIT %(limit)s",
+            {"limit": max(0, limit)},
+        )
+
+    async def open_points(self, *, department: str | None = None, limit: int = 5000) -> list[Case]:
+        """Open requests with coordinates, for the map: emergency and high first (so a limit
+        keeps them), then newest reported first. ``department`` as in ``recent``."""
+        where, params = _department_filter(department)
+        where += ["status = 'open'", "lat IS NOT NULL", "long IS NOT NULL"]
+        params["limit"] = max(0, limit)
+        return await self._cases(
+            f"SELECT * FROM requests {_where(where)}"
+            f" ORDER BY {_URGENCY}, requested_datetime DESC, request_id LIMIT %(limit)s",
+            params,
+        )
+
+    async def backlog(
+        self, *, since: datetime, until: datetime, days: int = 366, department: str | None = None
+    ) -> list[tuple[date, int]]:
+        """How many requests were open at the end of each day, in one query: ``[(date, count)]``.
+
+        One point per UTC date from ``since``'s to ``until``'s, at most ``days`` of them (the
+        latest: ``since=until - timedelta(days=30), days=30`` gives the last 30 days). A day's
+        figure counts requests reported before its end and not closed by then; its end is the
+        following midnight UTC, or ``until`` for the day ``until`` falls in. "Closed" is the
+        request's current ``closed_datetime``: a request closed and reopened counts as open all
+        along. ``department`` as in ``recent``.
+        """
+        since, until = _aware(since), _aware(until)
+        if days < 1:
+            raise ValueError("days must be at least 1")
+        if until < since:
+            raise ValueError("until must not be before since")
+        where, params = _department_filter(department)
+        where += ["r.requested_datetime < d.cut", "(r.closed_datetime IS NULL OR r.closed_datetime > d.cut)"]
+        last = until.astimezone(UTC).date()
+        first = max(since.astimezone(UTC).date(), last - timedelta(days=days - 1))
+        params.update(first=first, last=last, until=until)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT d.day, count(r.request_id)"
+                " FROM (SELECT g::date AS day,"
+                "              LEAST((g::date + 1)::timestamp AT TIME ZONE 'UTC', %(until)s) AS cut"
+                "       FROM generate_series(%(first)s::date, %(last)s::date, interval '1 day') AS g) AS d"
+                f" LEFT JOIN requests AS r ON {' AND '.join(where)}"
+                " GROUP BY d.day ORDER BY d.day".encode(),
+                params,
+            )
+            rows = await cur.fetchall()
+        return [(day, int(n)) for day, n in rows]
+
+    async def _cases(self, sql: str, params: dict[str, Any]) -> list[Case]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql.encode(), params)
+            rows = await cur.fetchall()
+        return [_case(row) for row in rows]
 
     async def report(
         self, since: datetime, until: datetime, *, now: datetime | None = None, by: str | None = None
@@ -659,6 +783,23 @@ class CaseStore:
         )
 
 
+# Emergency, then high, then every other priority (the triage queue and the map's order).
+_URGENCY = "CASE priority WHEN 'emergency' THEN 0 WHEN 'high' THEN 1 ELSE 2 END"
+
+
+def _department_filter(department: str | None) -> tuple[list[str], dict[str, Any]]:
+    """The WHERE parts (and params) for "delivered to ``department``"; none when it is None."""
+    if department is None:
+        return [], {}
+    return ["(%(department)s = ANY (departments) OR agency_responsible = %(department)s)"], {
+        "department": department
+    }
+
+
+def _where(parts: list[str]) -> str:
+    return "WHERE " + " AND ".join(parts) if parts else ""
+
+
 async def _counts(
     cur: psycopg.AsyncCursor[Any], key: str, window: str, params: dict[str, Any]
 ) -> dict[str, int]:
@@ -716,6 +857,48 @@ async def _group_figures(
     return out
 
 
+def _case(row: dict[str, Any]) -> Case:
+    """A ``requests`` row (``SELECT *``, dict rows) as a ``Case``."""
+    return Case(
+        request_id=row["request_id"],
+        event_id=row["event_id"],
+        status=Status(row["status"]),
+        state=State(row["state"]),
+        status_notes=row["status_notes"],
+        service_code=row["service_code"],
+        service_name=row["service_name"],
+        description=row["description"],
+        agency_responsible=row["agency_responsible"],
+        departments=tuple(row["departments"]),
+        channel=row["channel"],
+        requested_datetime=row["requested_datetime"],
+        updated_datetime=row["updated_datetime"],
+        expected_datetime=row["expected_datetime"],
+        closed_datetime=row["closed_datetime"],
+        address=row["address"],
+        lat=row["lat"],
+        long=row["long"],
+        media_url=row["media_url"],
+        confidence=row["confidence"],
+        triage=row["triage"],
+        language=row["language"],
+        reporter=row["reporter"] or {},
+        reply=row["reply"],
+        source_contact_ids=tuple(row["source_contact_ids"]),
+        districts=dict(row["districts"] or {}),
+        location_precision=row["location_precision"],
+        triage_reason=row["triage_reason"],
+        incident_id=row["incident_id"],
+        incident_reports=row["incident_reports"],
+        related_incident_id=row["related_incident_id"],
+        priority=Priority(row["priority"]),
+        priority_reason=row["priority_reason"],
+        emergency=row["emergency"],
+        assigned_department=row["assigned_department"],
+        decided_by=row["decided_by"],
+    )
+
+
 def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     # UTC whatever the server's TimeZone setting, so answers do not depend on the database host.
     out = {
@@ -734,10 +917,12 @@ def _open311(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]
 
 __all__ = [
     "BY_PRIORITY",
+    "EVENT_KINDS",
     "EXTENDED_ATTRIBUTES",
     "NO_DISTRICT",
     "OPEN311_FIELDS",
     "Case",
+    "CaseEvent",
     "CaseReport",
     "CaseStore",
     "DepartmentFigures",

@@ -116,7 +116,12 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
         assert await migrate(conn) == [m.version for m in load_migrations()]
         assert await migrate(conn) == []
         cur = await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [(1, "case_store"), (2, "districts_incidents"), (3, "priority")]
+        assert await cur.fetchall() == [
+            (1, "case_store"),
+            (2, "districts_incidents"),
+            (3, "priority"),
+            (4, "console"),
+        ]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
