@@ -626,6 +626,30 @@ def incidents_split(
     typer.echo(f"{request_id} split from incident {stored.request.incident}")
 
 
+console_app = typer.Typer(help="The operator console (/console on the web stage).", no_args_is_help=True)
+app.add_typer(console_app, name="console")
+
+
+@console_app.command("hash-password")
+def console_hash_password(
+    name: Annotated[str, typer.Argument(help="the operator's login name")],
+) -> None:
+    """Ask for a password twice; print the settings line that gives NAME a console login."""
+    from sinks.console.auth import hash_password
+
+    password = typer.prompt("Password (12 characters or more)", hide_input=True, confirmation_prompt=True)
+    try:
+        hashed = hash_password(password)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo("# in the settings file (every web host the same):")
+    typer.echo("console:")
+    typer.echo("  operators:")
+    typer.echo(f"    {name}: '{hashed}'")
+    typer.echo(f'# or in the environment: INTAKE311_CONSOLE__OPERATORS=\'{{"{name}": "{hashed}"}}\'')
+
+
 classifier_app = typer.Typer(
     help="The free-text classifier: train a model on a city's labelled reports.", no_args_is_help=True
 )

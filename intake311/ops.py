@@ -1,11 +1,12 @@
 """Operator views: which departments exist, where their requests go, and how far behind each
-sink is; the service-level report from the case store. Used by the CLI."""
+sink is; the service-level report from the case store; dead letters and their replay. Used by
+the CLI and the operator console."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -270,11 +271,61 @@ async def _read_until(
     return records
 
 
+@dataclass(frozen=True)
+class LetterRow:
+    """One record of the dead-letter topic as an operator sees it."""
+
+    letter_id: str  # see ``letter_id``: what ``replay(only=...)`` takes
+    letter: DeadLetter | None  # None: the record is not a dead letter (``problem`` says why)
+    replayed: bool  # a replay already re-published it
+    problem: str | None = None
+
+    @property
+    def replayable(self) -> bool:
+        return (
+            self.letter is not None
+            and not self.replayed
+            and bool(self.letter.source_topic)
+            and self.letter.original_encoding != "omitted"
+        )
+
+
+async def dead_letters(
+    settings: Settings, bootstrap: list[str], *, limit: int = 200, idle_s: float = 2.0
+) -> list[LetterRow]:
+    """The newest ``limit`` records of the dead-letter topic, newest first, each marked replayed
+    or not (read as ``replay`` reads them: bounded by a snapshot of the end, no consumer group)."""
+    from intake311.bus import ensure_topics
+
+    topic = settings.topics.deadletter
+    marks_topic = replayed_topic(settings)
+    await ensure_topics(settings.kafka, bootstrap, [topic, marks_topic])
+    letter_ends = await end_offsets(settings, bootstrap, topic)
+    mark_ends = await end_offsets(settings, bootstrap, marks_topic)
+    done = {
+        r.key.decode(errors="replace")
+        for r in await _read_until(settings, bootstrap, mark_ends, idle_s, bounded=False)
+        if r.key
+    }
+    records = await _read_until(settings, bootstrap, letter_ends, idle_s)
+    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset), reverse=True)
+    rows = []
+    for record in records[:limit]:
+        try:
+            letter: DeadLetter | None = DeadLetter.model_validate_json(record.value or b"")
+            problem = None
+        except ValueError as exc:
+            letter, problem = None, str(exc).splitlines()[0][:200]
+        rows.append(LetterRow(letter_id(record), letter, letter_id(record) in done, problem))
+    return rows
+
+
 async def replay(
     settings: Settings,
     bootstrap: list[str],
     *,
     stage: str | None = None,
+    only: Collection[str] | None = None,
     dry_run: bool = False,
     idle_s: float = 2.0,
     progress: Callable[[str], None] | None = None,
@@ -293,6 +344,8 @@ async def replay(
     crash in between replays those letters again next time, which is harmless because ids are
     stable downstream; so are two operators replaying at the same moment. ``dry_run`` reports
     what would be replayed, publishing and marking nothing. ``progress`` is told what is done.
+    ``only``: just the letters with these ``letter_id``s (the console's replay of one letter);
+    the others are left as they are, counted as other stages' letters are.
     """
     from intake311.bus import ensure_topics
 
@@ -318,7 +371,7 @@ async def replay(
         except ValueError as exc:
             report.not_letters.append(f"{record.partition}/{record.offset}: {str(exc).splitlines()[0][:120]}")
             continue
-        if stage and letter.stage != stage:
+        if (stage and letter.stage != stage) or (only is not None and letter_id(record) not in only):
             report.other_stages += 1
             report.count(letter.stage, "other stage")
         elif not letter.source_topic:

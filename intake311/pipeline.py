@@ -151,6 +151,7 @@ class Runtime:
     watch: BusWatch | None = None  # notices a broker that lost its topics; gates web promises
     probes: Probes | None = None  # /metrics, /health/live, /health/ready of this process
     tracer_provider: TracerProvider | None = None  # intake311.tracing; a no-op one when off
+    servers: Sequence[str] = ()  # the bootstrap servers the broker was started with
 
 
 async def rejoin(broker: KafkaBroker) -> None:
@@ -281,7 +282,7 @@ async def running(
                 readiness_of(settings, stages, broker, watch),
                 sample=functools.partial(_sample, metrics, broker, watch),
             )
-            yield Runtime(broker, channel_set, settings, case_store, watch, probes, tracer_provider)
+            yield Runtime(broker, channel_set, settings, case_store, watch, probes, tracer_provider, servers)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -312,6 +313,7 @@ def web_app(runtime: Runtime) -> Any:
         from sinks.api import department_routes
 
         app.include_router(department_routes(settings, runtime.broker, runtime.case_store))
+    mount_console(app, runtime)
     if runtime.probes is not None:
         # The process's honest /healthz (= /health/ready) replaces the web channel's constant one.
         app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in HEALTH_PATHS]
@@ -329,6 +331,42 @@ def web_app(runtime: Runtime) -> Any:
     if runtime.tracer_provider is not None:
         instrument_app(app, runtime.tracer_provider)
     return app
+
+
+def mount_console(app: Any, runtime: Runtime) -> None:
+    """The operator console at ``/console``, when it has a case store to read and a session secret.
+
+    Operators configured without a secret (or without a case store) stop the process at start:
+    the city expects the screen, so a silent absence would be found only when someone needs it.
+    """
+    from router.app import build_router
+
+    settings = runtime.settings
+    wanted = bool(settings.console.operators) or settings.console.session_secret is not None
+    if not wanted:
+        return
+    if settings.console.session_secret is None:
+        raise ValueError(
+            "console.operators are configured but console.session_secret is not "
+            "(INTAKE311_CONSOLE__SESSION_SECRET, at least 32 characters)"
+        )
+    if runtime.case_store is None:
+        raise ValueError(
+            "the operator console reads the case store: set case_store_dsn (INTAKE311_CASE_STORE_DSN)"
+        )
+    from schemas.taxonomy import load_taxonomy
+    from sinks.console.app import PREFIX, Console, console_app
+
+    console = Console(
+        settings=settings,
+        broker=runtime.broker,
+        store=runtime.case_store,
+        taxonomy=load_taxonomy(settings.taxonomy_file),
+        departments=build_router(settings).all_departments(),
+        bootstrap=list(runtime.servers),
+        configured_channels=frozenset(settings.channels),
+    )
+    app.mount(PREFIX, console_app(console))
 
 
 class StoreFirstLookup:

@@ -190,6 +190,37 @@ class TracingSettings(BaseModel):
     service_name: str = Field(default="intake311", description="service.name of this process's spans")
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (``/console`` on the web stage): who may log in, how sessions work.
+
+    Operators log in with a name and password (``operators``: name -> the argon2 hash that
+    ``intake311 console hash-password`` prints); department staff with their department id and
+    its ``department_tokens`` token. Sessions are signed cookies, not server-side rows, so any
+    web replica serves any operator: ``session_secret`` must be the same on every host, and
+    changing it logs everyone out.
+    """
+
+    operators: dict[str, SecretStr] = Field(
+        default_factory=dict, description="operator name -> argon2 password hash (console hash-password)"
+    )
+    session_secret: SecretStr | None = Field(
+        default=None, description="signs session cookies; at least 32 characters, the same on every web host"
+    )
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 7, description="a login lasts this long")
+    secure_cookie: bool | None = Field(
+        default=None, description="send the session cookie only over HTTPS; None: when web.base_url is https"
+    )
+
+    @field_validator("session_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "console.session_secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+            )
+        return value
+
+
 class Settings(BaseSettings):
     """All of intake311's configuration in one validated object."""
 
@@ -205,6 +236,7 @@ class Settings(BaseSettings):
     incidents: IncidentSettings = IncidentSettings()
     tracing: TracingSettings = TracingSettings()
     retention: RetentionSettings = RetentionSettings()
+    console: ConsoleSettings = ConsoleSettings()
     data_dir: Path = Path("var")
     taxonomy_file: Path | None = Field(default=None, description="None: the packaged default")
     routing_file: Path | None = Field(default=None, description="None: the packaged default")
