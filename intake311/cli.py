@@ -329,12 +329,19 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="where to writ
 
 
 @app.command()
-def channels(config: ConfigOpt = None) -> None:
-    """List installed channel plugins: configured? config valid? healthy?"""
-    from intake311.pipeline import channel_report
+def channels(
+    config: ConfigOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="a running intake311's web or metrics URL (default: web.public_url, metrics_port)"),
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="check fresh copies, not the running process")] = False,
+) -> None:
+    """List installed channel plugins: configured? config valid? healthy in the running process?"""
+    from intake311.pipeline import channel_report, health_urls
 
     settings = _settings(config)
-    rows = asyncio.run(channel_report(settings))
+    rows = asyncio.run(channel_report(settings, () if fresh else health_urls(settings, url)))
     width = max((len(r["channel"]) for r in rows), default=7)
     for row in rows:
         typer.echo(f"{row['channel']:<{width}}  {row['status']:<14}  {row['detail']}")

@@ -38,7 +38,14 @@ log = get_logger(__name__)
 Check = Callable[[], Awaitable[str | None]]
 """A readiness check: None when fine, else the reason (one short sentence an operator can act on)."""
 
-HEALTH_PATHS = ("/health/live", "/health/ready", "/healthz", "/metrics")
+HEALTH_PATHS = (
+    "/health/live",
+    "/health/ready",
+    "/healthz",
+    "/metrics",
+    "/health/channels",
+    "/healthz/channels",
+)
 
 
 class Readiness:
@@ -152,10 +159,15 @@ class Probes:
         readiness: Readiness,
         *,
         sample: Callable[[], Awaitable[None]] | None = None,
+        channels: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.metrics = metrics
         self.readiness = readiness
         self.sample = sample
+        # The process's channel plugins' own checks (Twilio reachable, mailbox logged in…), which
+        # ``intake311 channels`` asks the running process for: a fresh copy would prove nothing
+        # about the poller that is actually stuck.
+        self.channels = channels
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -174,13 +186,21 @@ class Probes:
                 log.warning("metrics sampling failed", error=f"{type(exc).__name__}: {exc}"[:300])
         return PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def channel_health(self, request: Request) -> Response:
+        if self.channels is None:
+            return JSONResponse({"error": "this process runs no channels"}, status_code=404)
+        return JSONResponse(await self.channels())
+
     def routes(self) -> list[Route]:
-        """``/health/live``, ``/health/ready``, ``/healthz`` (= ready, for older probes) and ``/metrics``."""
+        """``/health/live``, ``/health/ready``, ``/healthz`` (= ready, for older probes), ``/metrics``
+        and ``/health/channels`` (``/healthz/channels``): each channel's health in this process."""
         return [
             Route("/health/live", self.live, methods=["GET"]),
             Route("/health/ready", self.ready, methods=["GET"]),
             Route("/healthz", self.ready, methods=["GET"]),
             Route("/metrics", self.scrape, methods=["GET"]),
+            Route("/health/channels", self.channel_health, methods=["GET"]),
+            Route("/healthz/channels", self.channel_health, methods=["GET"]),
         ]
 
     def app(self) -> Starlette:

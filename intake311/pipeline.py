@@ -281,6 +281,7 @@ async def running(
                 metrics,
                 readiness_of(settings, stages, broker, watch),
                 sample=functools.partial(_sample, metrics, broker, watch),
+                channels=functools.partial(channel_health, channel_set) if channel_set is not None else None,
             )
             yield Runtime(broker, channel_set, settings, case_store, watch, probes, tracer_provider, servers)
     finally:
@@ -319,14 +320,7 @@ def web_app(runtime: Runtime) -> Any:
         app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in HEALTH_PATHS]
         app.router.routes[:0] = runtime.probes.routes()
     if runtime.channels is not None:
-        channel_set = runtime.channels
-        channel_set.mount(app)
-
-        @app.get("/healthz/channels", tags=["health"])
-        async def channel_health() -> dict[str, Any]:
-            return {
-                name: {"ok": h.ok, "detail": h.detail} for name, h in (await channel_set.health()).items()
-            }
+        runtime.channels.mount(app)
 
     if runtime.tracer_provider is not None:
         instrument_app(app, runtime.tracer_provider)
@@ -387,11 +381,53 @@ class StoreFirstLookup:
         await self.accepted.record(contact, service_name)
 
 
-async def channel_report(settings: Settings) -> list[dict[str, str]]:
-    """Every installed channel: not configured, invalid config, broken plugin, healthy or not."""
+async def channel_health(channel_set: ChannelSet) -> dict[str, dict[str, Any]]:
+    """``/health/channels``: each running channel's own check, as JSON."""
+    return {name: {"ok": h.ok, "detail": h.detail} for name, h in (await channel_set.health()).items()}
+
+
+def health_urls(settings: Settings, url: str | None = None) -> list[str]:
+    """Where a running intake311 of these settings answers ``/health/channels``: ``url`` if given,
+    else its web port (``up``, ``run web``) and its metrics port (``run channels``)."""
+    if url:
+        return [url.rstrip("/")]
+    urls = [settings.web.public_url]
+    if settings.metrics_port:
+        host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "::") else settings.metrics_host
+        urls.append(f"http://{host}:{settings.metrics_port}")
+    return urls
+
+
+async def running_health(urls: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+    """The channel health the first running process at ``urls`` reports, with its URL; None: none answered."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=3) as client:
+        for url in urls:
+            try:
+                response = await client.get(f"{url}/health/channels")
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                try:
+                    return url, dict(response.json())
+                except ValueError:
+                    continue
+    return None
+
+
+async def channel_report(settings: Settings, running_at: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Every installed channel: not configured, invalid config, broken plugin, healthy or not.
+
+    Health comes from the running process at ``running_at`` when one answers there (its pollers,
+    its provider connections: what residents depend on now), else from a fresh copy of each
+    configured channel (its credentials and settings: what a start would find), each row saying
+    which.
+    """
     from channels.plugin import available_channels, configured_channels, load_plugin
     from channels.runtime import ChannelSet
 
+    live = await running_health(running_at) if running_at else None
     rows = []
     for name in sorted(available_channels() | {n: "" for n in settings.channels}):
         if name not in settings.channels:
@@ -407,11 +443,28 @@ async def channel_report(settings: Settings) -> list[dict[str, str]]:
         except ValueError as exc:
             rows.append({"channel": name, "status": "invalid", "detail": str(exc).replace("\n", " ")[:300]})
             continue
+        if live is not None:
+            url, found = live
+            health = found.get(name)
+            if not isinstance(health, dict):
+                rows.append(
+                    {"channel": name, "status": "not running", "detail": f"configured, not running at {url}"}
+                )
+                continue
+            ok = bool(health.get("ok"))
+            detail = f"{health.get('detail') or ''} (running at {url})".strip()
+            rows.append({"channel": name, "status": "healthy" if ok else "unhealthy", "detail": detail})
+            continue
         async with contextlib.AsyncExitStack() as stack:
             channel_set = await ChannelSet.open(single, make_broker(settings.kafka, ["unused:9092"]), stack)
-            health = (await channel_set.health())[name]
+            health_now = (await channel_set.health())[name]
+        detail = (
+            f"{health_now.detail} (fresh check: no running intake311 answered)"
+            if running_at
+            else health_now.detail
+        )
         rows.append(
-            {"channel": name, "status": "healthy" if health.ok else "unhealthy", "detail": health.detail}
+            {"channel": name, "status": "healthy" if health_now.ok else "unhealthy", "detail": detail}
         )
     return rows
 

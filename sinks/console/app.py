@@ -199,7 +199,7 @@ def console_app(console: Console) -> FastAPI:
         async def endpoint(request: Request) -> Response:
             who = identity(request)
             if who is None:
-                if request.method == "GET":
+                if request.method == "GET" and "application/json" not in request.headers.get("accept", ""):
                     return to_login(request)
                 return problem(request, None, 401, "Your session has ended. Log in again.")
             if operators_only and not who.is_operator:

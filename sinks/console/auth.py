@@ -42,7 +42,7 @@ def hash_password(password: str) -> str:
 def _verify(hashed: str, password: str) -> bool:
     try:
         return _hasher.verify(hashed, password)
-    except (VerificationError, InvalidHashError):
+    except (VerificationError, InvalidHashError, UnicodeEncodeError):  # a lone surrogate: not a password
         return False
 
 
@@ -79,7 +79,8 @@ def authenticate(settings: Settings, name: str, password: str) -> Identity | Non
         return None
     token = settings.department_tokens.get(name)
     if token is not None:
-        if password and hmac.compare_digest(password.encode(), token.get_secret_value().encode()):
+        offered = password.encode(errors="replace")  # a lone surrogate cannot match a token
+        if password and hmac.compare_digest(offered, token.get_secret_value().encode()):
             return Identity("department", name, secrets.token_urlsafe(24))
         return None
     _verify(_DUMMY_HASH, password)

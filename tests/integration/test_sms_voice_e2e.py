@@ -42,6 +42,7 @@ class TwilioPipeline(DepartmentFiles):
     web: httpx.AsyncClient
     twilio: FakeTwilio
     sms: SmsChannel
+    app: Any  # the web app behind ``web``, to serve on a port when a test needs a real URL
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,9 @@ async def pipeline(
     async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
         assert runtime.channels is not None
         sms = next(p for p in runtime.channels.plugins if isinstance(p, SmsChannel))
-        async with asgi_client(web_app(runtime)) as web:
-            yield TwilioPipeline(settings, web, twilio, sms)
+        app = web_app(runtime)
+        async with asgi_client(app) as web:
+            yield TwilioPipeline(settings, web, twilio, sms, app)
 
 
 def message_of(response: httpx.Response) -> str:
@@ -204,3 +206,30 @@ async def test_no_text_reaches_a_number_that_said_stop(pipeline: TwilioPipeline)
         what="the acknowledgement to the opted-out caller to be skipped",
     )
     assert pipeline.twilio.to(caller) == []
+
+
+async def test_channels_command_reports_the_running_process_not_a_fresh_copy(
+    pipeline: TwilioPipeline, tmp_path: Path
+) -> None:
+    """``intake311 channels`` asks the running process: its counters, not a new plugin's zeros."""
+    from intake311.pipeline import channel_report, running_health
+    from tests.support import serving
+
+    forged = await post_signed(pipeline.web, "/channels/sms/inbound", sms_params("pothole"), token="wrong" * 6)
+    assert forged.status_code == 403
+    fresh = {r["channel"]: r for r in await channel_report(pipeline.settings)}
+    assert "(running at" not in fresh["sms"]["detail"]
+    # The module's pipeline app, served on a port like `intake311 up` serves it.
+    async with serving(pipeline.app) as url:
+        found = await running_health([url])
+        assert found is not None and found[0] == url
+        rows = {r["channel"]: r for r in await channel_report(pipeline.settings, [url])}
+    live, new = rows["sms"]["detail"], fresh["sms"]["detail"]
+    assert rows["sms"]["status"] == "healthy" and f"(running at {url})" in live
+    counted = [p for p in live.split() if p.startswith("rejected_signature=")]
+    assert counted and counted[0] != "rejected_signature=0", live
+    assert "rejected_signature=" not in new or "rejected_signature=0" in new, new
+    # Nobody at the address: said so, and the fresh check is what is shown.
+    rows = {r["channel"]: r for r in await channel_report(pipeline.settings, ["http://127.0.0.1:9"])}
+    assert "fresh check: no running intake311 answered" in rows["sms"]["detail"]
+    assert "voice" in rows and rows["voice"]["status"] in ("healthy", "unhealthy")
