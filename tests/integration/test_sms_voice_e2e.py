@@ -215,7 +215,9 @@ async def test_channels_command_reports_the_running_process_not_a_fresh_copy(
     from intake311.pipeline import channel_report, running_health
     from tests.support import serving
 
-    forged = await post_signed(pipeline.web, "/channels/sms/inbound", sms_params("pothole"), token="wrong" * 6)
+    forged = await post_signed(
+        pipeline.web, "/channels/sms/inbound", sms_params("pothole"), token="wrong" * 6
+    )
     assert forged.status_code == 403
     fresh = {r["channel"]: r for r in await channel_report(pipeline.settings)}
     assert "(running at" not in fresh["sms"]["detail"]
