@@ -158,6 +158,8 @@ def _announce(settings: Settings, stages: tuple[str, ...]) -> None:
             f"  Open311 API      {base}/open311/v2/services.json",
             f"  AsyncAPI docs    {base}/docs/asyncapi",
         ]
+        if settings.console.operators or settings.console.session_secret is not None:
+            lines.append(f"  operator console {base}/console/")
     lines.append(f"  department files {settings.data_dir.resolve() / 'departments'}/<department>.jsonl")
     typer.echo("\n".join(lines), err=True)
 
