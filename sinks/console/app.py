@@ -26,12 +26,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from faststream.kafka import KafkaBroker
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import ValidationError
 
 from intake311 import ops
 from intake311.bus import Outgoing, publish_all
 from intake311.http import BodyTooLarge, read_body
 from intake311.logging import get_logger
 from intake311.settings import Settings
+from intake311.stage import explain
 from schemas.contact import (
     RawContact,
     merge_command,
@@ -177,29 +179,20 @@ def console_app(console: Console) -> FastAPI:
     async def publish(records: list[Outgoing]) -> None:
         await publish_all(console.broker, records)
 
-    async def send_command(contact: RawContact) -> None:
-        await publish(
-            [
-                Outgoing(
-                    topics.contacts(contact.channel),
-                    contact.model_dump_json().encode(),
-                    key=contact.request_id,
-                )
-            ]
-        )
-
     def back(path: str, done: str) -> Response:
         return RedirectResponse(f"{path}?done={done}", status_code=303)
 
     Handler = Callable[[Request, Identity], Awaitable[Response]]
 
     def logged_in(
-        handler: Handler, *, operators_only: bool = False
+        handler: Handler, *, operators_only: bool = False, json: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             who = identity(request)
             if who is None:
-                if request.method == "GET" and "application/json" not in request.headers.get("accept", ""):
+                if json:
+                    return JSONResponse({"error": "not logged in"}, status_code=401)
+                if request.method == "GET":
                     return to_login(request)
                 return problem(request, None, 401, "Your session has ended. Log in again.")
             if operators_only and not who.is_operator:
@@ -306,6 +299,75 @@ def console_app(console: Console) -> FastAPI:
             can_answer=_answerable(found, console.configured_channels),
         )
 
+    async def prepare(
+        request: Request, action: str, fields: dict[str, str], case: Case, who: Identity, nonce: str
+    ) -> tuple[list[Outgoing], OutboundMessage | None] | Response:
+        """What ``action`` publishes (and the message to record), or the 4xx refusing it; raises
+        ``ValueError`` for a value the schemas refuse (a nonce too long, notes over 2,000 characters)."""
+        now = datetime.now(UTC)
+
+        def command(contact: RawContact) -> tuple[list[Outgoing], None]:
+            value = contact.model_dump_json().encode()
+            return [Outgoing(topics.contacts(contact.channel), value, key=contact.request_id)], None
+
+        if action == "reclassify":
+            code = fields.get("service_code", "")
+            if console.taxonomy.get(code) is None:
+                return problem(request, who, 400, f"Unknown service {code!r}: pick one from the list.")
+            return command(
+                reclassify_command(case.request_id, service_code=code, now=now, by=who.source, nonce=nonce)
+            )
+        if action == "reroute":
+            department = fields.get("department", "")
+            if department not in console.departments or not is_slug(department):
+                return problem(
+                    request, who, 400, f"Unknown department {department!r}: pick one from the list."
+                )
+            return command(
+                reroute_command(case.request_id, department=department, now=now, by=who.source, nonce=nonce)
+            )
+        if action == "merge":
+            into = parse_ticket(fields.get("into", ""))
+            if into is None:
+                return problem(
+                    request, who, 400, "Give the ticket number of the request it duplicates, like K7M4-QPXA."
+                )
+            if into == case.request_id:
+                return problem(request, who, 400, "A request cannot be merged into itself.")
+            if await console.store.get_case(into) is None:
+                return problem(request, who, 404, f"There is no service request {into} to merge into.")
+            return command(merge_command(case.request_id, into=into, now=now, by=who.source, nonce=nonce))
+        if action == "split":
+            if case.incident_id in (None, case.request_id):
+                return problem(
+                    request, who, 409, f"Request {case.request_id} is not part of another incident."
+                )
+            return command(
+                split_command(case.request_id, incident_id=case.incident_id, now=now, by=who.source)
+            )
+        if action == "status":
+            change = StatusChange.new(
+                case.request_id,
+                parse_state(fields.get("state", "")),
+                source=who.source,
+                notes=fields.get("notes") or None,
+                department=who.department or case.agency_responsible,
+            )
+            return [Outgoing(topics.status, change.model_dump_json().encode(), key=change.request_id)], None
+        text = fields.get("text", "")
+        if not text:
+            return problem(request, who, 400, "Write the answer first.")
+        if len(text) > ANSWER_MAX:
+            return problem(
+                request, who, 400, f"An answer is at most {ANSWER_MAX} characters ({len(text)} given)."
+            )
+        why_not = _answerable(case, console.configured_channels)
+        if why_not is not True:
+            return problem(request, who, 409, str(why_not))
+        message = answer_message(case, text, nonce=nonce)
+        value = message.model_dump_json().encode()
+        return [Outgoing(topics.outbound(message.channel), value, key=case.request_id)], message
+
     async def act(request: Request, who: Identity) -> Response:
         """One action on one request: the command or change it publishes, then back to the page."""
         action = request.path_params["action"]
@@ -323,98 +385,22 @@ def console_app(console: Console) -> FastAPI:
         nonce = fields.get("nonce", "")
         if not nonce:
             return problem(request, who, 400, "The form is missing its nonce. Reload the page and try again.")
-        now = datetime.now(UTC)
         returns = (
             fields.get("back", "")
             if fields.get("back", "").startswith(f"{PREFIX}/")
             else f"{PREFIX}/requests/{case.request_id}"
         )
         try:
-            if action == "reclassify":
-                code = fields.get("service_code", "")
-                if console.taxonomy.get(code) is None:
-                    return problem(request, who, 400, f"Unknown service {code!r}: pick one from the list.")
-                await send_command(
-                    reclassify_command(
-                        case.request_id, service_code=code, now=now, by=who.source, nonce=nonce
-                    )
-                )
-            elif action == "reroute":
-                department = fields.get("department", "")
-                if department not in console.departments or not is_slug(department):
-                    return problem(
-                        request, who, 400, f"Unknown department {department!r}: pick one from the list."
-                    )
-                await send_command(
-                    reroute_command(
-                        case.request_id, department=department, now=now, by=who.source, nonce=nonce
-                    )
-                )
-            elif action == "merge":
-                into = parse_ticket(fields.get("into", ""))
-                if into is None:
-                    return problem(
-                        request,
-                        who,
-                        400,
-                        "Give the ticket number of the request it duplicates, like K7M4-QPXA.",
-                    )
-                if into == case.request_id:
-                    return problem(request, who, 400, "A request cannot be merged into itself.")
-                target = await console.store.get_case(into)
-                if target is None:
-                    return problem(request, who, 404, f"There is no service request {into} to merge into.")
-                await send_command(
-                    merge_command(case.request_id, into=into, now=now, by=who.source, nonce=nonce)
-                )
-            elif action == "split":
-                if case.incident_id in (None, case.request_id):
-                    return problem(
-                        request, who, 409, f"Request {case.request_id} is not part of another incident."
-                    )
-                await send_command(
-                    split_command(case.request_id, incident_id=case.incident_id, now=now, by=who.source)
-                )
-            elif action == "status":
-                try:
-                    state = parse_state(fields.get("state", ""))
-                except ValueError as exc:
-                    return problem(request, who, 400, str(exc))
-                change = StatusChange.new(
-                    case.request_id,
-                    state,
-                    source=who.source,
-                    notes=fields.get("notes") or None,
-                    department=who.department or case.agency_responsible,
-                )
-                await publish(
-                    [Outgoing(topics.status, change.model_dump_json().encode(), key=change.request_id)]
-                )
-            else:
-                text = fields.get("text", "")
-                if not text:
-                    return problem(request, who, 400, "Write the answer first.")
-                if len(text) > ANSWER_MAX:
-                    return problem(
-                        request,
-                        who,
-                        400,
-                        f"An answer is at most {ANSWER_MAX} characters ({len(text)} given).",
-                    )
-                why_not = _answerable(case, console.configured_channels)
-                if why_not is not True:
-                    return problem(request, who, 409, str(why_not))
-                message = answer_message(case, text, nonce=nonce)
-                await publish(
-                    [
-                        Outgoing(
-                            topics.outbound(message.channel),
-                            message.model_dump_json().encode(),
-                            key=case.request_id,
-                        )
-                    ]
-                )
-                await console.store.record_message(message, source=who.source)
+            prepared = await prepare(request, action, fields, case, who, nonce)
+        except ValidationError as exc:  # what the schemas refuse: notes over 2,000 characters, …
+            return problem(request, who, 400, f"Not done: {explain(exc)[:300]}")
+        except ValueError as exc:  # a command builder's refusal (a nonce too long, …)
+            return problem(request, who, 400, f"Not done: {str(exc)[:300]}")
+        if isinstance(prepared, Response):
+            return prepared
+        records, message = prepared
+        try:
+            await publish(records)
         except Exception:
             log.warning(
                 "console action not published", action=action, request_id=case.request_id, exc_info=True
@@ -426,6 +412,13 @@ def console_app(console: Console) -> FastAPI:
                 "The pipeline did not take this action (the broker did not answer)."
                 " Nothing was changed; try again.",
             )
+        if message is not None:
+            try:
+                await console.store.record_message(message, source=who.source)
+            except Exception:  # it is on its way: only the history lacks the line
+                log.warning(
+                    "answer sent but not recorded in the history", request_id=case.request_id, exc_info=True
+                )
         log.info("console action", action=action, request_id=case.request_id, who=who.name)
         return back(returns, DONE_KEY[action])
 
@@ -537,7 +530,7 @@ def console_app(console: Console) -> FastAPI:
 
     routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
         ("/", logged_in(live), "GET"),
-        ("/live", logged_in(live_feed), "GET"),
+        ("/live", logged_in(live_feed, json=True), "GET"),
         ("/logout", logged_in(logout), "POST"),
         ("/triage", logged_in(triage, operators_only=True), "GET"),
         ("/requests/{request_id}", logged_in(request_page), "GET"),
