@@ -68,7 +68,7 @@ def make_broker(kafka: KafkaSettings, bootstrap: Sequence[str], **options: objec
         list(bootstrap),
         acks="all",
         enable_idempotence=False,
-        linger_ms=5,  # lets pipelined sends from one batch share a produce request
+        linger_ms=kafka.linger_ms,
         client_id=kafka.client_id,
         security=security_for(kafka),
         # FastStream logs every message at its log_level: keep that at DEBUG, through our handler.
