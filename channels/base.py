@@ -52,6 +52,7 @@ class KafkaContactPublisher:
         self._timeout_s = timeout_s
         self._watch = watch
         self._ready_wait_s = min(ready_wait_s, timeout_s)
+        self._confirms = _SharedConfirm(watch) if watch is not None else None
 
     async def publish(self, contact: RawContact) -> None:
         record = Outgoing(
@@ -82,9 +83,58 @@ class KafkaContactPublisher:
             if watch is not None:
                 watch.poke()
             raise OutcomeUnknown(str(exc)) from exc
-        if watch is not None and not await watch.confirm(max(0.5, deadline - loop.time())):
+        confirms = self._confirms
+        if (
+            watch is not None
+            and confirms is not None
+            and not await confirms.confirm(max(0.5, deadline - loop.time()))
+        ):
             watch.poke()
             raise OutcomeUnknown("acknowledged by a broker that has lost the pipeline's topics")
+
+
+class _SharedConfirm:
+    """``BusWatch.confirm`` shared by the publishes acknowledged in the same turn of the loop.
+
+    Why: the check is a metadata request for every topic, and one per POST was a broker round
+    trip (and a metadata response to parse) for each resident. What each publish needs is a
+    check that *began after its acknowledgement*. A publish joins the group of the check that
+    has not begun yet (or starts one); the check begins on the loop's next turn, so every
+    publish acknowledged by the same produce response shares it, and a publish acknowledged
+    later gets a later check. Checks never wait for each other (one hung on a lost broker does
+    not hold up the next), and there are never more than there were publishes.
+    """
+
+    def __init__(self, watch: BusWatch) -> None:
+        self._watch = watch
+        self._next: asyncio.Future[bool] | None = None  # the group whose check has not begun
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def confirm(self, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        group = self._next
+        if group is None or group.get_loop() is not loop:
+            group = self._next = loop.create_future()
+            loop.call_soon(self._begin, group)
+        try:
+            return await asyncio.wait_for(asyncio.shield(group), timeout_s)
+        except TimeoutError:
+            return False
+
+    def _begin(self, group: asyncio.Future[bool]) -> None:
+        if self._next is group:
+            self._next = None  # who comes now was acknowledged after this check began
+        task = group.get_loop().create_task(self._check(group), name="intake311-publish-confirm")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, group: asyncio.Future[bool]) -> None:
+        try:
+            ok = await self._watch.confirm(self._watch.timeout_s)
+        except Exception:
+            ok = False
+        if not group.done():
+            group.set_result(ok)
 
 
 __all__ = ["ContactPublisher", "KafkaContactPublisher", "NotSent", "OutcomeUnknown", "PublishError"]

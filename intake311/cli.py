@@ -10,6 +10,7 @@ import re
 import ssl
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -164,9 +165,22 @@ def _announce(settings: Settings, stages: tuple[str, ...]) -> None:
     typer.echo("\n".join(lines), err=True)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (a dependency on CPython/Linux), else asyncio's.
+
+    The stages run inside ``asyncio.run``, so uvicorn's own ``loop="auto"`` never applies:
+    the loop is chosen here, for every stage (issue 12: about a quarter less CPU per POST).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _run(settings: Settings, stages: tuple[str, ...]) -> None:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, stages, on_ready=lambda: _announce(settings, stages)))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings, stages, on_ready=lambda: _announce(settings, stages)))
 
 
 EphemeralOpt = Annotated[

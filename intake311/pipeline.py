@@ -477,10 +477,19 @@ async def serve(
         if WEB in stages:
             import uvicorn
 
+            from schemas.language import detector
+
+            # Built now (off the loop: the stages' consumers keep their heartbeats), not inside
+            # the first POST: lingua takes ~1 s to build its models, which was the first
+            # resident's wait and a stall of the loop for every request behind it.
+            await asyncio.to_thread(detector, settings.languages)
             config = uvicorn.Config(
                 web_app(runtime),
                 host=settings.web.host,
                 port=settings.web.port,
+                # httptools when installed (a dependency), else h11; the loop is the running one,
+                # which the CLI makes uvloop's (cli._loop_factory).
+                http="auto",
                 log_config=None,
                 access_log=False,
                 lifespan="on",

@@ -12,8 +12,7 @@ must cover the topic retention plus the longest replay delay (``settings.retenti
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from intake311.logging import get_logger
 from intake311.settings import Settings
-from intake311.sqlite import connect
+from intake311.sqlite import KeptConnection
 from schemas.contact import RawContact
 from schemas.open311 import REQUEST_FIELDS as REQUEST_FIELDS  # re-exported: older imports use it here
 
@@ -119,47 +118,52 @@ class AcceptedRequests:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
-        self._ready = False
         self.retention_s = retention_s  # None: keep every row
         self.prune_every_s = prune_every_s
         self.prune_batch = prune_batch
         self.clock = clock
         self._last_prune = clock()
+        # One kept connection and one thread for every statement (not a connection per POST,
+        # which cost ~1 ms each in the WAL checkpoint of its close): ``record`` returns once its
+        # row is committed, so a GET right after, from this or another process, finds it.
+        self._db = KeptConnection(path, setup=self._setup, name="accepted")
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = connect(self.path, timeout_s=10.0)
+    def _setup(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
-        if not self._ready:
-            conn.executescript(_SCHEMA)
-            _migrate(conn, self.clock())
-            self._ready = True
-        return conn
+        conn.executescript(_SCHEMA)
+        _migrate(conn, self.clock())
 
     def prune(self) -> int:
         """Drop up to ``prune_batch`` rows accepted before ``retention_s`` ago; how many went."""
         if self.retention_s is None:
             return 0
+        return self._db.call(self._prune)
+
+    def _prune(self, conn: sqlite3.Connection) -> int:
+        assert self.retention_s is not None
         now = self.clock()
         self._last_prune = now
-        with contextlib.closing(self._connect()) as conn:
-            cur = conn.execute(
-                "DELETE FROM accepted WHERE request_id IN (SELECT request_id FROM accepted"
-                " WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?)",
-                (now - self.retention_s, self.prune_batch),
-            )
-            return max(cur.rowcount, 0)
+        cur = conn.execute(
+            "DELETE FROM accepted WHERE request_id IN (SELECT request_id FROM accepted"
+            " WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?)",
+            (now - self.retention_s, self.prune_batch),
+        )
+        return max(cur.rowcount, 0)
 
-    def _record(self, sql: str, params: Sequence[Any]) -> None:
-        self._run(sql, params)
+    def _record(self, conn: sqlite3.Connection, params: Sequence[Any]) -> None:
+        conn.execute(_INSERT, params)
         if self.retention_s is not None and self.clock() - self._last_prune >= self.prune_every_s:
+            conn.execute("SAVEPOINT prune")
             try:
-                self.prune()
+                self._prune(conn)
             except Exception:  # the record is written: a failed prune is retried next interval
+                conn.execute("ROLLBACK TO prune")
                 log.warning("accepted-requests prune failed", exc_info=True)
+            conn.execute("RELEASE prune")
 
-    def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        with contextlib.closing(self._connect()) as conn:
-            return conn.execute(sql, params).fetchall()
+    def close(self) -> None:
+        """Close the kept connection once pending statements ran (it reopens on next use)."""
+        self._db.close()
 
     async def record(self, contact: RawContact, service_name: str | None) -> None:
         """Remember an acknowledged contact; a replay (same ticket) keeps the first record."""
@@ -181,18 +185,10 @@ class AcceptedRequests:
             _stamp(contact.received_at),
             self.clock(),
         )
-        sql = (
-            "INSERT INTO accepted (request_id, contact_id, channel, service_code, service_name,"
-            " description, address, address_id, lat, long, media_url, requested_datetime, accepted_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
-        )
-        await asyncio.to_thread(self._record, sql, params)
+        await self._db.run(functools.partial(self._record, params=params))
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
-        rows = await asyncio.to_thread(
-            self._run, "SELECT * FROM accepted WHERE request_id = ?", (request_id,)
-        )
-        return _as_open311(rows[0]) if rows else None
+        return await self._db.run(functools.partial(_get, request_id=request_id))
 
     async def search(
         self,
@@ -225,8 +221,7 @@ class AcceptedRequests:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY requested_datetime DESC LIMIT ?"
         params.append(max(0, limit))
-        rows = await asyncio.to_thread(self._run, sql, params)
-        return [_as_open311(row) for row in rows]
+        return await self._db.run(functools.partial(_select, sql=sql, params=params))
 
 
 def accepted_requests(settings: Settings) -> AcceptedRequests:
@@ -238,6 +233,22 @@ def accepted_requests(settings: Settings) -> AcceptedRequests:
         prune_every_s=r.prune_every_s,
         prune_batch=r.prune_batch,
     )
+
+
+_INSERT = (
+    "INSERT INTO accepted (request_id, contact_id, channel, service_code, service_name,"
+    " description, address, address_id, lat, long, media_url, requested_datetime, accepted_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+def _get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM accepted WHERE request_id = ?", (request_id,)).fetchone()
+    return _as_open311(row) if row is not None else None
+
+
+def _select(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    return [_as_open311(row) for row in conn.execute(sql, params).fetchall()]
 
 
 def _as_open311(row: sqlite3.Row) -> dict[str, Any]:
