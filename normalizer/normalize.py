@@ -155,11 +155,12 @@ class Normalizer:
         """The channel's language for the contact, else the detector's reading of its text."""
         return contact.language or self.languages.choose(text)
 
-    def classify(self, contact: RawContact, text: str) -> Classification:
-        """The resident's own choice wins; otherwise the classifier decides from the text."""
+    def classify(self, contact: RawContact, text: str, language: str | None = None) -> Classification:
+        """The resident's own choice wins; otherwise the classifier decides from the text
+        (read in ``language``, else in ``language_of`` the contact)."""
         if contact.service_code and self.taxonomy.get(contact.service_code):
             return Classification(contact.service_code, 1.0)
-        return self.classifier.classify(text, self.language_of(contact, text))
+        return self.classifier.classify(text, language or self.language_of(contact, text))
 
     def normalize(self, contact: RawContact, previous: ServiceRequest | None = None) -> ServiceRequest:
         """The request this contact opens, or ``previous`` updated with what the contact adds."""
@@ -171,10 +172,14 @@ class Normalizer:
 
     def _open(self, contact: RawContact) -> ServiceRequest:
         text = contact.text.strip()
-        result = self.classify(contact, text)
+        # Detected once: the language detector was most of normalize()'s time, and it ran twice
+        # (for the classifier and for the request's language) on the same text.
+        language = self.language_of(contact, text)
+        result = self.classify(contact, text, language)
         return self._build(
             contact,
             classification=result,
+            language=language,
             description=text[:MAX_DESCRIPTION],
             place=self._place(contact, text),
             media=contact.media,
@@ -243,6 +248,7 @@ class Normalizer:
         contact_ids: tuple[str, ...],
         requested: datetime | None = None,
         base: ServiceRequest | None = None,
+        language: str | None = None,
     ) -> ServiceRequest:
         service = self.taxonomy.get(classification.service_code) or self.taxonomy.get(
             self.taxonomy.fallback_code
@@ -287,7 +293,8 @@ class Normalizer:
             channel=base.channel if base else contact.channel,
             reporter=base.reporter if base else contact.sender,
             reply=(base.reply if base else None) or contact.reply,
-            language=contact.language or (base.language if base else self.languages.choose(description)),
+            language=contact.language
+            or (base.language if base else (language or self.languages.choose(description))),
             confidence=round(classification.confidence, 4),
             triage=triage,
             triage_reason=reason,
