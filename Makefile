@@ -23,6 +23,7 @@ test: install        ## lint, type-check, then every test (integration tests sta
 
 bench: install       ## throughput figures, printed (not asserted)
 	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/e2e_bench.py
 	$(BIN)/python bench/classifier_eval.py
 
 clean:

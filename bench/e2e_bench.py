@@ -1,0 +1,950 @@
+"""End to end: the real stages as separate processes on the embedded broker (issue 12's figures).
+
+    python bench/e2e_bench.py [--quick] [--skip-stage-bench]
+
+What it does, in one run (see bench/README.md, "e2e_bench.py"):
+
+1. Starts an embedded Tansu broker (memory) and ``python -m intake311.cli run web|normalizer|
+   router|sinks`` as four processes with a fresh data directory and topic prefix; waits for every
+   ``/health/ready`` and for warm-up requests to reach the department file.
+2. Edge: accepted Open311 POSTs/s from a load generator in its own process (``wrk`` with a Lua
+   script when on PATH, else a Python aiohttp client process), and the same against a trivial
+   FastAPI endpoint that parses the same form (uvicorn in its own process, the web stage's
+   uvicorn options): the HTTP ceiling. Every accepted ticket is then looked for in the file.
+3. Open-loop latency at 100/s and 500/s: POST response received -> its line in
+   ``departments/public-works.jsonl``; p50/p90/p99/max, lost and duplicated.
+4. The stage ratios against raw aiokafka passthrough: ``bench/pipeline_bench.py`` as a
+   subprocess, its table parsed and reprinted.
+5. Scale-out: N pre-loaded contacts through one normalizer process, then two (one group).
+6. Idle CPU of every stage process (and the broker) over 5 s without load.
+
+Progress goes to stderr, the table to stdout. Nothing is asserted: the figures depend on the
+machine. Every process started here is stopped at the end, also on Ctrl-C or an error.
+
+Internal sub-commands (run by the script itself in separate processes):
+``--serve-trivial PORT`` and ``--client {open,closed} ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request  # module level: FastAPI resolves the trivial app's annotations here
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # running as a script puts bench/ first, not the repo root
+    sys.path.insert(0, str(ROOT))
+
+PATH = "/open311/v2/requests.json"
+API_KEY = "demo-key"
+DEPARTMENT = "public-works"  # where service_code=pothole goes with the default routing table
+POLL_S = 0.005  # the department file is polled this often (the latency's resolution)
+STAGES = ("web", "normalizer", "router", "sinks")
+EDGE_ROUNDS = 2  # web stage and trivial endpoint alternate: a change in the machine's load hits both
+
+
+def progress(message: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def form_body(tag: str, i: int) -> str:
+    """A distinct report per request (identical content is the same report to the web channel)."""
+    from urllib.parse import urlencode
+
+    return urlencode(
+        {
+            "api_key": API_KEY,
+            "service_code": "pothole",
+            "description": f"Deep pothole number {tag}-{i} in the right lane, cars swerve around it",
+            "address_string": f"{10 + i % 990} Elm Street, unit {tag}-{i}",
+        }
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sub-process roles: the trivial endpoint, and the Python load generators
+
+
+def serve_trivial(port: int) -> None:
+    """The HTTP ceiling: FastAPI parsing the same form, answering 201 with a ticket, nothing else.
+    Same uvicorn options as the web stage (intake311.pipeline.serve)."""
+    import itertools
+
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    tickets = itertools.count(1)
+
+    @app.post(PATH, status_code=201)
+    async def create(request: Request) -> JSONResponse:
+        form = await request.form(max_files=0, max_fields=100)
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        if fields.get("api_key") != API_KEY or not fields.get("service_code"):
+            return JSONResponse([{"code": 400, "description": "bad request"}], status_code=400)
+        record = {"service_request_id": f"T{next(tickets):08d}", "service_notice": "", "account_id": None}
+        return JSONResponse([record], status_code=201)
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+def ticket_of(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+        return str(data[0]["service_request_id"])
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
+async def client_closed(url: str, seconds: float, connections: int, tag: str, out: Path) -> None:
+    """Closed loop: ``connections`` workers, each POSTing as soon as its last answer came."""
+    import aiohttp
+
+    deadline = time.monotonic() + seconds
+    tickets: list[str] = []
+    failed = 0
+    counter = iter(range(10**9))
+    connector = aiohttp.TCPConnector(limit=connections)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal failed
+            while time.monotonic() < deadline:
+                body = form_body(tag, next(counter))
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        payload = await resp.read()
+                        ticket = ticket_of(payload) if resp.status == 201 else None
+                except aiohttp.ClientError:
+                    ticket = None
+                if ticket:
+                    tickets.append(ticket)
+                else:
+                    failed += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.monotonic() - started
+    out.write_text(json.dumps({"tickets": tickets, "failed": failed, "seconds": elapsed}))
+
+
+async def client_open(url: str, rate: float, seconds: float, tag: str, out: Path) -> None:
+    """Open loop: request i is sent at start + i/rate whatever the earlier ones are doing."""
+    import aiohttp
+
+    total = int(rate * seconds)
+    results: list[dict[str, Any]] = []
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    lag_max = 0.0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20)) as session:
+
+        async def one(i: int, sent: float) -> None:
+            # ``sent`` is the scheduled time: a client running late does not hide the wait.
+            status, ticket = 0, None
+            try:
+                async with session.post(url, data=form_body(tag, i), headers=headers) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    ticket = ticket_of(payload) if status == 201 else None
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            results.append({"ticket": ticket, "status": status, "sent": sent, "answered": time.monotonic()})
+
+        tasks = []
+        start = time.monotonic() + 0.05
+        for i in range(total):
+            target = start + i / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                lag_max = max(lag_max, -delay)
+            tasks.append(asyncio.ensure_future(one(i, target)))
+        sending_s = time.monotonic() - start
+        await asyncio.gather(*tasks)
+    out.write_text(
+        json.dumps({"results": results, "send_lag_max_s": lag_max, "sending_s": sending_s, "rate": rate})
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Processes:
+    """Every child process started here, stopped (TERM, then KILL) by ``stop_all``."""
+
+    logs: Path
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=ROOT,
+                start_new_session=True,  # Ctrl-C reaches this script alone; it stops them in order
+            )
+        finally:
+            log.close()
+        self.children[name] = proc
+        return proc
+
+    def stop(self, name: str, grace: float = 8.0) -> None:
+        proc = self.children.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            progress(f"  {name} (pid {proc.pid}) ignored SIGTERM for {grace:.0f}s: killed")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(5)
+
+    def stop_all(self) -> None:
+        names = list(self.children)
+        for name in names:  # TERM every one first, so they stop in parallel
+            proc = self.children[name]
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for name in names:
+            self.stop(name)
+
+    def check_alive(self, *names: str) -> None:
+        for name in names:
+            proc = self.children[name]
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}; its log ends:\n{tail}")
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def wait_ready(procs: Processes, name: str, url: str, timeout: float = 90.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        procs.check_alive(name)
+        if http_status(url) == 200:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise RuntimeError(f"{name}: {url} not 200 after {timeout:.0f}s")
+
+
+def stage_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "INTAKE311_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "INTAKE311_KAFKA__TOPIC_PREFIX": prefix,
+        "INTAKE311_DATA_DIR": str(data_dir),
+        **extra,
+    }
+
+
+def stage_argv(stage: str) -> list[str]:
+    return [sys.executable, "-m", "intake311.cli", "run", stage]
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (/proc/<pid>/stat fields 14 and 15)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Percent of one core each process used over ``seconds`` with no load."""
+    tck = os.sysconf("SC_CLK_TCK")
+    before = {n: cpu_ticks(p) for n, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {n: 100.0 * (cpu_ticks(p) - before[n]) / tck / elapsed for n, p in pids.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The department file
+
+
+class Tail:
+    """Follows every ``*.jsonl`` under ``departments/``: reads only appended whole lines and
+    notes when each request_id was first (and again) seen."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.offsets: dict[Path, int] = {}
+        self.seen: dict[str, list[float]] = {}
+        self.lines = 0
+
+    def poll(self) -> int:
+        found = 0
+        if not self.directory.is_dir():
+            return 0
+        for path in self.directory.glob("*.jsonl"):
+            offset = self.offsets.get(path, 0)
+            try:
+                if path.stat().st_size <= offset:
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except FileNotFoundError:
+                continue
+            now = time.monotonic()
+            whole = data.rfind(b"\n") + 1
+            self.offsets[path] = offset + whole
+            for line in data[:whole].splitlines():
+                if not line.strip():
+                    continue
+                request_id = str(json.loads(line).get("request_id"))
+                self.seen.setdefault(request_id, []).append(now)
+                found += 1
+        self.lines += found
+        return found
+
+    def follow_until(self, wanted: set[str], timeout: float, idle_stop: float | None = None) -> None:
+        """Poll until every wanted id was seen, ``timeout`` passed, or (``idle_stop``) nothing new
+        arrived for that long."""
+        deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.poll():
+                last_new = time.monotonic()
+            if wanted and wanted.issubset(self.seen.keys()):
+                return
+            if idle_stop is not None and time.monotonic() - last_new > idle_stop:
+                return
+            time.sleep(POLL_S)
+
+
+def delivery_counts(tail: Tail, tickets: Sequence[str]) -> tuple[int, int]:
+    """(lost, duplicated) for these tickets: never delivered / delivered more than once."""
+    lost = sum(1 for t in tickets if t not in tail.seen)
+    dup = sum(len(tail.seen[t]) - 1 for t in tickets if t in tail.seen)
+    return lost, dup
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge throughput
+
+WRK_LUA = """
+-- A distinct report per request; each 201's ticket goes to a file of its thread.
+local threads = {}
+local counter = 0
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  tag = args[1]
+  out = io.open(args[2] .. "/tickets-" .. tid .. ".txt", "w")
+  failed = 0
+end
+function request()
+  counter = counter + 1
+  local i = tid * 10000000 + counter
+  local body = "api_key=demo-key&service_code=pothole&description=Deep+pothole+number+" .. tag .. "-" .. i
+    .. "+in+the+right+lane%2C+cars+swerve+around+it&address_string=" .. (10 + i % 990)
+    .. "+Elm+Street%2C+unit+" .. tag .. "-" .. i
+  return wrk.format("POST", "/open311/v2/requests.json",
+    {["Content-Type"] = "application/x-www-form-urlencoded"}, body)
+end
+function response(status, headers, body)
+  if status == 201 then
+    local ticket = string.match(body, '"service_request_id"%s*:%s*"([^"]+)"')
+    if ticket then out:write(ticket, "\\n") else failed = failed + 1 end
+  else
+    failed = failed + 1
+  end
+  if counter % 200 == 0 then out:flush() end
+end
+"""
+
+
+@dataclass
+class Edge:
+    name: str
+    tickets: list[str]
+    failed: int
+    seconds: float
+    tool: str
+
+    @property
+    def rate(self) -> float:
+        return len(self.tickets) / self.seconds if self.seconds else 0.0
+
+
+def combined(name: str, rounds: Sequence[Edge]) -> Edge:
+    return Edge(
+        name,
+        [t for r in rounds for t in r.tickets],
+        sum(r.failed for r in rounds),
+        sum(r.seconds for r in rounds),
+        rounds[0].tool,
+    )
+
+
+def edge_run(
+    procs: Processes, name: str, base_url: str, seconds: float, connections: int, tag: str, scratch: Path
+) -> Edge:
+    """Closed-loop load from a separate process; counts the 201s by their tickets."""
+    out = scratch / f"edge-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    wrk = shutil.which("wrk")
+    if wrk:
+        script = scratch / "post.lua"
+        script.write_text(WRK_LUA)
+        argv = [
+            wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script),
+            base_url + PATH, "--", tag, str(out),
+        ]  # fmt: skip
+        started = time.monotonic()
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        progress("  wrk: " + " | ".join(x.strip() for x in result.stdout.splitlines() if x.strip())[:600])
+        match = re.search(r"requests in ([\d.]+)(m?s)", result.stdout)
+        if match:
+            elapsed = float(match.group(1)) * (0.001 if match.group(2) == "ms" else 1.0)
+        else:
+            elapsed = time.monotonic() - started
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
+        errors = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", result.stdout
+        )
+        failed = int(non2xx.group(1)) if non2xx else 0
+        if errors:
+            failed += sum(int(g) for g in errors.groups())
+        tickets = [
+            line.strip()
+            for path in sorted(out.glob("tickets-*.txt"))
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]  # fmt: skip
+        return Edge(name, tickets, failed, elapsed, "wrk")
+    result_file = out / "client.json"
+    proc = procs.start(
+        f"client-{tag}",
+        [sys.executable, str(Path(__file__).resolve()), "--client", "closed", base_url + PATH,
+         str(seconds), str(connections), tag, str(result_file)],
+    )  # fmt: skip
+    proc.wait(seconds + 120)
+    procs.children.pop(f"client-{tag}", None)
+    data = json.loads(result_file.read_text())
+    return Edge(name, data["tickets"], data["failed"], data["seconds"], "python aiohttp")
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency
+
+
+@dataclass
+class Latency:
+    rate: float
+    sent: int
+    accepted: int
+    refused: int
+    lost: int
+    dup: int
+    latencies_ms: list[float]  # POST answered -> line in the file
+    sent_ms: list[float]  # POST sent -> line in the file
+    response_ms: list[float]
+    send_lag_max_s: float
+    statuses: str  # HTTP status -> count (0: no answer in 20 s)
+
+
+def latency_run(
+    procs: Processes, tail: Tail, base_url: str, rate: float, seconds: float, tag: str, scratch: Path,
+    deliver_timeout: float,
+) -> Latency:  # fmt: skip
+    result_file = scratch / f"latency-{tag}.json"
+    name = f"client-{tag}"
+    proc = procs.start(
+        name,
+        [sys.executable, str(Path(__file__).resolve()), "--client", "open", base_url + PATH,
+         str(rate), str(seconds), tag, str(result_file)],
+    )  # fmt: skip
+    while proc.poll() is None:  # tail while the client sends
+        tail.poll()
+        time.sleep(POLL_S)
+    procs.children.pop(name, None)
+    if proc.returncode != 0:
+        raise RuntimeError(f"latency client exited with {proc.returncode} (see {procs.logs / name}.log)")
+    data = json.loads(result_file.read_text())
+    results = data["results"]
+    accepted = [r for r in results if r["ticket"]]
+    tickets = [r["ticket"] for r in accepted]
+    tail.follow_until(set(tickets), deliver_timeout)
+    lost, dup = delivery_counts(tail, tickets)
+    latencies = [
+        (tail.seen[r["ticket"]][0] - r["answered"]) * 1000 for r in accepted if r["ticket"] in tail.seen
+    ]
+    sent = [(tail.seen[r["ticket"]][0] - r["sent"]) * 1000 for r in accepted if r["ticket"] in tail.seen]
+    response = [(r["answered"] - r["sent"]) * 1000 for r in accepted]
+    return Latency(
+        rate, len(results), len(accepted), len(results) - len(accepted), lost, dup, latencies, sent, response,
+        data["send_lag_max_s"],
+        ", ".join(f"{k}: {v}" for k, v in sorted(Counter(str(r["status"]) for r in results).items())),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale-out: normalizer processes in one group
+
+
+@dataclass
+class ScaleOut:
+    processes: int
+    messages: int
+    seconds: float
+    distinct: int
+    extra: int  # records beyond one per contact (re-emits or duplicates)
+
+    @property
+    def rate(self) -> float:
+        return self.distinct / self.seconds if self.seconds else 0.0
+
+
+async def _count_requests(
+    bootstrap: str, topic: str, target: int, timeout: float
+) -> tuple[float, int, int, dict[int, int]]:
+    """Reads ``topic`` from the start (no group): (time the target-th distinct key arrived,
+    distinct keys, total records, records per partition)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=50, max_poll_records=2000,
+    )  # fmt: skip
+    keys: set[bytes | None] = set()
+    total = 0
+    per_partition: dict[int, int] = {}
+    await consumer.start()
+    finished = float("nan")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=20, max_records=2000)
+            for tp, records in batches.items():
+                total += len(records)
+                per_partition[tp.partition] = per_partition.get(tp.partition, 0) + len(records)
+                keys.update(r.key for r in records)
+            if len(keys) >= target:
+                finished = time.monotonic()
+                break
+        # A short look for stragglers (duplicates arriving after the last new key).
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            batches = await consumer.getmany(timeout_ms=100, max_records=2000)
+            for tp, records in batches.items():
+                total += len(records)
+                per_partition[tp.partition] = per_partition.get(tp.partition, 0) + len(records)
+                keys.update(r.key for r in records)
+    finally:
+        await consumer.stop()
+    return finished, len(keys), total, per_partition
+
+
+async def _scale_once(
+    bootstrap: str, prefix: str, contacts_records: list[Any], warm: list[Any], timeout: float
+) -> tuple[float, int, int]:
+    from bench.pipeline_bench import preload
+
+    topic = f"{prefix}.requests"
+    # Warm-up contacts first: every member has taken work (the group is settled).
+    await preload(bootstrap, warm)
+    counter = asyncio.ensure_future(_count_requests(bootstrap, topic, len(warm), 60))
+    finished, _, _, _ = await counter
+    if finished != finished:  # nan
+        raise RuntimeError("scale-out warm-up contacts never reached the requests topic")
+    await asyncio.sleep(1.0)
+    target = len(warm) + len(contacts_records)
+    counter = asyncio.ensure_future(_count_requests(bootstrap, topic, target, timeout))
+    await asyncio.sleep(0.5)  # the counter has caught up with the warm-up records
+    started = time.monotonic()
+    await preload(bootstrap, contacts_records)
+    finished, distinct, total, _ = await counter
+    if finished != finished:
+        finished = time.monotonic()
+    return finished - started, distinct - len(warm), total - distinct
+
+
+def scale_out(
+    procs: Processes, bootstrap: str, stamp: str, scratch: Path, messages: int, count: int
+) -> ScaleOut:
+    from bench.pipeline_bench import contact_records, make_contacts
+    from intake311.settings import KafkaSettings, Settings
+
+    prefix = f"e2e{stamp}scale{count}"
+    data_dir = scratch / f"scale{count}"
+    settings = Settings(data_dir=data_dir, kafka=KafkaSettings(topic_prefix=prefix))
+    contacts = contact_records(settings, make_contacts(messages, f"{prefix}-load"))
+    warm = contact_records(settings, make_contacts(12, f"{prefix}-warm"))
+    names = []
+    for k in range(count):
+        port = free_port()
+        name = f"scale{count}-normalizer{k}"
+        procs.start(
+            name,
+            stage_argv("normalizer"),
+            stage_env(bootstrap, prefix, data_dir, INTAKE311_METRICS_PORT=str(port)),
+        )
+        names.append(name)
+        waited = wait_ready(procs, name, f"http://127.0.0.1:{port}/health/ready")
+        progress(f"  {name} ready in {waited:.1f}s")
+    try:
+        seconds, distinct, extra = asyncio.run(_scale_once(bootstrap, prefix, contacts, warm, 120))
+        procs.check_alive(*names)
+    finally:
+        for name in names:
+            procs.stop(name)
+    return ScaleOut(count, messages, seconds, distinct, extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline_bench.py as a subprocess
+
+ROW = re.compile(
+    r"^(?P<name>\S.*?)\s+(?P<messages>\d+)\s+(?P<seconds>[\d.]+)\s+(?P<rate>\d+)\s+(?P<ratio>[\d.]+|-)"
+    r"\s+(?P<join>[\d.]+)(?P<note>.*)$"
+)
+
+
+def stage_bench(messages: int) -> list[dict[str, Any]]:
+    argv = [
+        sys.executable, str(ROOT / "bench" / "pipeline_bench.py"), "--only",
+        "raw,normalizer,router,sinks,pipeline", "--messages", str(messages),
+    ]  # fmt: skip
+    progress(f"stage ratios: {' '.join(argv[1:])}")
+    result = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"pipeline_bench.py exited with {result.returncode}")
+    rows = []
+    for line in result.stdout.split("pure function")[0].splitlines():
+        match = ROW.match(line)
+        if match and match.group("name") != "stage":
+            row = match.groupdict()
+            timeout = re.search(r"TIMEOUT: (\d+) done", row["note"])
+            row["done"] = int(timeout.group(1)) if timeout else int(row["messages"])
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def print_table(header: list[str], rows: list[tuple[str, str, str, str, str, str]]) -> None:
+    print()
+    for line in header:
+        print(line)
+    print()
+    cols = ("what", "figure", "baseline (same run)", "ratio", "lost", "dup")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def ms(values: Sequence[float]) -> str:
+    if not values:
+        return "no deliveries"
+    p50, p90, p99 = (percentile(values, q) for q in (0.5, 0.9, 0.99))
+    return f"p50 {p50:.0f} / p90 {p90:.0f} / p99 {p99:.0f} / max {max(values):.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def run(args: argparse.Namespace) -> int:
+    from intake311.embedded import EmbeddedKafka
+    from intake311.logging import configure_logging
+
+    configure_logging("WARNING", "console")  # stdout holds only the table
+
+    quick = args.quick
+    edge_s = 6.0 if quick else 12.0  # per endpoint, split into EDGE_ROUNDS rounds
+    latency_s = 8.0 if quick else 15.0
+    scale_n = args.messages or (5000 if quick else 10000)
+    stage_n = args.messages or (5000 if quick else 10000)
+    connections = 50
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    started_at = dt.datetime.now(dt.UTC)
+    header = [
+        f"e2e_bench {'--quick ' if quick else ''}on {started_at:%Y-%m-%d %H:%M} UTC; nproc {os.cpu_count()}; "
+        f"CPU {cpu_model()}; Python {platform.python_version()}",
+    ]
+    with tempfile.TemporaryDirectory(prefix="intake311-e2e-") as tmp:
+        scratch = Path(tmp)
+        logs = scratch / "logs"
+        logs.mkdir()
+        procs = Processes(logs)
+        broker = EmbeddedKafka(log_file=logs / "broker.log")
+        try:
+            bootstrap = broker.start()
+            progress(f"embedded broker (memory) on {bootstrap}, pid {broker.pid}")
+            prefix = f"e2e{stamp}"
+            data_dir = scratch / "data"
+            web_port = free_port()
+            base_url = f"http://127.0.0.1:{web_port}"
+            env = stage_env(bootstrap, prefix, data_dir, INTAKE311_WEB__PORT=str(web_port))
+            ready_urls = {"web": f"{base_url}/health/ready"}
+            for stage in STAGES:
+                extra = {}
+                if stage != "web":
+                    port = free_port()
+                    extra["INTAKE311_METRICS_PORT"] = str(port)
+                    ready_urls[stage] = f"http://127.0.0.1:{port}/health/ready"
+                procs.start(stage, stage_argv(stage), {**env, **extra})
+            for stage in STAGES:
+                waited = wait_ready(procs, stage, ready_urls[stage])
+                progress(f"{stage}: /health/ready 200 after {waited:.1f}s")
+            tail = Tail(data_dir / "departments")
+
+            # Warm-up: the whole chain delivers (every consumer has its partitions).
+            warm = latency_run(procs, tail, base_url, 10, 1.5, "warm", scratch, 60)
+            progress(
+                f"warm-up: {warm.accepted}/{warm.sent} accepted, {warm.lost} lost; {ms(warm.latencies_ms)}"
+            )
+            if warm.accepted == 0 or warm.lost:
+                raise RuntimeError("warm-up requests did not all reach the department file")
+
+            time.sleep(2.0)
+            pids = {s: procs.children[s].pid for s in STAGES}
+            if broker.pid is not None:
+                pids["broker (tansu)"] = broker.pid
+            progress("idle CPU: sampling 5 s")
+            idle = idle_cpu(pids, 5.0)
+
+            # Edge throughput: the web stage and the trivial endpoint in alternating rounds, so a
+            # change in the machine's load (other jobs) hits both alike.
+            trivial_port = free_port()
+            procs.start(
+                "trivial",
+                [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(trivial_port)],
+            )
+            wait_ready(procs, "trivial", f"http://127.0.0.1:{trivial_port}/health/ready", 30)
+            edges: list[Edge] = []
+            ceilings: list[Edge] = []
+            round_s = edge_s / EDGE_ROUNDS
+            for n in range(EDGE_ROUNDS):
+                progress(
+                    f"edge round {n + 1}: web stage, {round_s:g}s closed loop, {connections} connections"
+                )
+                edge = edge_run(procs, "web stage", base_url, round_s, connections, f"edge{n}", scratch)
+                progress(f"  {len(edge.tickets)} accepted in {edge.seconds:.1f}s = {edge.rate:.0f}/s")
+                tail.follow_until(set(edge.tickets), 120, idle_stop=20)  # drained before the next round
+                edges.append(edge)
+                progress(f"edge round {n + 1}: trivial FastAPI endpoint, {round_s:g}s")
+                url = f"http://127.0.0.1:{trivial_port}"
+                ceiling = edge_run(procs, "trivial", url, round_s, connections, f"ceiling{n}", scratch)
+                progress(
+                    f"  {len(ceiling.tickets)} accepted in {ceiling.seconds:.1f}s = {ceiling.rate:.0f}/s"
+                )
+                ceilings.append(ceiling)
+            procs.stop("trivial")
+            edge, ceiling = combined("web stage", edges), combined("trivial", ceilings)
+            edge_lost, edge_dup = delivery_counts(tail, edge.tickets)
+            progress(
+                f"  edge: {edge.rate:.0f}/s vs {ceiling.rate:.0f}/s; lost {edge_lost}, duplicated {edge_dup}"
+            )
+            rows.append((
+                f"accepted Open311 POSTs/s at the edge ({edge.tool}, {connections} conns, "
+                f"{EDGE_ROUNDS}x{round_s:g}s alternating)",
+                f"{edge.rate:,.0f}/s ({edge.failed} not 201)",
+                f"trivial FastAPI form endpoint {ceiling.rate:,.0f}/s",
+                f"{edge.rate / ceiling.rate:.2f}" if ceiling.rate else "-",
+                str(edge_lost), str(edge_dup),
+            ))  # fmt: skip
+
+            # Open-loop latency.
+            time.sleep(2.0)
+            for rate in args.rates:
+                progress(f"latency: {rate:g}/s open loop for {latency_s:g}s")
+                lat = latency_run(procs, tail, base_url, rate, latency_s, f"lat{rate:g}", scratch, 60)
+                progress(
+                    f"  {lat.accepted}/{lat.sent} accepted ({lat.statuses}); "
+                    f"POST->line {ms(lat.latencies_ms)}; "
+                    f"POST answered {ms(lat.response_ms)}; lost {lat.lost}, dup {lat.dup}; "
+                    f"send lag max {lat.send_lag_max_s * 1000:.0f} ms"
+                )
+                what = f"at {rate:g}/s ({lat.accepted}/{lat.sent} accepted)"
+                rows += [
+                    (f"POST response -> line in {DEPARTMENT}.jsonl, {what}", ms(lat.latencies_ms), "-", "-",
+                     str(lat.lost), str(lat.dup)),
+                    (f"POST sent -> line, {what}", ms(lat.sent_ms), "-", "-", str(lat.lost), str(lat.dup)),
+                    (f"POST sent -> response, {what}", ms(lat.response_ms),
+                     f"send lag max {lat.send_lag_max_s * 1000:.0f} ms", "-", "-", "-"),
+                ]  # fmt: skip
+                time.sleep(1.0)
+            for name, pct in idle.items():
+                rows.append((f"idle CPU, {name}", f"{pct:.1f}% of a core", "5 s, no load", "-", "-", "-"))
+            procs.stop_all()
+
+            # Scale-out.
+            results = []
+            for count in (1, 2):
+                progress(f"scale-out: {scale_n} contacts, {count} normalizer process(es)")
+                result = scale_out(procs, bootstrap, stamp, scratch, scale_n, count)
+                progress(
+                    f"  {result.distinct}/{scale_n} in {result.seconds:.2f}s = {result.rate:.0f}/s, "
+                    f"{result.extra} extra records"
+                )
+                results.append(result)
+            one, two = results
+            rows.append((
+                f"normalizer, 2 processes vs 1 ({scale_n} contacts, 3 partitions)",
+                f"{two.rate:,.0f}/s (1 process: {one.rate:,.0f}/s)",
+                "one normalizer process",
+                f"{two.rate / one.rate:.2f}" if one.rate else "-",
+                f"{scale_n - two.distinct} / {scale_n - one.distinct}",
+                f"{two.extra} / {one.extra}",
+            ))  # fmt: skip
+        finally:
+            procs.stop_all()
+            broker.stop()
+            if args.keep_logs:
+                shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
+                progress(f"stage, broker and client logs copied to {args.keep_logs}")
+        if not args.skip_stage_bench:
+            stage_rows = stage_bench(stage_n)
+            raw = next((r for r in stage_rows if r["name"] == "raw passthrough"), None)
+            for r in stage_rows:
+                if r["name"] == "raw passthrough":
+                    continue
+                rows.append((
+                    f"bench: {r['name']} ({r['messages']} msgs, in process)",
+                    f"{int(r['rate']):,} msgs/s",
+                    f"raw passthrough {int(raw['rate']):,} msgs/s" if raw else "-",
+                    r["ratio"], str(int(r["messages"]) - r["done"]), "not checked",
+                ))  # fmt: skip
+    header.append(
+        "lost: accepted (201), never delivered (edge/latency: within 60 s of the last answer; "
+        "scale-out: 2 / 1 processes); "
+        "dup: deliveries beyond the first (scale-out: records on the requests topic beyond one per contact)"
+    )
+    print_table(header, rows)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about half the time)")
+    parser.add_argument(
+        "--messages",
+        "-n",
+        type=int,
+        help="contacts for the scale-out and pipeline_bench (default 10000, quick 5000)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [float(x) for x in v.split(",") if x.strip()],
+        default=[100.0, 500.0],
+        help="offered rates of the latency runs, per second (default 100,500)",
+    )
+    parser.add_argument("--skip-stage-bench", action="store_true", help="leave out pipeline_bench.py")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy every process's log here")
+    parser.add_argument("--serve-trivial", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_trivial:
+        serve_trivial(args.serve_trivial)
+        return 0
+    if args.client:
+        kind, url, *rest = args.client
+        if kind == "closed":
+            seconds, connections, tag, out = rest
+            asyncio.run(client_closed(url, float(seconds), int(connections), tag, Path(out)))
+        else:
+            rate, seconds, tag, out = rest
+            asyncio.run(client_open(url, float(rate), float(seconds), tag, Path(out)))
+        return 0
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # a TERM also unwinds through the finally blocks
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        progress("interrupted: every process stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
