@@ -301,6 +301,9 @@ def stage_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict
         "INTAKE311_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "INTAKE311_KAFKA__TOPIC_PREFIX": prefix,
         "INTAKE311_DATA_DIR": str(data_dir),
+        # The broker is the embedded Tansu, reached by address like a cluster: say so, or the
+        # stages take a cluster's 500 ms fetch wait, which Tansu holds on every empty fetch.
+        "INTAKE311_KAFKA__FETCH_MAX_WAIT_MS": os.environ.get("INTAKE311_KAFKA__FETCH_MAX_WAIT_MS", "20"),
         **extra,
     }
 
