@@ -163,8 +163,9 @@ def open_state(settings: Settings) -> StateStore:
         return StateStore.postgres(dsn.get_secret_value(), retention=retention)
     if not settings.kafka.embedded:
         log.warning(
-            "normalizer state is in a local SQLite file: run a single normalizer, or set "
-            "INTAKE311_INCIDENTS__STATE_DSN (or INTAKE311_CASE_STORE_DSN) so several share it"
+            "normalizer state is in a local SQLite file: normalizers on other hosts do not see it "
+            "(run them all on this host, with this data_dir), or set INTAKE311_INCIDENTS__STATE_DSN "
+            "(or INTAKE311_CASE_STORE_DSN) so every host shares it"
         )
     return StateStore.sqlite(settings.data_dir / "normalizer" / "state.sqlite3", retention=retention)
 
