@@ -490,6 +490,7 @@ async def serve(
                 # httptools when installed (a dependency), else h11; the loop is the running one,
                 # which the CLI makes uvloop's (cli._loop_factory).
                 http="auto",
+                limit_concurrency=settings.web.max_concurrency,
                 log_config=None,
                 access_log=False,
                 lifespan="on",

@@ -131,6 +131,13 @@ class WebSettings(BaseModel):
         description="Open311 api_key values accepted for POST requests",
     )
     jurisdiction_id: str = "intake311.local"
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="connections and requests the web stage serves at once; beyond it uvicorn answers "
+        "503 at once, so an overload refuses some residents quickly instead of slowing every one to "
+        "their client's timeout; None: no limit",
+    )
 
     @property
     def public_url(self) -> str:
