@@ -398,11 +398,14 @@ def health_urls(settings: Settings, url: str | None = None) -> list[str]:
     return urls
 
 
-async def running_health(urls: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
-    """The channel health the first running process at ``urls`` reports, with its URL; None: none answered."""
+async def running_health(urls: Sequence[str], client: Any = None) -> tuple[str, dict[str, Any]] | None:
+    """The channel health the first running process at ``urls`` reports, with its URL; None: none
+    answered. ``client``: an ``httpx.AsyncClient`` to ask with (tests: one bound to the app)."""
     import httpx
 
-    async with httpx.AsyncClient(timeout=3) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient(timeout=3))
         for url in urls:
             try:
                 response = await client.get(f"{url}/health/channels")
@@ -416,7 +419,9 @@ async def running_health(urls: Sequence[str]) -> tuple[str, dict[str, Any]] | No
     return None
 
 
-async def channel_report(settings: Settings, running_at: Sequence[str] = ()) -> list[dict[str, str]]:
+async def channel_report(
+    settings: Settings, running_at: Sequence[str] = (), *, client: Any = None
+) -> list[dict[str, str]]:
     """Every installed channel: not configured, invalid config, broken plugin, healthy or not.
 
     Health comes from the running process at ``running_at`` when one answers there (its pollers,
@@ -427,7 +432,7 @@ async def channel_report(settings: Settings, running_at: Sequence[str] = ()) -> 
     from channels.plugin import available_channels, configured_channels, load_plugin
     from channels.runtime import ChannelSet
 
-    live = await running_health(running_at) if running_at else None
+    live = await running_health(running_at, client) if running_at else None
     rows = []
     for name in sorted(available_channels() | {n: "" for n in settings.channels}):
         if name not in settings.channels:

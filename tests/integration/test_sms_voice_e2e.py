@@ -42,7 +42,6 @@ class TwilioPipeline(DepartmentFiles):
     web: httpx.AsyncClient
     twilio: FakeTwilio
     sms: SmsChannel
-    app: Any  # the web app behind ``web``, to serve on a port when a test needs a real URL
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +75,8 @@ async def pipeline(
     async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
         assert runtime.channels is not None
         sms = next(p for p in runtime.channels.plugins if isinstance(p, SmsChannel))
-        app = web_app(runtime)
-        async with asgi_client(app) as web:
-            yield TwilioPipeline(settings, web, twilio, sms, app)
+        async with asgi_client(web_app(runtime)) as web:
+            yield TwilioPipeline(settings, web, twilio, sms)
 
 
 def message_of(response: httpx.Response) -> str:
@@ -213,7 +211,6 @@ async def test_channels_command_reports_the_running_process_not_a_fresh_copy(
 ) -> None:
     """``intake311 channels`` asks the running process: its counters, not a new plugin's zeros."""
     from intake311.pipeline import channel_report, running_health
-    from tests.support import serving
 
     forged = await post_signed(
         pipeline.web, "/channels/sms/inbound", sms_params("pothole"), token="wrong" * 6
@@ -221,11 +218,11 @@ async def test_channels_command_reports_the_running_process_not_a_fresh_copy(
     assert forged.status_code == 403
     fresh = {r["channel"]: r for r in await channel_report(pipeline.settings)}
     assert "(running at" not in fresh["sms"]["detail"]
-    # The module's pipeline app, served on a port like `intake311 up` serves it.
-    async with serving(pipeline.app) as url:
-        found = await running_health([url])
-        assert found is not None and found[0] == url
-        rows = {r["channel"]: r for r in await channel_report(pipeline.settings, [url])}
+    # The module's running pipeline, asked through its own app (the CLI asks it on its port).
+    url = "http://testserver"
+    found = await running_health([url], pipeline.web)
+    assert found is not None and found[0] == url
+    rows = {r["channel"]: r for r in await channel_report(pipeline.settings, [url], client=pipeline.web)}
     live, new = rows["sms"]["detail"], fresh["sms"]["detail"]
     assert rows["sms"]["status"] == "healthy" and f"(running at {url})" in live
     counted = [p for p in live.split() if p.startswith("rejected_signature=")]
