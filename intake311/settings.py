@@ -52,7 +52,13 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
-    partitions: int = Field(default=3, ge=1, description="partitions for topics intake311 creates")
+    partitions: int = Field(
+        default=6,
+        ge=1,
+        description="partitions for topics intake311 creates: the most consumers of one group that "
+        "share the work, and 6 splits evenly between 1, 2, 3 or 6 of them (with 3, a second "
+        "normalizer took one partition to the first's two: 1.3x the throughput, not 2x)",
+    )
     replication_factor: int = Field(default=1, ge=1)
     client_id: str = "intake311"
     session_timeout_ms: int | None = Field(
@@ -69,6 +75,20 @@ class KafkaSettings(BaseModel):
         "fetch for the whole wait, so on it this is each hop's latency when traffic is light. "
         "None: 500 on a cluster, 20 embedded (about 60 ms from a resident's POST to the sink over "
         "three hops; idle, each consumer group then polls 50 times a second)",
+    )
+    idle_fetch_max_wait_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="the fetch wait once a consumer has had no records for idle_after_s: what keeps "
+        "an idle embedded broker cheap (each group then polls twice a second, not 50 times), at the "
+        "price of up to this much more latency per hop for the first report after a quiet spell. "
+        "None: 500 (on a cluster the same as fetch_max_wait_ms, so nothing changes)",
+    )
+    idle_after_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds without records after which a consumer uses idle_fetch_max_wait_ms",
     )
     linger_ms: int = Field(
         default=5,
@@ -94,6 +114,12 @@ class KafkaSettings(BaseModel):
         if self.fetch_max_wait_ms is not None:
             return self.fetch_max_wait_ms
         return 20 if self.embedded else 500
+
+    @property
+    def consumer_idle_fetch_max_wait_ms(self) -> int:
+        if self.idle_fetch_max_wait_ms is not None:
+            return self.idle_fetch_max_wait_ms
+        return max(500, self.consumer_fetch_max_wait_ms)
 
     @property
     def consumer_session_timeout_ms(self) -> int:
@@ -137,6 +163,22 @@ class WebSettings(BaseModel):
         description="connections and requests the web stage serves at once; beyond it uvicorn answers "
         "503 at once, so an overload refuses some residents quickly instead of slowing every one to "
         "their client's timeout; None: no limit",
+    )
+    max_accepting: int | None = Field(
+        default=64,
+        ge=1,
+        description="submissions (Open311 POST requests, the resident form) each web worker has in "
+        "progress at once; beyond it a submission is refused at once with 503, Retry-After and a "
+        "reason, nothing published, so the accepted ones stay fast under overload; GETs and health "
+        "probes are never counted; None: no limit",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="web processes serving the one port (SO_REUSEPORT), each with its own event loop "
+        "and Kafka producer; only the first runs the process's other stages; more than 1 needs a "
+        "fixed port (not 0)",
     )
 
     @property

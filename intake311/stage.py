@@ -24,6 +24,7 @@ from pydantic import BaseModel, GetCoreSchemaHandler, ValidationError
 from pydantic_core import CoreSchema, core_schema
 
 from intake311.bus import Outgoing, PublishError, publish_all
+from intake311.fetchwait import FetchPace
 from intake311.logging import get_logger
 from intake311.settings import Settings
 from schemas.deadletter import DeadLetter
@@ -284,10 +285,10 @@ def batch_subscriber(
         group_id=group_id,
         max_records=settings.max_batch,
         batch_timeout_ms=50,
-        # FastStream's default is 500 ms, which the embedded broker spends on every empty fetch:
-        # three hops of it were most of a report's 330 ms p50 from POST to the sink (a cluster
-        # answers a fetch as soon as a record arrives: 500 there costs no latency).
-        fetch_max_wait_ms=settings.kafka.consumer_fetch_max_wait_ms,
+        # The embedded broker spends the whole wait on every empty fetch, so it is each hop's
+        # latency: the consumer starts with the idle wait and FetchPace shortens it while
+        # records flow (intake311/fetchwait.py says why; a cluster's default changes nothing).
+        fetch_max_wait_ms=settings.kafka.consumer_idle_fetch_max_wait_ms,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(300, session_ms // 4),
         auto_offset_reset="earliest",
@@ -298,8 +299,22 @@ def batch_subscriber(
         description=description,
     )
 
+    pace = FetchPace(
+        subscriber,
+        busy_ms=settings.kafka.consumer_fetch_max_wait_ms,
+        idle_ms=settings.kafka.consumer_idle_fetch_max_wait_ms,
+        idle_after_s=settings.kafka.idle_after_s,
+    )
+
     def register(handler: Callable[..., Awaitable[None]]) -> Any:
-        return subscriber(pause_on_failure(handler, settings.retry_backoff_s))
+        paused = pause_on_failure(handler, settings.retry_backoff_s)
+
+        @functools.wraps(handler)
+        async def paced(*args: Any, **kwargs: Any) -> None:
+            pace.busy()
+            await paused(*args, **kwargs)
+
+        return subscriber(paced)
 
     return register
 
