@@ -312,8 +312,10 @@ def web_app(runtime: Runtime) -> Any:
     )
     if runtime.case_store is not None:
         from sinks.api import department_routes
+        from sinks.requests_api import request_api_routes
 
         app.include_router(department_routes(settings, runtime.broker, runtime.case_store))
+        app.include_router(request_api_routes(settings, runtime.case_store))
     mount_console(app, runtime)
     if runtime.probes is not None:
         # The process's honest /healthz (= /health/ready) replaces the web channel's constant one.

@@ -86,13 +86,13 @@ class SlackPayload(BaseModel):
     actions: list[_SlackAction] = Field(default_factory=list)
 
 
-def _error(status: int, description: str) -> JSONResponse:
+def error_response(status: int, description: str) -> JSONResponse:
     # ``printable``: a description echoing the caller's input must still encode (no surrogates).
     return JSONResponse([{"code": status, "description": printable(description, 500)}], status_code=status)
 
 
 def _too_large(exc: BodyTooLarge) -> JSONResponse:
-    return _error(413, str(exc))
+    return error_response(413, str(exc))
 
 
 def department_for_token(settings: Settings, token: str) -> str | None:
@@ -118,11 +118,11 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
         department = department_for_token(settings, token)
         if department is None:
             log.warning("department request refused: bad token", via=via)
-            return _error(403, "a valid department token is required")
+            return error_response(403, "a valid department token is required")
         ticket = parse_ticket(request_id)
         case = await store.get_case(ticket) if ticket else None
         if case is None:
-            return _error(404, f"no service request {request_id!r}")
+            return error_response(404, f"no service request {request_id!r}")
         if department not in case.departments and department != case.agency_responsible:
             log.warning(
                 "department request refused: other department",
@@ -130,7 +130,7 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
                 department=department,
                 via=via,
             )
-            return _error(403, f"request {case.request_id} is not routed to {department}")
+            return error_response(403, f"request {case.request_id} is not routed to {department}")
         return department, case
 
     async def change_status(request_id: str, token: str, state: str, notes: str | None, via: str) -> Response:
@@ -147,12 +147,12 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
                 department=department,
             )
         except ValueError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         try:
             await publish(change)
         except Exception:
             log.warning("status change not published", request_id=case.request_id, exc_info=True)
-            return _error(503, "the status change could not be queued; please retry")
+            return error_response(503, "the status change could not be queued; please retry")
         log.info(
             "status change accepted",
             request_id=case.request_id,
@@ -186,20 +186,20 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
         except BodyTooLarge as exc:
             return _too_large(exc)
         except BadBody as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         except ValidationError as exc:
-            return _error(422, explain(exc))
-        return await change_status(request_id, _bearer(request), body.state, body.notes, "api")
+            return error_response(422, explain(exc))
+        return await change_status(request_id, bearer_token(request), body.state, body.notes, "api")
 
     @router.post("/api/requests/{request_id}/split", status_code=202)
     async def api_split(request_id: str, request: Request) -> Response:
-        found = await authorized(request_id, _bearer(request), "split")
+        found = await authorized(request_id, bearer_token(request), "split")
         if isinstance(found, Response):
             return found
         department, case = found
         incident_id = case.incident_id
         if incident_id in (None, case.request_id):
-            return _error(409, f"request {case.request_id} is not part of another incident")
+            return error_response(409, f"request {case.request_id} is not part of another incident")
         contact = split_command(case.request_id, incident_id=incident_id, now=_now(), by=f"api:{department}")
         try:
             await publish_all(
@@ -214,7 +214,7 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
             )
         except Exception:
             log.warning("split not published", request_id=case.request_id, exc_info=True)
-            return _error(503, "the split could not be queued; please retry")
+            return error_response(503, "the split could not be queued; please retry")
         log.info("split accepted", request_id=case.request_id, incident_id=incident_id, department=department)
         return JSONResponse(
             {
@@ -234,7 +234,7 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
         form = await request.form(max_files=0, max_fields=20)
         status = str(form.get("status") or "")
         if not status:
-            return _error(400, "status is required (open, closed, acknowledged, in_progress)")
+            return error_response(400, "status is required (open, closed, acknowledged, in_progress)")
         notes = form.get("status_notes")
         return await change_status(
             request_id, str(form.get("api_key") or ""), status, str(notes) if notes else None, "open311"
@@ -244,7 +244,7 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
     async def slack_interactivity(request: Request) -> Response:
         secret = settings.slack_signing_secret
         if secret is None:
-            return _error(404, "Slack interactivity is not configured")
+            return error_response(404, "Slack interactivity is not configured")
         try:
             body = await read_body(request, MAX_SLACK_BYTES)
             # The verifier decodes the body itself and would raise on bytes that are not UTF-8.
@@ -252,35 +252,35 @@ def department_routes(settings: Settings, broker: KafkaBroker, store: CaseStore)
         except BodyTooLarge as exc:
             return _too_large(exc)
         except BadBody as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         if not (timestamp.isascii() and timestamp.isdigit()):
             # slack_sdk would int() it and raise: a missing or garbled timestamp is simply unsigned.
             log.warning("Slack payload refused: bad signature timestamp")
-            return _error(401, "invalid Slack signature")
+            return error_response(401, "invalid Slack signature")
         if not SignatureVerifier(secret.get_secret_value()).is_valid_request(body, dict(request.headers)):
             log.warning("Slack payload refused: bad signature")
-            return _error(401, "invalid Slack signature")
+            return error_response(401, "invalid Slack signature")
         try:
             changes = slack_changes(body)
         except BadBody as exc:
             log.warning("Slack payload refused: malformed", reason=str(exc)[:200])
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         for change in changes:
             if await store.get_case(change.request_id) is None:
-                return _error(404, f"no service request {change.request_id!r}")
+                return error_response(404, f"no service request {change.request_id!r}")
         try:
             for change in changes:
                 await publish(change)
         except Exception:
             log.warning("Slack status change not published", exc_info=True)
-            return _error(503, "could not queue the status change")
+            return error_response(503, "could not queue the status change")
         return Response(status_code=200)  # Slack wants an empty 200 within 3 s
 
     return router
 
 
-def _bearer(request: Request) -> str:
+def bearer_token(request: Request) -> str:
     """The token of an ``Authorization: Bearer …`` header ("" without one)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""

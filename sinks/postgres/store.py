@@ -246,6 +246,10 @@ class CaseEvent:
 
 EVENT_KINDS = ("received", "updated", "status", "message")
 
+FEED_SETTLE_S = 2.0
+"""How long a change waits before ``CaseStore.changed`` lists it: longer than any transaction
+that writes requests takes to commit (they are one batch of upserts or one status change)."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -287,6 +291,7 @@ class Case:
     emergency: str | None = None
     assigned_department: str | None = None  # an operator re-routed it here (the console)
     decided_by: str | None = None  # who re-classified or re-routed it; None: the classifier
+    changed_at: datetime | None = None  # when the city's record last changed (this server's clock)
 
     @property
     def is_later_report(self) -> bool:
@@ -644,6 +649,57 @@ class CaseStore:
             params,
         )
 
+    async def changed(
+        self,
+        *,
+        department: str | None = None,
+        service_codes: Sequence[str] = (),
+        statuses: Sequence[str] = (),
+        states: Sequence[str] = (),
+        priorities: Sequence[str] = (),
+        districts: Sequence[tuple[str, str]] = (),
+        since: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        settle_s: float = FEED_SETTLE_S,
+        limit: int = 100,
+    ) -> list[Case]:
+        """Requests in the order their record last changed (``changed_at``, then ticket), oldest
+        first: the feed a department system pulls, page by page, without missing a change.
+
+        ``after`` is the (``changed_at``, ticket) of the last request of the previous page; a
+        request that changes again moves behind it and comes again. Changes of the last
+        ``settle_s`` seconds are held back: a transaction that took its ``changed_at`` before
+        another's but committed after it would otherwise land behind a cursor already past it.
+        Filters AND together, empty means any; ``districts`` are (layer, name) pairs, all of
+        which must hold; ``department`` as in ``recent``.
+        """
+        where, params = _department_filter(department)
+        for column, key, values in (
+            ("service_code", "codes", service_codes),
+            ("status", "statuses", statuses),
+            ("state", "states", states),
+            ("priority", "priorities", priorities),
+        ):
+            if values:
+                where.append(f"{column} = ANY (%({key})s)")
+                params[key] = list(values)
+        for n, (layer, name) in enumerate(districts):
+            where.append(f"districts ->> %(layer{n})s = %(district{n})s")
+            params[f"layer{n}"], params[f"district{n}"] = layer, name
+        if since is not None:
+            where.append("changed_at >= %(since)s")
+            params["since"] = _aware(since)
+        if after is not None:
+            where.append("(changed_at, request_id) > (%(after_at)s, %(after_id)s)")
+            params["after_at"], params["after_id"] = _aware(after[0]), after[1]
+        where.append("changed_at < clock_timestamp() - make_interval(secs => %(settle)s)")
+        params["settle"] = max(0.0, settle_s)
+        params["limit"] = max(0, limit)
+        return await self._cases(
+            f"SELECT * FROM requests {_where(where)} ORDER BY changed_at, request_id LIMIT %(limit)s",
+            params,
+        )
+
     async def triage_queue(self, *, limit: int = 100) -> list[Case]:
         """Open requests flagged for a person (``triage``): emergency, then high priority, then
         the rest; oldest reported first within each."""
@@ -896,6 +952,7 @@ def _case(row: dict[str, Any]) -> Case:
         emergency=row["emergency"],
         assigned_department=row["assigned_department"],
         decided_by=row["decided_by"],
+        changed_at=row.get("changed_at"),
     )
 
 

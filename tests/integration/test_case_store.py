@@ -121,6 +121,7 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
             (2, "districts_incidents"),
             (3, "priority"),
             (4, "console"),
+            (5, "request_feed"),
         ]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"

@@ -101,7 +101,7 @@ def message(request_id: str, message_id: str, text: str, at: datetime) -> Outbou
 
 
 async def test_migration_4_adds_the_message_kind_and_still_refuses_others(store: CaseStore) -> None:
-    assert [(m.version, m.name) for m in load_migrations()][-1] == (4, "console")
+    assert (4, "console") in [(m.version, m.name) for m in load_migrations()]
     assert EVENT_KINDS == ("received", "updated", "status", "message")
     await store.upsert_requests([make_request("K7M4-QPXA")], "public-works")
     async with store.pool.connection() as conn:
