@@ -337,6 +337,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     stack.callback(seen.close)
     for department, config in subscriptions.pairs(departments(settings, subscriptions)):
         sink = config.build(context)
+        if callable(bind := getattr(sink, "bind", None)):  # open311: its remote-id map and status poll
+            bind(broker, settings, department)
         await sink.start()
         stack.push_async_callback(sink.close)
         _subscribe(broker, settings, department, config, sink, seen)

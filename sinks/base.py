@@ -37,6 +37,7 @@ BUILTIN_SINKS: dict[str, str] = {
     "postgres": "sinks.postgres:PostgresSinkConfig",
     "slack": "sinks.slack:SlackSinkConfig",
     "email": "sinks.email:EmailSinkConfig",
+    "open311": "sinks.open311:Open311SinkConfig",
 }
 
 

@@ -267,7 +267,7 @@ def test_entry_points_are_discovered(clean_registry: None, monkeypatch: pytest.M
     message = str(info.value)
     assert "unknown sink type 'broken'" in message
     assert "failed to load" in message and "no_such_module_for_sinks" in message
-    assert "known types: email, jsonl, memory, postgres, slack, webhook" in message
+    assert "known types: email, jsonl, memory, open311, postgres, slack, webhook" in message
 
 
 def test_base_config_cannot_build() -> None:

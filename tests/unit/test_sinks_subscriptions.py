@@ -111,7 +111,7 @@ def test_empty_department_entry_inherits_star() -> None:
                 "department 'roads'",
                 "sink 'pager'",
                 "unknown sink type 'carrier-pigeon'",
-                "known types: email, jsonl, postgres, slack, webhook",
+                "known types: email, jsonl, open311, postgres, slack, webhook",
             ],
         ),
         (
