@@ -45,7 +45,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -666,6 +666,140 @@ def scale_out(
     return ScaleOut(count, messages, seconds, distinct, extra)
 
 
+@dataclass
+class Stalls:
+    """How long contacts waited (sent -> request on the topic) in each phase of a membership run."""
+
+    steady_ms: list[float]  # one member, before anything changes
+    join_ms: list[float]  # from the second member's start until the end of its phase
+    kill_ms: list[float]  # from one member's SIGKILL until the end
+    lost: int
+    dup: int
+
+
+async def _steady_load(
+    bootstrap: str, records: list[Any], rate: float, sent_at: dict[bytes, float], marks: dict[str, float],
+    events: list[tuple[float, Callable[[], None]]],
+) -> None:  # fmt: skip
+    """Sends ``records`` at ``rate``/s (acks=all, one at a time in order), running each
+    (seconds-from-start, action) of ``events`` when its time comes."""
+    from bench.pipeline_bench import producer
+
+    prod = producer(bootstrap)
+    await prod.start()
+    pending = sorted(events, key=lambda e: e[0])
+    try:
+        start = time.monotonic()
+        for i, (topic, key, value) in enumerate(records):
+            due = start + i / rate
+            while pending and time.monotonic() - start >= pending[0][0]:
+                pending.pop(0)[1]()
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            sent_at[key] = time.monotonic()
+            await prod.send(topic, value, key=key)
+        marks["sent_all"] = time.monotonic()
+    finally:
+        await prod.stop()
+
+
+async def _arrivals(bootstrap: str, topic: str, wanted: int, timeout: float) -> dict[bytes, list[float]]:
+    """When each key arrived on ``topic`` (every arrival: a second one is a duplicate)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=20, max_poll_records=2000,
+    )  # fmt: skip
+    seen: dict[bytes, list[float]] = {}
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(seen) < wanted:
+            batches = await consumer.getmany(timeout_ms=20, max_records=2000)
+            now_ = time.monotonic()
+            for records in batches.values():
+                for r in records:
+                    seen.setdefault(r.key, []).append(now_)
+        end = time.monotonic() + 1.0  # stragglers: duplicates after the last new key
+        while time.monotonic() < end:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                for r in records:
+                    seen.setdefault(r.key, []).append(time.monotonic())
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def membership_stalls(
+    procs: Processes, bootstrap: str, stamp: str, scratch: Path, rate: float = 100.0
+) -> Stalls:
+    """One normalizer under a steady load; a second joins; then the first is SIGKILLed.
+
+    What a restart or a crash costs the residents whose contacts are on the partitions that
+    move: the longest wait from a contact's send to its request on the requests topic, phase by
+    phase, against the steady state before (the same run's baseline).
+    """
+    from bench.pipeline_bench import contact_records, make_contacts
+    from intake311.settings import KafkaSettings, Settings
+
+    prefix = f"e2e{stamp}members"
+    data_dir = scratch / "members"
+    settings = Settings(data_dir=data_dir, kafka=KafkaSettings(topic_prefix=prefix))
+    steady_s, join_s, kill_s = 6.0, 22.0, 12.0
+    records = contact_records(
+        settings, make_contacts(int(rate * (steady_s + join_s + kill_s)), f"{prefix}-load")
+    )
+    ports = [free_port(), free_port()]
+    names = ["members-normalizer0", "members-normalizer1"]
+
+    def start(k: int) -> None:
+        env = stage_env(bootstrap, prefix, data_dir, INTAKE311_METRICS_PORT=str(ports[k]))
+        procs.start(names[k], stage_argv("normalizer"), env)
+
+    start(0)
+    wait_ready(procs, names[0], f"http://127.0.0.1:{ports[0]}/health/ready")
+    # Warm-up: the first member owns every partition before the clock starts.
+    asyncio.run(
+        _scale_once(bootstrap, prefix, [], contact_records(settings, make_contacts(12, f"{prefix}-w")), 60)
+    )
+    marks: dict[str, float] = {}
+    sent_at: dict[bytes, float] = {}
+
+    def join() -> None:
+        marks["join"] = time.monotonic()
+        start(1)
+
+    def kill() -> None:
+        marks["kill"] = time.monotonic()
+        proc = procs.children.pop(names[0])
+        proc.kill()
+        proc.wait(5)
+
+    async def both() -> dict[bytes, list[float]]:
+        arrivals = asyncio.ensure_future(_arrivals(bootstrap, f"{prefix}.requests", len(records) + 12, 120))
+        await _steady_load(
+            bootstrap, records, rate, sent_at, marks, [(steady_s, join), (steady_s + join_s, kill)]
+        )
+        return await arrivals
+
+    try:
+        seen = asyncio.run(both())
+    finally:
+        for name in names:
+            procs.stop(name)
+    phases: dict[str, list[float]] = {"steady": [], "join": [], "kill": []}
+    for key, sent in sent_at.items():
+        arrived = seen.get(key)
+        if not arrived:
+            continue
+        phase = "kill" if sent >= marks["kill"] else "join" if sent >= marks["join"] else "steady"
+        phases[phase].append((arrived[0] - sent) * 1000)
+    lost = sum(1 for key in sent_at if key not in seen)
+    dup = sum(len(seen[key]) - 1 for key in sent_at if key in seen)
+    return Stalls(phases["steady"], phases["join"], phases["kill"], lost, dup)
+
+
 # ---------------------------------------------------------------------------------------------
 # pipeline_bench.py as a subprocess
 
@@ -890,6 +1024,21 @@ def run(args: argparse.Namespace) -> int:
                 f"{scale_n - two.distinct} / {scale_n - one.distinct}",
                 f"{two.extra} / {one.extra}",
             ))  # fmt: skip
+            progress(
+                "membership: one normalizer at 100/s; a second joins at 6 s; the first is killed at 28 s"
+            )
+            stalls = membership_stalls(procs, bootstrap, stamp, scratch)
+            progress(
+                f"  steady {ms(stalls.steady_ms)}; join {ms(stalls.join_ms)}; kill {ms(stalls.kill_ms)}; "
+                f"lost {stalls.lost}, dup {stalls.dup}"
+            )
+            steady_max = f"steady state before: max {max(stalls.steady_ms, default=0):.0f} ms"
+            rows += [
+                ("contact sent -> request, while a second normalizer joins (100/s)", ms(stalls.join_ms),
+                 steady_max, "-", str(stalls.lost), str(stalls.dup)),
+                ("contact sent -> request, after one of two normalizers is SIGKILLed", ms(stalls.kill_ms),
+                 steady_max, "-", "(above)", "(above)"),
+            ]  # fmt: skip
         finally:
             procs.stop_all()
             broker.stop()
