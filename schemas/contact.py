@@ -8,6 +8,7 @@ from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from schemas.attributes import Answers
 from schemas.ids import digest, is_slug, make_contact_id, parse_ticket
 
 CONTACT_SCHEMA_VERSION: Final = 1
@@ -110,6 +111,11 @@ class RawContact(_Model):
     location: Location | None = None
     reply: ReplyVia | None = None
     language: str | None = None
+    attributes: Answers = Field(
+        default_factory=dict,
+        max_length=50,
+        description="answers to the service's questions the resident gave (Open311 attribute[code])",
+    )
     continues: bool = Field(default=False, description="adds to an existing request instead of opening one")
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, description="provider fields")
 

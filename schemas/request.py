@@ -7,6 +7,7 @@ from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.attributes import Answers
 from schemas.contact import Media, ReplyVia, Sender
 
 REQUEST_SCHEMA_VERSION: Final = 1
@@ -95,6 +96,10 @@ class ServiceRequest(BaseModel):
     )
     media_url: str | None = None
     media: tuple[Media, ...] = ()
+    attributes: Answers = Field(
+        default_factory=dict,
+        description="answers to the service's questions (Open311 attribute[code]; schemas/attributes.py)",
+    )
     status: Status = Status.OPEN
     status_notes: str | None = None
     requested_datetime: AwareDatetime

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.attributes import ServiceAttribute, check_attributes
 from schemas.emergency import phrase_pattern
 from schemas.request import Priority
 
@@ -97,6 +98,14 @@ class Service(BaseModel):
     )
     priority: Priority = Field(default=Priority.NORMAL, description="the default: high, normal or low")
     incident: IncidentRule | None = Field(default=None, description="None: the taxonomy's default")
+    attributes: tuple[ServiceAttribute, ...] = Field(
+        default=(), description="the service's questions (Open311 attributes), in their order"
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: tuple[ServiceAttribute, ...]) -> tuple[ServiceAttribute, ...]:
+        return check_attributes(value)
 
     @model_validator(mode="before")
     @classmethod
