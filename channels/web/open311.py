@@ -2,6 +2,13 @@
 
 Formats come from the path suffix (``.json`` / ``.xml``) as the spec has it; errors are always
 the spec's error list, never FastAPI's ``{"detail": …}``, so existing Open311 clients parse them.
+Absent optional fields are left out of the GET answers, in JSON as in XML (the spec: "may not be
+returned"; its JSON Schemas require only ``service_request_id``, ``status``, ``service_code`` and
+``requested_datetime`` of a request), so no client reads ``null`` or ``<lat />`` as a bad number.
+``tokens/{token}`` answers as the spec has it although our ids are immediate: a token is the
+ticket. Service discovery (``discovery_router``) and the spec-shaped errors for paths no route
+matches (``open311_http_errors``) are mounted by the app.
+
 ``extensions=true`` on the GET requests adds the spec's ``extended_attributes`` per request: the
 districts the city placed it in, its incident and how many residents reported that incident, its
 priority (and why) and the emergency its text describes. JSON answers also carry ``priority`` as a
@@ -16,10 +23,13 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.exception_handlers import http_exception_handler
 from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,8 +52,14 @@ from intake311.settings import Settings
 from schemas import messages
 from schemas.emergency import rules_for, warning
 from schemas.ids import parse_ticket
-from schemas.open311 import REQUEST_FIELDS
-from schemas.taxonomy import Service, Taxonomy
+from schemas.open311 import (
+    DISCOVERY_FORMATS,
+    REQUEST_FIELDS,
+    SERVICE_FIELDS,
+    SPECIFICATION,
+    EndpointType,
+)
+from schemas.taxonomy import DEFAULT_TAXONOMY_PATH, Service, Taxonomy
 
 PREFIX = "/open311/v2"
 SEARCH_WINDOW = timedelta(days=90)  # the spec's default and maximum date range
@@ -86,14 +102,24 @@ def wants_extensions(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
-def request_record(found: Mapping[str, Any], fmt: Format, extensions: bool) -> dict[str, Any]:
-    """One request as the spec's fields, plus ``extended_attributes`` when the client asked.
+def request_record(
+    found: Mapping[str, Any], fmt: Format, extensions: bool, unclassified: Service | None = None
+) -> dict[str, Any]:
+    """One request as the spec's present fields, plus ``extended_attributes`` when the client asked.
 
     Lookups give the extended attributes under that key (a lookup without any, like this web
     process's own record, gives an empty object rather than guessing); in XML the district layers
-    become element names, in JSON they stay as the city names them.
+    become element names, in JSON they stay as the city names them. A request no one has
+    classified yet (a form report without a category, seen before the pipeline placed it) has no
+    service code, which the spec requires: it is shown under ``unclassified``, the taxonomy's
+    fallback service (its "we do not know yet"), rather than as a record no client accepts.
     """
-    record = {k: found.get(k) for k in REQUEST_FIELDS}
+    record = {k: v for k in REQUEST_FIELDS if (v := found.get(k)) is not None}
+    if "service_code" not in record and unclassified is not None:
+        record["service_code"] = unclassified.code
+        record.setdefault("service_name", unclassified.name)
+    # The spec's order, whichever field was filled in last.
+    record = {k: record[k] for k in REQUEST_FIELDS if k in record}
     extended = dict(found.get("extended_attributes") or {})
     priority = found.get("priority") or extended.get("priority")
     if fmt == "json" and priority is not None:
@@ -126,16 +152,22 @@ def api_key_ok(given: str, keys: Sequence[SecretStr]) -> bool:
 
 
 def service_record(service: Service) -> dict[str, Any]:
-    """One entry of ``GET services``; no attributes yet, hence metadata false."""
-    return {
+    """One entry of ``GET services``; no attributes yet, hence metadata false.
+
+    ``type`` is realtime: a POST answers with the service_request_id at once. ``keywords`` is
+    always there (empty when none: one validator requires the element); an absent
+    ``description`` or ``group`` is left out.
+    """
+    record: dict[str, Any] = {
         "service_code": service.code,
         "service_name": service.name,
-        "description": service.description,
+        "description": service.description or None,
         "metadata": False,
         "type": "realtime",
         "keywords": ",".join(service.keywords),
-        "group": service.group,
+        "group": service.group or None,
     }
+    return {k: record[k] for k in SERVICE_FIELDS if record[k] is not None}
 
 
 def _split(value: str | None) -> list[str]:
@@ -160,6 +192,7 @@ def open311_router(
     jurisdiction = settings.web.jurisdiction_id
     emergencies = rules_for(settings.emergency_rules_file)
     recent = recent_submissions(settings.data_dir)
+    unclassified = taxonomy.get(taxonomy.fallback_code)
 
     def wrong_jurisdiction(fmt: Format, given: str | None) -> Response | None:
         if given and given.strip() != jurisdiction:
@@ -307,7 +340,7 @@ def open311_router(
         except Exception:
             log.warning("request search failed", exc_info=True)
             return errors(f, 503, "requests cannot be searched right now; please retry later")
-        records = [request_record(r, f, wants_extensions(extensions)) for r in found]
+        records = [request_record(r, f, wants_extensions(extensions), unclassified) for r in found]
         return render(f, "service_requests", "request", records)
 
     @router.get("/requests/{request_id}.{fmt}")
@@ -327,7 +360,134 @@ def open311_router(
             return errors(f, 503, "requests cannot be read right now; please retry later")
         if found is None:
             return errors(f, 404, f"no service request {request_id[:40]!r}")
-        record = request_record(found, f, wants_extensions(extensions))
+        record = request_record(found, f, wants_extensions(extensions), unclassified)
+        return render(f, "service_requests", "request", [record])
+
+    @router.get("/tokens/{token}.{fmt}")
+    async def token_request(token: str, fmt: str, jurisdiction_id: str | None = None) -> Response:
+        """The spec's token lookup. Our ids are immediate (services are ``realtime``), so a client
+        holding a token holds the ticket: it resolves to itself once this endpoint knows it."""
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        if refused := wrong_jurisdiction(f, jurisdiction_id):
+            return refused
+        ticket = parse_ticket(token)
+        try:
+            found = await lookup.get(ticket) if ticket else None
+        except Exception:
+            log.warning("token lookup failed", token=ticket, exc_info=True)
+            return errors(f, 503, "tokens cannot be resolved right now; please retry later")
+        if found is None or not found.get("service_request_id"):
+            return errors(f, 404, f"no token {token[:40]!r}")
+        record = {"service_request_id": found["service_request_id"], "token": ticket}  # the spec's order
         return render(f, "service_requests", "request", [record])
 
     return router
+
+
+DISCOVERY_PREFIX = "/open311"
+
+
+def discovery_changeset(settings: Settings) -> datetime:
+    """When what a client caches from this endpoint last changed: the taxonomy file's mtime.
+
+    The spec's changeset tells a client to refresh the services and definitions it cached; both
+    come from the taxonomy, which the stages load at start, so its modification time is honest
+    and stays the same across restarts. Unreadable (an odd install): this module's own mtime,
+    i.e. when the endpoint itself last changed. Whole seconds, UTC.
+    """
+    try:
+        stamp = Path(settings.taxonomy_file or DEFAULT_TAXONOMY_PATH).stat().st_mtime
+    except OSError:
+        stamp = Path(__file__).stat().st_mtime
+    return datetime.fromtimestamp(int(stamp), UTC)
+
+
+def discovery_document(
+    settings: Settings,
+    *,
+    changeset: datetime | None = None,
+    contact: str | None = None,
+    key_service: str | None = None,
+    endpoint_type: EndpointType = "production",
+) -> dict[str, Any]:
+    """The spec's service discovery document (every field is required, none may be empty).
+
+    ``contact`` and ``key_service`` are the city's words (settings); without them a default that
+    says where to ask, never an empty string. One endpoint: this one, in both formats.
+    """
+    when = changeset if changeset is not None else discovery_changeset(settings)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    url = settings.web.public_url + PREFIX
+    jurisdiction = settings.web.jurisdiction_id
+    return {
+        "changeset": when,
+        "contact": contact
+        or f"Open311 GeoReport v2 for {jurisdiction} at {url}; ask the city's 311 office for help.",
+        "key_service": key_service
+        or "Reading needs no key. POST requests needs an api_key: ask the city's 311 office for one.",
+        "endpoints": [
+            {
+                "specification": SPECIFICATION,
+                "url": url,
+                "changeset": when,
+                "type": endpoint_type,
+                "formats": list(DISCOVERY_FORMATS),
+            }
+        ],
+    }
+
+
+def discovery_router(
+    settings: Settings,
+    *,
+    changeset: datetime | None = None,
+    contact: str | None = None,
+    key_service: str | None = None,
+    endpoint_type: EndpointType = "production",
+) -> APIRouter:
+    """``/open311/discovery.json`` and ``/open311/discovery.xml``: one document, built at start
+    (nothing in it changes while the process runs: the taxonomy is loaded once)."""
+    router = APIRouter(prefix=DISCOVERY_PREFIX, tags=["open311"])
+    document = discovery_document(
+        settings, changeset=changeset, contact=contact, key_service=key_service, endpoint_type=endpoint_type
+    )
+
+    @router.get("/discovery.{fmt}")
+    async def discovery(fmt: str) -> Response:
+        """Open311 service discovery: where this city's GeoReport v2 endpoint lives, and since when."""
+        f = _format(fmt)
+        if f is None:
+            return _unknown_format(fmt)
+        return render_object(f, "discovery", document)
+
+    return router
+
+
+async def open311_http_errors(request: Request, exc: Exception) -> Response:
+    """The app's HTTP errors (no route, wrong method) under ``/open311/`` as the spec's error list.
+
+    Registered on the app for Starlette's ``HTTPException``: a path no route matches never reaches
+    the Open311 routers, so only the app can answer it, and FastAPI's ``{"detail": …}`` is not a
+    shape any Open311 client parses. XML when the path asks for it, else JSON; other paths keep
+    FastAPI's own answer.
+    """
+    if not isinstance(exc, StarletteHTTPException):  # registered for HTTPException only
+        raise exc
+    path = request.url.path
+    if not path.startswith(DISCOVERY_PREFIX + "/"):
+        return await http_exception_handler(request, exc)
+    fmt: Format = "xml" if path.endswith(".xml") else "json"
+    if exc.status_code == 404:
+        description = (
+            f"no Open311 resource at {path[:100]!r}: GeoReport v2 is under {PREFIX} (services, requests,"
+            f" tokens), service discovery at {DISCOVERY_PREFIX}/discovery.xml and .json"
+        )
+    elif exc.status_code == 405:
+        description = f"{request.method[:10]} is not allowed on {path[:100]!r}"
+    else:
+        description = str(exc.detail)[:200]
+    response = errors(fmt, exc.status_code, description)
+    response.headers.update(exc.headers or {})
+    return response
