@@ -108,13 +108,15 @@ class ServiceAttribute(BaseModel):
         ]
 
     def record(self) -> dict[str, Any]:
-        """The spec's attribute record (``GET services/{code}``)."""
+        """The spec's attribute record (``GET services/{code}``). ``datatype_description`` is
+        text even when there is none: one validator wants the field on every attribute, the
+        spec's Swagger wants it a string."""
         return {
             "variable": self.variable,
             "code": self.code,
             "datatype": self.datatype.value,
             "required": self.required,
-            "datatype_description": self.datatype_description or None,
+            "datatype_description": self.datatype_description,
             "order": self.order,
             "description": self.description,
             "values": [{"key": v.key, "name": v.name} for v in self.values],

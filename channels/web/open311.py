@@ -152,7 +152,8 @@ def api_key_ok(given: str, keys: Sequence[SecretStr]) -> bool:
 
 
 def service_record(service: Service) -> dict[str, Any]:
-    """One entry of ``GET services``; no attributes yet, hence metadata false.
+    """One entry of ``GET services``; ``metadata`` says whether the service asks questions
+    (``GET services/{code}`` lists them).
 
     ``type`` is realtime: a POST answers with the service_request_id at once. ``keywords`` is
     always there (empty when none: one validator requires the element); an absent
@@ -162,7 +163,7 @@ def service_record(service: Service) -> dict[str, Any]:
         "service_code": service.code,
         "service_name": service.name,
         "description": service.description or None,
-        "metadata": False,
+        "metadata": bool(service.attributes),
         "type": "realtime",
         "keywords": ",".join(service.keywords),
         "group": service.group or None,
@@ -218,7 +219,8 @@ def open311_router(
         service = taxonomy.get(service_code)
         if service is None:
             return errors(f, 404, f"unknown service_code {service_code[:100]!r}")
-        return render_object(f, "service_definition", {"service_code": service.code, "attributes": []})
+        attributes = [a.record() for a in service.attributes]
+        return render_object(f, "service_definition", {"service_code": service.code, "attributes": attributes})
 
     @router.post("/requests.{fmt}", status_code=201)
     async def create_request(fmt: str, request: Request) -> Response:

@@ -64,7 +64,7 @@ def test_the_spec_record_of_an_attribute() -> None:
         "code": "stream",
         "datatype": "singlevaluelist",
         "required": True,
-        "datatype_description": None,
+        "datatype_description": "",
         "order": 0,
         "description": "stream?",
         "values": [

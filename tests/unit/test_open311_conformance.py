@@ -40,6 +40,7 @@ from channels.web import create_app
 from channels.web.open311 import discovery_document, request_record
 from intake311.settings import Settings, WebSettings
 from schemas.open311 import REQUEST_FIELDS, REQUIRED_REQUEST_FIELDS
+from schemas.taxonomy import load_taxonomy
 from tests.support import asgi_client
 from tests.unit import test_web_open311 as web
 from tests.unit.test_web_open311 import BASE, TAXONOMY, FakePublisher, valid
@@ -239,6 +240,39 @@ class TwoRequests:
 async def city(settings: Settings, publisher: FakePublisher) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_client(create_app(settings, publisher, TAXONOMY, lookup=TwoRequests()), "http://t") as c:
         yield c
+
+
+@pytest.fixture
+async def asking_city(settings: Settings, publisher: FakePublisher) -> AsyncIterator[httpx.AsyncClient]:
+    """The packaged taxonomy, whose services ask questions (schemas/attributes.py)."""
+    app = create_app(settings, publisher, load_taxonomy(), lookup=TwoRequests())
+    async with asgi_client(app, "http://t") as c:
+        yield c
+
+
+async def test_services_with_questions_say_metadata_and_list_them(asking_city: httpx.AsyncClient) -> None:
+    services = {s["service_code"]: s for s in (await asking_city.get(f"{BASE}/services.json")).json()}
+    assert services["missed-pickup"]["metadata"] is True and services["noise"]["metadata"] is False
+    body = (await asking_city.get(f"{BASE}/services/missed-pickup.json")).json()
+    check(body, SERVICE_DEFINITION)
+    [stream] = body["attributes"]
+    assert (stream["code"], stream["datatype"], stream["required"], stream["variable"]) == (
+        "stream",
+        "singlevaluelist",
+        True,
+        True,
+    )
+    assert {v["key"] for v in stream["values"]} == {"trash", "recycling", "yard-waste", "public-can"}
+    assert all(set(v) == {"key", "name"} for v in stream["values"])  # the words stay ours
+    root = xml_root(await asking_city.get(f"{BASE}/services/missed-pickup.xml"))
+    [attribute] = root.findall("attributes/attribute")
+    assert attribute.findtext("code") == "stream" and attribute.findtext("required") == "true"
+    assert [v.findtext("key") for v in attribute.findall("values/value")] == [
+        "trash",
+        "recycling",
+        "yard-waste",
+        "public-can",
+    ]
 
 
 def xml_root(response: httpx.Response) -> ET.Element:
