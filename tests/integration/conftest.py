@@ -12,7 +12,7 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,3 +147,32 @@ async def pipeline(
 ) -> AsyncIterator[Pipeline]:
     async with start_pipeline(kafka_bootstrap, receiver, tmp_path_factory.mktemp("var")) as pipe:
         yield pipe
+
+
+# -- the case store (PostgreSQL): one throwaway database per module --------------------------------
+
+
+@pytest.fixture(scope="module")
+def dsn(postgres: None) -> Iterator[str]:
+    """A new empty database for the module (dropped afterwards); skipped without a server."""
+    from tests.support import throwaway_database
+
+    with throwaway_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+async def module_store(dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """The module's case store, with the module's ``TAXONOMY`` (the packaged one without)."""
+    from sinks.postgres import CaseStore
+
+    async with CaseStore(dsn, taxonomy=getattr(request.module, "TAXONOMY", None)) as store:
+        yield store
+
+
+@pytest.fixture
+async def store(module_store: Any) -> Any:
+    """The module's case store, emptied for this test."""
+    async with module_store.pool.connection() as conn:
+        await conn.execute("TRUNCATE requests CASCADE")
+    return module_store

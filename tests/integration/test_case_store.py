@@ -7,7 +7,7 @@ own (migrations) make one more. Without a reachable server the module is skipped
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,25 +53,6 @@ def fresh_db(postgres: None) -> Iterator[str]:
     """A database of its own for one test (migration tests)."""
     with throwaway_database() as dsn:
         yield dsn
-
-
-@pytest.fixture(scope="module")
-def dsn(postgres: None) -> Iterator[str]:
-    with throwaway_database() as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="module")
-async def module_store(dsn: str) -> AsyncIterator[CaseStore]:
-    async with CaseStore(dsn, taxonomy=TAXONOMY) as store:
-        yield store
-
-
-@pytest.fixture
-async def store(module_store: CaseStore) -> CaseStore:
-    async with module_store.pool.connection() as conn:
-        await conn.execute("TRUNCATE requests CASCADE")
-    return module_store
 
 
 def make_request(request_id: str = "K7M4-QPXA", event_id: str = "e1", **changes: Any) -> ServiceRequest:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -24,7 +23,6 @@ from schemas.topics import Topics
 from sinks.postgres import CaseStore, load_migrations
 from sinks.postgres.store import EVENT_KINDS, CaseEvent
 from sinks.status import apply_status_batch
-from tests.support import throwaway_database
 
 pytestmark = pytest.mark.integration
 
@@ -39,25 +37,6 @@ TAXONOMY = Taxonomy(
         Service(code="other", name="Something else", department="triage"),
     )
 )
-
-
-@pytest.fixture(scope="module")
-def dsn(postgres: None) -> Iterator[str]:
-    with throwaway_database() as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="module")
-async def module_store(dsn: str) -> AsyncIterator[CaseStore]:
-    async with CaseStore(dsn, taxonomy=TAXONOMY) as store:
-        yield store
-
-
-@pytest.fixture
-async def store(module_store: CaseStore) -> CaseStore:
-    async with module_store.pool.connection() as conn:
-        await conn.execute("TRUNCATE requests CASCADE")
-    return module_store
 
 
 def make_request(request_id: str, event_id: str | None = None, **changes: Any) -> ServiceRequest:

@@ -7,7 +7,7 @@ database; every test starts from empty tables. Skipped, saying why, without a se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,6 @@ from schemas.status import State
 from schemas.taxonomy import Service, Taxonomy
 from sinks.postgres import CaseStore
 from sinks.requests_api import decode_cursor, encode_cursor, request_api_routes
-from tests.support import throwaway_database
 
 pytestmark = pytest.mark.integration
 
@@ -39,25 +38,6 @@ TAXONOMY = Taxonomy(
         Service(code="other", name="Something else", department="triage"),
     )
 )
-
-
-@pytest.fixture(scope="module")
-def dsn(postgres: None) -> Iterator[str]:
-    with throwaway_database() as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="module")
-async def module_store(dsn: str) -> AsyncIterator[CaseStore]:
-    async with CaseStore(dsn, taxonomy=TAXONOMY) as store:
-        yield store
-
-
-@pytest.fixture
-async def store(module_store: CaseStore) -> CaseStore:
-    async with module_store.pool.connection() as conn:
-        await conn.execute("TRUNCATE requests CASCADE")
-    return module_store
 
 
 @pytest.fixture
