@@ -151,6 +151,13 @@ def stem_words(ws: tuple[str, ...] | list[str], language: str = DEFAULT_LANGUAGE
     return out  # type: ignore[return-value]
 
 
+def _stem_one(word: str, lang: str) -> str:
+    """``stem(word, lang)`` for a supported ``lang`` key, through ``stem_words``' cache."""
+    cache = _stem_caches.get(lang)
+    found = cache.get(word) if cache is not None else None
+    return found if found is not None else stem_words((word,), lang)[0]
+
+
 @dataclass(frozen=True)
 class Classification:
     """The classifier's answer. ``triage`` is set when a person should confirm the service."""
@@ -178,7 +185,7 @@ def words(text: str) -> tuple[str, ...]:
     if last[0] == text:
         return last[1]
     lowered = text.lower().replace("'", "").replace("\u2019", "").replace("`", "")
-    found = tuple(w for w in _TOKEN_RE.findall(lowered) if not w.isdigit())
+    found = tuple([w for w in _TOKEN_RE.findall(lowered) if not w.isdigit()])
     _last_words = (text, found)
     return found
 
@@ -198,6 +205,22 @@ class _Tokenizer:
         ws = words(text)
         lang = self.language
         stems = stem_words(ws, lang)
+        skip = self.stopwords
+        heads = self._heads
+        # Most texts hold no split compound: find the pairs that could join first (a set lookup
+        # each), and take the per-word loop below only when one really joins.
+        if heads:
+            compounds = self.compounds
+            cache = _stem_caches[lang]  # stem_words made it
+            for joined in [ws[i] + ws[i + 1] for i in range(len(ws) - 1) if ws[i][:3] in heads]:
+                found = cache.get(joined)
+                if (found if found is not None else _stem_one(joined, lang)) in compounds:
+                    return self._joined(ws, stems)
+        return [st for w, st in zip(ws, stems, strict=True) if w not in skip]
+
+    def _joined(self, ws: tuple[str, ...], stems: list[str]) -> list[str]:
+        """``tokens`` with compounds joined, left to right ("pot hole" -> "pothol")."""
+        lang = self.language
         out: list[str] = []
         i = 0
         n = len(ws)
@@ -207,7 +230,7 @@ class _Tokenizer:
         while i < n:
             word = ws[i]
             if i + 1 < n and word[:3] in heads:
-                joined = stem(word + ws[i + 1], lang)
+                joined = _stem_one(word + ws[i + 1], lang)
                 if joined in compounds:
                     out.append(joined)
                     i += 2
@@ -222,7 +245,9 @@ def _ngrams(tokens: list[str], max_n: int, prefixes: frozenset[str] | None = Non
     """Tokens and their 2..max_n-word phrases; with ``prefixes``, only phrases that extend one."""
     feats = set(tokens)
     n_tokens = len(tokens)
-    for i in range(n_tokens):
+    # With prefixes, a phrase can only start at a token that begins an indexed phrase.
+    starts = range(n_tokens) if prefixes is None else [i for i, t in enumerate(tokens) if t in prefixes]
+    for i in starts:
         phrase = tokens[i]
         for j in range(i + 1, min(n_tokens, i + max_n)):
             if prefixes is not None and phrase not in prefixes:

@@ -12,7 +12,7 @@ import pytest
 from channels.email import parse_email
 from channels.sms.parse import parse_sms
 from intake311.settings import Settings
-from schemas.language import detector, normalise_tag, preferred_language
+from schemas.language import MARGIN, LanguageDetector, detector, normalise_tag, preferred_language
 from tests.support import shared_file
 from tests.unit.test_email_support import make_message
 
@@ -122,3 +122,46 @@ def test_accept_language_default_and_ties() -> None:
 def test_normalise_tag() -> None:
     assert normalise_tag("es-MX") == normalise_tag("ES_mx") == normalise_tag("es-MX, en") == "es"
     assert normalise_tag("") is None and normalise_tag(None) is None
+
+
+def _by_scores(d: LanguageDetector, text: str) -> str | None:
+    """What ``detect`` answers when lingua is always asked: the best score, if it leads by MARGIN."""
+    ranked = sorted(d.scores(text).items(), key=lambda item: item[1], reverse=True)
+    return ranked[0][0] if ranked and ranked[0][1] - ranked[1][1] >= MARGIN else None
+
+
+MIXED = [
+    # Ten or more function words of one language: decided without lingua, whatever lingua says.
+    "the the the the the the the the the the la basura no se recogió en la calle",
+    "it was not there and they said that it is not for us to do with this at all",
+    "no hay agua en la casa y el agua de la calle no se va desde el lunes de la semana pasada",
+    "We called the city about it and they said they would send someone to look at it this week",
+    # Fewer: lingua is asked, and can outweigh a lead of five English words.
+    "the the the the the basura recogida calle semana pasada agua casa vecinos ayuntamiento alcantarilla",
+    "the the the basura recogida calle semana pasada agua casa vecinos",
+    "the the the the the the the the the basura",
+    "de la de la de la de la de trash pickup",
+]
+
+
+def test_function_words_decide_only_when_lingua_could_not_change_the_answer() -> None:
+    d = LanguageDetector(("en", "es"))
+    path = shared_file("seeclickfix_newhaven_2014.csv")
+    with path.open(newline="", encoding="utf-8") as f:
+        texts = sorted({r["Description"].strip() for r in csv.DictReader(f) if r["Description"].strip()})
+    sample = random.Random(7).sample(texts, 400) + SPANISH + MIXED
+    assert [d.detect(t) for t in sample] == [_by_scores(d, t) for t in sample]
+
+
+class _NoLingua:
+    def compute_language_confidence_values(self, text: str) -> object:
+        raise AssertionError(f"lingua was asked about {text!r}")
+
+
+def test_a_decisive_function_word_lead_skips_lingua() -> None:
+    d = LanguageDetector(("en", "es"))
+    d._lingua = _NoLingua()  # type: ignore[assignment]
+    assert d.detect(MIXED[1]) == "en"
+    assert d.detect(MIXED[2]) == "es"
+    with pytest.raises(AssertionError, match="lingua was asked"):
+        d.detect("hay un bache en la calle")  # four function words: lingua still decides
