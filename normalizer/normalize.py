@@ -16,12 +16,13 @@ from normalizer.classify import Classification, Classifier
 from normalizer.geo.geo import Place
 from normalizer.location import extract_address
 from normalizer.priority import PriorityRules, priority_of, raise_to
+from schemas.attributes import Answers, answers_from_text
 from schemas.contact import Media, RawContact
 from schemas.emergency import EmergencyRules, default_rules
 from schemas.ids import digest, event_id_for
 from schemas.language import LanguageDetector, detector
 from schemas.request import Precision, Priority, ServiceRequest, Status
-from schemas.taxonomy import Taxonomy
+from schemas.taxonomy import Service, Taxonomy
 
 MAX_DESCRIPTION = 4000
 OUTSIDE_CITY = "outside the city boundary"
@@ -46,6 +47,23 @@ class TextOnly:
         if lat is not None and long is not None:
             return Place(lat, long, address, Precision.GIVEN)
         return Place(None, None, address or extract_address(text), None)
+
+
+def answers(
+    service: Service, description: str, contact: RawContact, base: ServiceRequest | None
+) -> Answers:
+    """The answers to ``service``'s questions: what the resident gave (a form's ``attribute[code]``,
+    on this contact or an earlier version of the request), then what the text says unambiguously
+    (schemas/attributes.py). Answers to another service's questions (a request re-classified
+    since) are dropped: they answer questions this service does not ask."""
+    if not service.attributes:
+        return {}
+    asked = {a.code for a in service.attributes}
+    given: Answers = dict(base.attributes) if base is not None else {}
+    given.update(contact.attributes)
+    kept = {code: answer for code, answer in given.items() if code in asked}
+    read = answers_from_text([a for a in service.attributes if a.code not in kept], description)
+    return {**kept, **read}
 
 
 def versioned(request: ServiceRequest) -> ServiceRequest:
@@ -275,6 +293,7 @@ class Normalizer:
         elif triage:
             reason = "service unclear" if classification.confidence > 0 else "no service recognised"
         return ServiceRequest(
+            attributes=answers(service, description, contact, base),
             request_id=contact.request_id,
             event_id=event_id_for(contact.request_id, contact_ids),
             service_code=service.code,

@@ -220,3 +220,48 @@ def test_answers_travel_on_the_contact_and_the_request_json() -> None:
             received_at=now,
             attributes={f"a{i}": "x" for i in range(51)},
         )
+
+
+# -- the normalizer fills and keeps answers ---------------------------------------------------------
+
+
+def _contact(text: str, *, contact_id: str = "sms:SM1", **extra: object) -> RawContact:
+    return RawContact.model_validate(
+        {
+            "contact_id": contact_id,
+            "request_id": "K7M4-QPXA",
+            "channel": "sms",
+            "received_at": datetime(2026, 3, 1, 9, tzinfo=UTC),
+            "text": text,
+            **extra,
+        }
+    )
+
+
+def test_the_normalizer_reads_answers_from_the_text_and_keeps_given_ones() -> None:
+    from normalizer.normalize import Normalizer
+
+    normalizer = Normalizer.from_taxonomy(load_taxonomy())
+    first = normalizer.normalize(_contact("The recycling was not picked up at 12 Elm Street"))
+    assert first.service_code == "missed-pickup" and first.attributes == {"stream": "recycling"}
+    # An app's answer wins over the words; an answer to a question the service does not ask goes.
+    given = normalizer.normalize(
+        _contact(
+            "Recycling not picked up at 12 Elm Street",
+            service_code="missed-pickup",
+            attributes={"stream": "yard-waste", "colour": "blue"},
+        )
+    )
+    assert given.attributes == {"stream": "yard-waste"}
+    # Left open by the first text, answered by the next one.
+    open_ = normalizer.normalize(
+        _contact("Nothing was collected on Elm Street this week", service_code="missed-pickup")
+    )
+    assert open_.attributes == {}
+    later = normalizer.normalize(
+        _contact("it was the garbage", contact_id="sms:SM2", continues=True, service_code="missed-pickup"),
+        previous=open_,
+    )
+    assert later.attributes == {"stream": "trash"}
+    # A service that asks nothing carries no answers.
+    assert normalizer.normalize(_contact("Loud music from 5 Oak Street all night")).attributes == {}
