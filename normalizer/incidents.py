@@ -34,6 +34,7 @@ from normalizer.geo.types import haversine_m as distance_m
 from normalizer.normalize import Normalizer, versioned
 from normalizer.priority import raise_to
 from normalizer.state import Area, Incident, Snapshot, StoredRequest
+from schemas.attributes import unanswered
 from schemas.contact import (
     ACTION,
     ACTION_MERGE,
@@ -284,7 +285,57 @@ class IncidentDesk:
 
     # -- contacts -------------------------------------------------------------------------------
     def handle(self, contact: RawContact, snap: Snapshot, prepared: ServiceRequest | None = None) -> Outcome:
-        """The outcome of one contact. ``prepared``: ``normalize(contact)`` done before the lock."""
+        """The outcome of one contact. ``prepared``: ``normalize(contact)`` done before the lock.
+
+        A resident's request that leaves a required question of its service open also gets the
+        question, on their channel (``questions``)."""
+        out = self._handle(contact, snap, prepared)
+        if contact.channel != "operator":
+            for request in out.requests:
+                if request.request_id == contact.request_id:
+                    out.messages += self.questions(request)
+        return out
+
+    def questions(self, request: ServiceRequest) -> list[OutboundMessage]:
+        """The first required question ``request`` leaves open, to its resident, once.
+
+        One at a time (a text with three questions gets one answer); the id derives from the
+        request and the question, so a replay or a later version asks nothing new. A later
+        report of a known incident is not asked: the crew works the first report's answers.
+        """
+        service = self.taxonomy.get(request.service_code)
+        reply = request.reply
+        if service is None or reply is None or request.is_later_report:
+            return []
+        waiting = unanswered(service.attributes, request.attributes)
+        if not waiting or (self.reply_channels is not None and reply.channel not in self.reply_channels):
+            return []
+        question = waiting[0]
+        language = resolve_language(reply.language or request.language)
+        choices = ", ".join(v.name_in(language) for v in question.values)
+        values = {
+            "ticket": request.request_id,
+            "question": question.question_in(language),
+            "choices": choices,
+        }
+        return [
+            OutboundMessage(
+                message_id=outbound_message_id(
+                    reply.channel, reply.address, "question", request.request_id, question.code
+                ),
+                request_id=request.request_id,
+                channel=reply.channel,
+                to=reply.address,
+                thread=reply.thread,
+                language=language,
+                kind=MessageKind.QUESTION,
+                subject=render("question_subject", language, **values),
+                text=render("question_choices" if choices else "question", language, **values),
+                created_at=request.updated_datetime.astimezone(UTC),
+            )
+        ]
+
+    def _handle(self, contact: RawContact, snap: Snapshot, prepared: ServiceRequest | None = None) -> Outcome:
         stored = snap.request(contact.request_id)
         if stored is not None and (
             contact.contact_id in stored.request.source_contact_ids or contact.contact_id in stored.absorbed

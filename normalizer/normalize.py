@@ -16,7 +16,7 @@ from normalizer.classify import Classification, Classifier
 from normalizer.geo.geo import Place
 from normalizer.location import extract_address
 from normalizer.priority import PriorityRules, priority_of, raise_to
-from schemas.attributes import Answers, answers_from_text
+from schemas.attributes import Answers, answers_from_text, unanswered
 from schemas.contact import Media, RawContact
 from schemas.emergency import EmergencyRules, default_rules
 from schemas.ids import digest, event_id_for
@@ -49,9 +49,7 @@ class TextOnly:
         return Place(None, None, address or extract_address(text), None)
 
 
-def answers(
-    service: Service, description: str, contact: RawContact, base: ServiceRequest | None
-) -> Answers:
+def answers(service: Service, description: str, contact: RawContact, base: ServiceRequest | None) -> Answers:
     """The answers to ``service``'s questions: what the resident gave (a form's ``attribute[code]``,
     on this contact or an earlier version of the request), then what the text says unambiguously
     (schemas/attributes.py). Answers to another service's questions (a request re-classified
@@ -63,6 +61,13 @@ def answers(
     given.update(contact.attributes)
     kept = {code: answer for code, answer in given.items() if code in asked}
     read = answers_from_text([a for a in service.attributes if a.code not in kept], description)
+    if base is not None and base.service_code == service.code:
+        # What we asked the resident (IncidentDesk.questions): this text may be the answer, and
+        # in an answer a value's name counts too ("Trash", "No").
+        waiting = [
+            a for a in unanswered(service.attributes, base.attributes) if a.code not in {**kept, **read}
+        ]
+        read.update(answers_from_text(waiting, contact.text, reply=True))
     return {**kept, **read}
 
 

@@ -57,12 +57,26 @@ class AttributeValue(BaseModel):
 
     key: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=200)
+    name_by_language: dict[str, str] = Field(default_factory=dict, description="{es: Reciclaje}")
     words: tuple[str, ...] = Field(default=(), description="what a resident writes that means this value")
 
     @field_validator("words")
     @classmethod
     def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(" ".join(w.lower().split()) for w in value if w.strip())
+
+    def name_in(self, language: str) -> str:
+        return self.name_by_language.get(language) or self.name
+
+    @property
+    def answer_words(self) -> tuple[str, ...]:
+        """Its words, and its names and key: what a resident replies to the question that lists them."""
+        names = (self.name, *self.name_by_language.values(), self.key.replace("-", " "))
+        return tuple(dict.fromkeys((*self.words, *(" ".join(n.lower().split()) for n in names))))
+
+
+def _any_of(words: Sequence[str]) -> re.Pattern[str]:
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b")
 
 
 class ServiceAttribute(BaseModel):
@@ -73,6 +87,9 @@ class ServiceAttribute(BaseModel):
     code: str
     datatype: Datatype
     description: str = Field(min_length=1, description="the question, as apps show it")
+    description_by_language: dict[str, str] = Field(
+        default_factory=dict, description="the question in the city's other languages: {es: ...}"
+    )
     required: bool = False
     variable: bool = Field(default=True, description="false: information shown to the resident, not asked")
     datatype_description: str = ""
@@ -101,11 +118,17 @@ class ServiceAttribute(BaseModel):
 
     @cached_property
     def _patterns(self) -> list[tuple[str, re.Pattern[str]]]:
-        return [
-            (value.key, re.compile(r"\b(?:" + "|".join(re.escape(w) for w in value.words) + r")\b"))
-            for value in self.values
-            if value.words
-        ]
+        """Per value, its ``words``: what names it in any text."""
+        return [(value.key, _any_of(value.words)) for value in self.values if value.words]
+
+    @cached_property
+    def _reply_patterns(self) -> list[tuple[str, re.Pattern[str]]]:
+        """Per value, its words and names: what names it in a reply to the question listing them
+        ("No" answers "in a bike lane?", but "no light at all" says nothing about bike lanes)."""
+        return [(value.key, _any_of(value.answer_words)) for value in self.values]
+
+    def question_in(self, language: str) -> str:
+        return self.description_by_language.get(language) or self.description
 
     def record(self) -> dict[str, Any]:
         """The spec's attribute record (``GET services/{code}``). ``datatype_description`` is
@@ -239,16 +262,19 @@ def _specific_matches(patterns: Sequence[tuple[str, re.Pattern[str]]], text: str
     return [key for key, places in found.items() if not all(inside(span, key) for span in places)]
 
 
-def answers_from_text(attributes: Iterable[ServiceAttribute], text: str) -> Answers:
+def answers_from_text(attributes: Iterable[ServiceAttribute], text: str, *, reply: bool = False) -> Answers:
     """What the text answers unambiguously: a single-value question whose words of exactly one
     value appear ("the recycling was not picked up" -> ``bin: recycling``), a multi-value
-    question with every value whose words appear. Nothing is guessed from silence."""
+    question with every value whose words appear. Nothing is guessed from silence.
+
+    ``reply``: the text answers these questions (we asked them): a value's name or key counts
+    as well as its words ("Trash", "no")."""
     lowered = " ".join(text.lower().split())
     answers: Answers = {}
     for attribute in attributes:
         if not attribute.variable or not attribute.datatype.is_list:
             continue
-        matched = _specific_matches(attribute._patterns, lowered)
+        matched = _specific_matches(attribute._reply_patterns if reply else attribute._patterns, lowered)
         if attribute.datatype is Datatype.SINGLEVALUELIST and len(matched) == 1:
             answers[attribute.code] = matched[0]
         elif attribute.datatype is Datatype.MULTIVALUELIST and matched:

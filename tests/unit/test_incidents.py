@@ -344,3 +344,43 @@ def distinct_problems_for(a: str, b: str) -> str | None:
         for p, x in (("x1", a), ("x2", b))
     )
     return distinct_problems(first, second)
+
+
+# -- service questions: asked once, answered by the reply ------------------------------------------
+
+
+def test_a_required_question_left_open_is_asked_once_and_the_reply_answers_it(desk: IncidentDesk) -> None:
+    snap = Snapshot()
+    sms = ReplyVia(channel="sms", address="+12035550142", language="es")
+    first = report(
+        "No recogieron en la calle Elm", pid="q1", channel="sms", reply=sms, service_code="missed-pickup"
+    )
+    out = desk.handle(first, snap)
+    [request] = out.requests
+    assert request.service_code == "missed-pickup" and request.attributes == {}
+    [question] = [m for m in out.messages if m.kind.value == "question"]
+    assert question.channel == "sms" and question.to == "+12035550142" and question.language == "es"
+    assert "¿Qué recolección no pasó?" in question.text and "Reciclaje" in question.text
+    # A replay asks the same question (same id: the channel sends it once).
+    again = desk.handle(first, snap)
+    assert [m.message_id for m in again.messages if m.kind.value == "question"] == [question.message_id]
+    # The reply: a value's name is an answer now ("Basura"); no further question.
+    answer = followup(first, "Basura", pid="q2", minutes=3)
+    answered = desk.handle(answer, snap)
+    assert answered.requests[-1].attributes == {"stream": "trash"}
+    assert not [m for m in answered.messages if m.kind.value == "question"]
+
+
+def test_no_question_when_the_text_answers_or_nobody_can_be_asked(desk: IncidentDesk) -> None:
+    snap = Snapshot()
+    sms = ReplyVia(channel="sms", address="+12035550143")
+    told = desk.handle(
+        report("The recycling was not picked up", pid="q3", reply=sms, service_code="missed-pickup"), snap
+    )
+    assert told.requests[0].attributes == {"stream": "recycling"} and not told.messages
+    silent = desk.handle(report("Nothing was collected", pid="q4", service_code="missed-pickup"), snap)
+    assert silent.requests[0].attributes == {} and not silent.messages  # no reply address
+    # "No" answers only a question we asked: in a report's own words it says nothing.
+    pothole = desk.handle(report("No way to drive around this pothole", FAR, pid="q5", reply=sms), snap)
+    assert pothole.requests[0].service_code == "pothole" and pothole.requests[0].attributes == {}
+    assert not pothole.messages  # the bike lane question is not required
