@@ -92,6 +92,9 @@ class DepartmentRequest(BaseModel):
     confidence: float
     decided_by: str | None = Field(description="who re-classified or re-routed it; none: the classifier")
     source_contact_ids: list[str] = Field(description="the contacts it was made from")
+    attributes: dict[str, str | list[str]] = Field(
+        description="answers to the service's questions (code -> value; a list for several choices)"
+    )
 
 
 class DepartmentRequestDetail(DepartmentRequest):
@@ -222,6 +225,7 @@ def _request(case: Case) -> dict[str, Any]:
         "confidence": case.confidence,
         "decided_by": case.decided_by,
         "source_contact_ids": list(case.source_contact_ids),
+        "attributes": case.attributes,
     }
 
 

@@ -82,6 +82,7 @@ _CONTENT_COLUMNS = (
     "emergency",
     "assigned_department",
     "decided_by",
+    "attributes",
 )
 _INSERT_COLUMNS = (
     *_CONTENT_COLUMNS,
@@ -198,6 +199,7 @@ def _row_params(request: ServiceRequest, department: str | None) -> dict[str, An
         "emergency": _clean(request.emergency),
         "assigned_department": request.assigned_department,
         "decided_by": _clean(request.decided_by),
+        "attributes": Jsonb(_clean(dump["attributes"])),
         "status": request.status.value,
         "state": state.value,
         "status_notes": _clean(request.status_notes),
@@ -292,6 +294,7 @@ class Case:
     assigned_department: str | None = None  # an operator re-routed it here (the console)
     decided_by: str | None = None  # who re-classified or re-routed it; None: the classifier
     changed_at: datetime | None = None  # when the city's record last changed (this server's clock)
+    attributes: dict[str, Any] = field(default_factory=dict)  # answers to the service's questions
 
     @property
     def is_later_report(self) -> bool:
@@ -953,6 +956,7 @@ def _case(row: dict[str, Any]) -> Case:
         assigned_department=row["assigned_department"],
         decided_by=row["decided_by"],
         changed_at=row.get("changed_at"),
+        attributes=dict(row.get("attributes") or {}),
     )
 
 

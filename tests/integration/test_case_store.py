@@ -103,6 +103,7 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
             (3, "priority"),
             (4, "console"),
             (5, "request_feed"),
+            (6, "attributes"),
         ]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"

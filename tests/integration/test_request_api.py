@@ -180,6 +180,13 @@ async def test_one_request_with_its_history_and_no_personal_data(
         ("status", "acknowledged", "api:public-works"),
     ]
     assert PHONE not in response.text and "Dana" not in response.text
+    assert body["attributes"] == {}
+    await store.upsert_requests(
+        [make_request("AAAA-0002", service_code="missed-pickup", attributes={"stream": "recycling"})],
+        "public-works",
+    )
+    answered = (await api.get("/api/requests/AAAA-0002", headers=auth(WORKS))).json()
+    assert answered["attributes"] == {"stream": "recycling"}
     missing = await api.get("/api/requests/ZZZZ-9999", headers=auth(WORKS))
     assert missing.status_code == 404 and missing.json()[0]["code"] == 404
 
