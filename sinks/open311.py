@@ -73,7 +73,7 @@ _RETRYABLE_STATUS = {408, 425, 429}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # What an attribute mapping may take from our request: ``attributes: {THEIR_CODE: <one of these>}``,
-# or ``district.<layer>``, or ``const:<text>``.
+# or ``district.<layer>``, or ``answer.<code>`` (the resident's answer to our question), or ``const:<text>``.
 ATTRIBUTE_SOURCES: dict[str, Callable[[ServiceRequest], object]] = {
     "request_id": lambda r: r.request_id,
     "service_code": lambda r: r.service_code,
@@ -180,9 +180,11 @@ class Open311SinkConfig(SinkConfig):
                 raise ValueError(f"attributes: {code!r} is not an attribute code")
             if source in ATTRIBUTE_SOURCES or source.startswith("const:"):
                 continue
-            if source.startswith("district.") and source != "district.":
+            if source.startswith(("district.", "answer.")) and source not in ("district.", "answer."):
                 continue
-            known = ", ".join([*ATTRIBUTE_SOURCES, "district.<layer>", "const:<text>"])
+            known = ", ".join(
+                [*ATTRIBUTE_SOURCES, "district.<layer>", "answer.<our question>", "const:<text>"]
+            )
             raise ValueError(f"attributes.{code}: unknown source {source!r}; use one of {known}")
         return value
 
@@ -235,6 +237,11 @@ def _attribute_value(request: ServiceRequest, source: str) -> object:
         return source.removeprefix("const:")
     if source.startswith("district."):
         return request.districts.get(source.removeprefix("district."))
+    if source.startswith("answer."):
+        # The resident's answer to one of our service questions (schemas/attributes.py); several
+        # keys of a multivaluelist go comma-separated.
+        answer = request.attributes.get(source.removeprefix("answer."))
+        return ",".join(answer) if isinstance(answer, tuple | list) else answer
     return ATTRIBUTE_SOURCES[source](request)
 
 

@@ -171,11 +171,21 @@ def test_media_and_attributes() -> None:
             "TICKET": "request_id",
             "SRC": "const:intake311",
             "ZONE": "district.zone",  # the request is in no zone: left out
+            "BIN": "answer.stream",
+            "ITEMS": "answer.items",
+            "LANE": "answer.bike-lane",  # not answered: left out
         }
     )
     form = build_form(
-        cfg, request(districts={"ward": "Ward 7"}, media=(Media(url="https://m.example/1.jpg"),))
+        cfg,
+        request(
+            districts={"ward": "Ward 7"},
+            media=(Media(url="https://m.example/1.jpg"),),
+            attributes={"stream": "recycling", "items": ("couch", "tires")},
+        ),
     )
+    assert form["attribute[BIN]"] == "recycling" and form["attribute[ITEMS]"] == "couch,tires"
+    assert "attribute[LANE]" not in form
     assert form["media_url"] == "https://m.example/1.jpg"
     assert form["attribute[WARD]"] == "Ward 7"
     assert form["attribute[PRIO]"] == "normal"
