@@ -219,8 +219,8 @@ def open311_router(
         service = taxonomy.get(service_code)
         if service is None:
             return errors(f, 404, f"unknown service_code {service_code[:100]!r}")
-        attributes = [a.record() for a in service.attributes]
-        return render_object(f, "service_definition", {"service_code": service.code, "attributes": attributes})
+        definition = {"service_code": service.code, "attributes": [a.record() for a in service.attributes]}
+        return render_object(f, "service_definition", definition)
 
     @router.post("/requests.{fmt}", status_code=201)
     async def create_request(fmt: str, request: Request) -> Response:
