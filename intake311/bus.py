@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import uuid
@@ -11,9 +12,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.producer.message_accumulator import BatchBuilder
 from faststream.kafka import KafkaBroker
+from faststream.kafka.response import KafkaPublishCommand
+from faststream.response import PublishCommand
+from faststream.response.publish_type import PublishType
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from intake311.logging import get_logger
@@ -58,17 +64,27 @@ class KafkaBus(KafkaBroker):
         self.running = True
 
 
+MAX_BATCH_BYTES = 256 * 1024
+"""The producer's record batch per partition (under the 1 MiB request limit)."""
+
+
 def make_broker(kafka: KafkaSettings, bootstrap: Sequence[str], **options: object) -> KafkaBus:
     """A FastStream Kafka broker for this cluster.
 
     ``acks="all"`` without idempotence: the embedded Tansu build cannot give producer ids, and
     every consumer here dedupes on stable ids anyway.
+
+    ``max_batch_size``: aiokafka's default, 16 KiB, is a dozen requests; the broker returns a
+    fetch a few such batches at a time, so every consumer downstream made a fetch round trip
+    per few dozen records. 256 KiB (what the bench's raw baseline uses) holds a stage's batch
+    for a partition; a batch is still sent after ``linger_ms``, full or not.
     """
     return KafkaBus(
         list(bootstrap),
         acks="all",
         enable_idempotence=False,
         linger_ms=kafka.linger_ms,
+        max_batch_size=MAX_BATCH_BYTES,
         client_id=kafka.client_id,
         security=security_for(kafka),
         # FastStream logs every message at its log_level: keep that at DEBUG, through our handler.
@@ -327,23 +343,156 @@ async def publish_all(broker: KafkaBroker, records: Sequence[Outgoing]) -> None:
     record. Raises ``PublishError`` if any record was not acknowledged; callers retry the whole
     batch, which is safe because every consumer dedupes on stable ids.
 
-    Tracing needs nothing here: ``broker.publish`` runs the broker's middlewares, and the telemetry
-    one (intake311/tracing.py) adds the current span's ``traceparent`` to each record's headers.
+    On a connected Kafka broker the records go to aiokafka's producer directly, the broker's
+    middlewares (Prometheus counts, tracing's ``traceparent``) running once per topic group
+    (``_send_grouped``): FastStream's per-record ``broker.publish`` (a command, a correlation
+    uuid and the middleware chain for every record) cost twice aiokafka's own ``send``. Any
+    other broker (FastStream's in-memory test broker, a test's fake) gets one ``publish`` per
+    record.
     """
     if not records:
         return
     try:
-        futures = [
-            await broker.publish(
-                r.value,
-                r.topic,
-                key=r.key.encode() if r.key is not None else None,
-                headers={"content-type": "application/json", **r.headers},
-                no_confirm=True,
-            )
-            for r in records
-        ]
+        producer = _kafka_producer(broker)
+        if producer is not None:
+            futures = await _send_grouped(broker, producer, records)
+        else:
+            futures = [
+                await broker.publish(
+                    r.value,
+                    r.topic,
+                    key=r.key.encode() if r.key is not None else None,
+                    headers={"content-type": "application/json", **r.headers},
+                    no_confirm=True,
+                )
+                for r in records
+            ]
         # FastStream's in-memory test broker delivers inline and returns no future.
         await asyncio.gather(*(f for f in futures if inspect.isawaitable(f)))
     except Exception as exc:
         raise PublishError(f"broker did not acknowledge {len(records)} record(s): {exc}") from exc
+
+
+def _kafka_producer(broker: Any) -> AIOKafkaProducer | None:
+    """The connected aiokafka producer behind a FastStream Kafka broker, else None.
+
+    Reads FastStream 0.7.8 internals (``config.producer._producer.producer``): re-check on an
+    upgrade. Anything unexpected there gives None, i.e. the per-record ``broker.publish`` path.
+    """
+    state = getattr(getattr(getattr(broker, "config", None), "producer", None), "_producer", None)
+    if not state:  # FastStream's EmptyProducerState (not connected) is falsy
+        return None
+    producer = getattr(state, "producer", None)
+    return producer if isinstance(producer, AIOKafkaProducer) else None
+
+
+def _groups(records: Sequence[Outgoing]) -> list[list[Outgoing]]:
+    """Records by topic, in order; a topic's records split into runs of equal headers.
+
+    Runs, not one group per header set, so the records of a topic are sent in exactly their
+    order (a key's updates stay in order); only records of different topics may be reordered,
+    which Kafka never ordered anyway.
+    """
+    by_topic: dict[str, list[list[Outgoing]]] = {}
+    for record in records:
+        runs = by_topic.setdefault(record.topic, [])
+        if runs and runs[-1][0].headers == record.headers:
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    return [run for runs in by_topic.values() for run in runs]
+
+
+async def _send_grouped(
+    broker: KafkaBroker, producer: AIOKafkaProducer, records: Sequence[Outgoing]
+) -> list[asyncio.Future[Any]]:
+    """Hand every record to ``producer``; the broker's middlewares see one batch per group.
+
+    Each group is one FastStream batch publish command (what ``broker.publish_batch`` builds) run
+    through the middleware chain the way FastStream 0.7.8's ``_basic_publish_batch`` does, except
+    that the innermost call sends each record on its key's partition (``_send_batches`` from
+    ``BATCHED_FROM`` records, else ``producer.send``) instead of one partition's batch.
+    Headers are encoded once per group: Prometheus counts every record under its topic, tracing
+    injects one ``traceparent`` for the group, and every record gets ``content-type``, one
+    correlation id for its group, and its own ``Outgoing.headers``.
+    """
+    futures: list[asyncio.Future[Any]] = []
+    context = broker.context
+    for group in _groups(records):
+        first = group[0]
+
+        async def send(cmd: PublishCommand, group: list[Outgoing] = group) -> None:
+            sent = {
+                "content-type": "application/json",
+                **KafkaPublishCommand.from_cmd(cmd).headers_to_publish(),
+            }
+            headers = [(k, (v or "").encode()) for k, v in sent.items()]
+            if len(group) >= BATCHED_FROM:
+                futures.extend(await _send_batches(producer, group, headers))
+                return
+            for r in group:
+                key = r.key.encode() if r.key is not None else None
+                futures.append(await producer.send(r.topic, r.value, key=key, headers=headers))
+
+        cmd = KafkaPublishCommand(
+            *(r.value for r in group),
+            topic=first.topic,
+            headers={"content-type": "application/json", **first.headers},
+            correlation_id=broker.config.id_generator(),
+            no_confirm=True,
+            _publish_type=PublishType.PUBLISH,
+        )
+        publish: Callable[[PublishCommand], Awaitable[Any]] = send
+        for middleware in broker.middlewares[::-1]:
+            publish = functools.partial(middleware(None, context=context).publish_scope, publish)
+        await publish(cmd)
+    return futures
+
+
+BATCHED_FROM = 32
+"""Records of one topic in one call from which they go as record batches (``_send_batches``).
+
+Fewer go one by one through ``producer.send``, into whatever batch is open for their partition:
+a batch of our own waits for the partition's open one to be sent first, so many concurrent
+publishes of one record each (the web accepting reports) would go out one linger at a time
+instead of together.
+"""
+
+
+async def _send_batches(
+    producer: AIOKafkaProducer, records: Sequence[Outgoing], headers: list[tuple[str, bytes]]
+) -> list[asyncio.Future[Any]]:
+    """One topic's records as record batches, one per partition (another when one fills up).
+
+    Why not ``producer.send`` per record: its per-record work (partitioning, a future, the
+    accumulator's bookkeeping, a callback per acknowledgement) was most of what publishing a
+    stage's batch cost. The partition is the one ``send`` would choose (aiokafka's own
+    ``_partition`` with the configured partitioner: a key's records stay on its partition
+    whoever produces them), records keep their order within each partition, and a batch is
+    acknowledged, or fails, as a whole. A record bigger than a batch goes through ``send``,
+    which checks it against the request size limit as before.
+    """
+    topic = records[0].topic
+    await producer.partitions_for(topic)  # the metadata ``send`` waits for
+    open_batches: dict[int, BatchBuilder] = {}
+    futures: list[asyncio.Future[Any]] = []
+    for r in records:
+        key = r.key.encode() if r.key is not None else None
+        partition = producer._partition(topic, None, key, r.value, key, r.value)
+        batch = open_batches.get(partition)
+        if len(r.value) >= MAX_BATCH_BYTES:
+            if batch is not None:  # what came before it on its partition goes first
+                futures.append(
+                    await producer.send_batch(open_batches.pop(partition), topic, partition=partition)
+                )
+            futures.append(await producer.send(topic, r.value, key=key, partition=partition, headers=headers))
+            continue
+        if batch is None:
+            batch = open_batches[partition] = producer.create_batch()
+        if batch.append(key=key, value=r.value, timestamp=None, headers=headers) is None:  # full
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = open_batches[partition] = producer.create_batch()
+            batch.append(key=key, value=r.value, timestamp=None, headers=headers)  # the first always fits
+    for partition, batch in open_batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures

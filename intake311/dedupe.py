@@ -66,10 +66,13 @@ class SeenStore:
         return wanted - found
 
     def mark(self, namespace: str, keys: Iterable[str]) -> None:
+        """Remember ``keys`` in ``namespace``: one transaction for all of them (none if empty,
+        which is most batches' dead letters)."""
         now = self.clock()
         rows = [(namespace, key, now) for key in keys]
-        with self._lock, transaction(self._db):
-            self._db.executemany("INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)", rows)
+        if rows:
+            with self._lock, transaction(self._db):
+                self._db.executemany("INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)", rows)
         if self.retention_s is not None and now - self._last_prune >= self.prune_every_s:
             try:
                 self.prune()

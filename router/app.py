@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
@@ -27,20 +28,23 @@ from schemas.taxonomy import load_taxonomy
 RequestRecords = RawBatch[ServiceRequest]  # what the AsyncAPI document shows
 STAGE = "router"
 log = get_logger(__name__)
+debug = logging.getLogger(__name__)  # the stdlib logger behind ``log``: its level decides
 GROUP = "router"  # consumer group: Topics.group(GROUP)
 
 
 def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str) -> list[Outgoing]:
+    """One ``Outgoing`` per (request, department), keyed by request; bad records dead-lettered.
+
+    Each request is validated once and its routed JSON made once for all its copies
+    (``Router.route_json``).
+    """
+
     def handle(record: Record) -> list[Outgoing]:
         request = ServiceRequest.model_validate_json(record.value)
+        key = request.request_id
         return [
-            Outgoing(
-                d.topic,
-                d.request.model_dump_json().encode(),
-                key=d.request.request_id,
-                headers={"x-department": d.department},
-            )
-            for d in router.route(request)
+            Outgoing(topic, value, key=key, headers={"x-department": department})
+            for department, topic, value in router.route_json(record.value, request)
         ]
 
     out, _ = process_batch(records, handle, stage=STAGE, deadletter_topic=deadletter_topic)
@@ -97,5 +101,6 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         metrics.dead_lettered(out, topics.deadletter)
         routed = [r for r in out if "x-department" in r.headers]
         log.info("batch routed", deliveries=len(routed), dead_lettered=len(out) - len(routed))
-        for record in routed:
-            log.debug("request routed", request_id=record.key, department=record.headers["x-department"])
+        if debug.isEnabledFor(logging.DEBUG):  # checked once: a disabled line still cost 3 µs
+            for record in routed:
+                log.debug("request routed", request_id=record.key, department=record.headers["x-department"])

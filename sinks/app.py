@@ -8,6 +8,7 @@ capped exponential pause; see ``sinks.retry``); only what a receiver refuses is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import Sequence
@@ -95,10 +96,12 @@ def _dead_namespace(namespace: str) -> str:
     return f"{namespace}#dead-lettered"
 
 
-def _fresh_records(records: Sequence[Record], seen: SeenStore, namespace: str) -> list[Record]:
+async def _fresh_records(records: Sequence[Record], seen: SeenStore, namespace: str) -> list[Record]:
     """The records not dead-lettered already by this consumer (a rewound batch comes again)."""
     positions = {p for r in records if (p := _position(r)) is not None}
-    done = positions - seen.unseen(_dead_namespace(namespace), positions)
+    if not positions:
+        return list(records)
+    done = positions - await asyncio.to_thread(seen.unseen, _dead_namespace(namespace), positions)
     return [r for r in records if _position(r) not in done]
 
 
@@ -127,7 +130,7 @@ async def deliver_batch(
     outage = outage if outage is not None else Outage(namespace)
     result = BatchResult()
     pending: dict[str, tuple[Record, Delivery]] = {}
-    for record in _fresh_records(records, seen, namespace):
+    for record in await _fresh_records(records, seen, namespace):
         try:
             request = ServiceRequest.model_validate_json(record.value)
         except ValueError as exc:
@@ -136,7 +139,9 @@ async def deliver_batch(
             continue
         delivery_id = delivery_id_for(request.event_id, department, sink_name)
         pending.setdefault(delivery_id, (record, Delivery(request, department, delivery_id)))
-    fresh = seen.unseen(namespace, pending)
+    # The seen store is SQLite: off the event loop, where a WAL checkpoint's fsync would stop
+    # every other consumer of the process (other sinks, the other stages) for its duration.
+    fresh = await asyncio.to_thread(seen.unseen, namespace, pending)
     todo = [pending[d] for d in pending if d in fresh]
     outcomes = await deliver_all(
         sink,
@@ -173,7 +178,7 @@ async def deliver_batch(
             record, STAGE, deadletter_topic, reason, outcome.error or "DeliveryError", outcome.attempts
         )
         result.dead_letter(record, letter)
-    seen.mark(namespace, delivered)
+    await asyncio.to_thread(seen.mark, namespace, delivered)
     return result
 
 
@@ -198,7 +203,7 @@ async def finish_batch(
     await publish_with_retry(
         broker, result.letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
     )
-    seen.mark(_dead_namespace(namespace), result.dead)
+    await asyncio.to_thread(seen.mark, _dead_namespace(namespace), result.dead)
     if metrics is not None:
         metrics.dead_lettered(result.letters, settings.topics.deadletter)
     if result.held is not None:
@@ -254,7 +259,7 @@ async def status_batch(
     namespace = namespace or f"{sink.name}.status"
     outage = outage if outage is not None else Outage(namespace)
     result = BatchResult()
-    fresh = _fresh_records(records, seen, namespace) if seen is not None else list(records)
+    fresh = await _fresh_records(records, seen, namespace) if seen is not None else list(records)
     for record in fresh:
         try:
             change = StatusChange.model_validate_json(record.value)

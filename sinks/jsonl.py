@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import string
 from collections import OrderedDict
@@ -26,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+import orjson
 from pydantic import Field, field_validator
 
 from intake311.logging import get_logger
 from schemas.ids import is_slug
 from schemas.request import ServiceRequest
-from sinks.base import Delivery, DeliveryError, SinkConfig, SinkContext, request_payload
+from sinks.base import Delivery, DeliveryError, SinkConfig, SinkContext
 
 DEFAULT_PATH = "departments/{department}.jsonl"
 # Ids written but not yet marked delivered are at most one consumer batch per writer; 10,000
@@ -78,9 +78,22 @@ class JsonlSinkConfig(SinkConfig):
 
 
 def line_for(request: ServiceRequest, department: str, delivery_id: str) -> bytes:
-    """One JSONL line: the request's JSON plus where and under which id it was delivered."""
-    payload = request_payload(request, department=department, delivery_id=delivery_id)
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    """One JSONL line: the request's JSON plus where and under which id it was delivered.
+
+    ``request_payload`` as compact UTF-8 JSON, built from the model's own JSON with the two
+    fields appended: a third of the cost of a dict and ``json.dumps``, and the same bytes but
+    for how tiny or huge floats spell their exponent (``1e-7``, not ``1e-07``).
+    """
+    return b"".join(
+        (
+            request.model_dump_json().encode()[:-1],  # the object without its closing brace
+            b',"department":',
+            orjson.dumps(department),
+            b',"delivery_id":',
+            orjson.dumps(delivery_id),
+            b"}\n",
+        )
+    )
 
 
 @dataclass
@@ -100,7 +113,7 @@ class _OpenFile:
 
 def _delivery_id(line: bytes) -> str | None:
     try:
-        value = json.loads(line).get("delivery_id")
+        value = orjson.loads(line).get("delivery_id")
     except (ValueError, AttributeError):
         return None  # not one of ours (or damaged by an older version): nothing to dedupe on
     return value if isinstance(value, str) else None
@@ -131,14 +144,19 @@ class JsonlSink:
         self.config = config
         self._data_dir = data_dir
         self._files: dict[Path, _OpenFile] = {}
+        self._paths: dict[str, Path] = {}  # department -> file: a Path per delivery was 15% of a batch
         self._lock = asyncio.Lock()
 
     def path_for(self, department: str) -> Path:
+        path = self._paths.get(department)
+        if path is not None:
+            return path
         if not is_slug(department):
             # The department becomes a file name: never let "../x" through.
             raise DeliveryError(f"department {department!r} is not a slug", retryable=False)
         path = Path(self.config.path.format(department=department))
-        return path if path.is_absolute() else self._data_dir / path
+        path = self._paths[department] = path if path.is_absolute() else self._data_dir / path
+        return path
 
     async def start(self) -> None:
         return None

@@ -108,6 +108,9 @@ class Outage:
         return retry_timeout_s is not None and self.down and self.down_for() >= retry_timeout_s
 
 
+DELIVERED_AT_ONCE = DeliveryOutcome(delivered=True, attempts=1)
+
+
 def backoff_delay(attempt: int, backoff_s: float, *, retry_after_s: float | None = None) -> float:
     """Delay after failed try number ``attempt`` (1-based): doubling, capped, with jitter.
 
@@ -230,7 +233,7 @@ async def deliver_all(
         try:
             await sink.deliver_many(items)
             outage.answered()
-            return [DeliveryOutcome(delivered=True, attempts=1) for _ in items]
+            return [DELIVERED_AT_ONCE] * len(items)  # frozen: one instance serves the batch
         except Exception as exc:
             log.warning(
                 "batch delivery failed, delivering one by one",

@@ -294,3 +294,88 @@ def test_emergencies_are_copied_to_the_emergency_department() -> None:
     assert router.departments_for(unsure) == ["triage", "emergency"]
     calm = request.model_copy(update={"priority": Priority.NORMAL})
     assert "emergency" not in router.departments_for(calm)
+
+
+def test_every_copy_of_a_routed_request_is_the_routed_model_s_own_json(taxonomy) -> None:
+    """The bytes path (``route_json``) gives each department exactly what ``route`` would dump."""
+    router = Router(load_routing(), taxonomy, TOPICS)
+    request = request_for("water leak from a pipe, and I smell gas in the basement at 5 Elm St")
+    raw = request.model_dump_json().encode()
+    out = route_batch([Record(value=raw)], router, TOPICS.deadletter)
+    expected = router.route(request)
+    assert len(out) == len(expected) >= 2  # the owner and the emergency copy
+    for record, delivery in zip(out, expected, strict=True):
+        assert (record.topic, record.headers["x-department"]) == (delivery.topic, delivery.department)
+        assert record.value == delivery.request.model_dump_json().encode()  # byte for byte
+    assert len({id(r.value) for r in out}) == 1  # serialised once for all the copies
+
+
+def test_routed_json_passes_an_already_routed_request_through_untouched(taxonomy) -> None:
+    from router.routing import routed_json
+
+    request = request_for("pothole outside 12 Elm Street").model_copy(
+        update={"agency_responsible": "public-works"}
+    )
+    raw = b" " + request.model_dump_json(indent=2).encode()  # not how the stages write it
+    assert routed_json(raw, ServiceRequest.model_validate_json(raw), "public-works") is raw
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda r: r.model_dump_json(indent=1),  # other spacing: no exact match
+        lambda r: r.model_dump_json(exclude={"agency_responsible"}),  # left out: its default
+        lambda r: r.model_dump_json().replace('"agency_responsible"', '"agency_respons\\u0069ble"'),
+    ],
+)
+def test_routed_json_falls_back_to_the_model_when_the_bytes_differ(taxonomy, spell) -> None:
+    from router.routing import routed_json
+
+    request = request_for("pothole outside 12 Elm Street")
+    raw = spell(request).encode()
+    parsed = ServiceRequest.model_validate_json(raw)
+    assert parsed == request
+    value = routed_json(raw, parsed, "parks")
+    assert ServiceRequest.model_validate_json(value) == request.model_copy(
+        update={"agency_responsible": "parks"}
+    )
+
+
+def test_routed_json_is_not_fooled_by_the_field_name_inside_text(taxonomy) -> None:
+    from router.routing import routed_json
+
+    text = 'pothole, "agency_responsible":null and \\"agency_responsible\\":null'
+    request = request_for(text)
+    raw = request.model_dump_json().encode()
+    value = routed_json(raw, ServiceRequest.model_validate_json(raw), "parks")
+    routed = ServiceRequest.model_validate_json(value)
+    assert routed.agency_responsible == "parks"
+    assert routed.description == request.description
+
+
+def test_only_the_top_level_can_hold_agency_responsible() -> None:
+    """What ``routed_json``'s byte replacement relies on: no model nested in a request has a field
+    of that name or accepts unknown keys (so the one match is the request's own field)."""
+    from pydantic import BaseModel
+
+    def nested(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:
+        for field in model.model_fields.values():
+            for arg in _types_in(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
+                    seen.add(arg)
+                    nested(arg, seen)
+        return seen
+
+    models = nested(ServiceRequest, set())
+    assert {"Sender", "Media", "IncidentReport"} <= {m.__name__ for m in models}
+    for model in models:
+        assert "agency_responsible" not in model.model_fields, model
+        assert model.model_config.get("extra") == "forbid", model
+    assert ServiceRequest.model_config.get("extra") == "forbid"
+
+
+def _types_in(annotation: object) -> list[object]:
+    import typing
+
+    args = typing.get_args(annotation)
+    return [annotation] if not args else [t for a in args for t in _types_in(a)]

@@ -295,3 +295,37 @@ async def test_the_same_delivery_twice_in_one_process_is_one_line(tmp_path: Path
         await sink.deliver(make_request(), department="roads", delivery_id="d1")
     await sink.close()
     assert delivery_ids(tmp_path / "departments" / "roads.jsonl") == ["d1"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pothole on Main St",
+        "ç é ü 日本語 😀 \u2028\u2029",
+        'a "quote", a \\ backslash, </script> & <b>',
+        "control \x00\x01\x1f\x7f, tab\t, newline\n, return\r",
+    ],
+)
+def test_a_line_is_the_request_payload_as_compact_json(text: str) -> None:
+    """``line_for`` builds from the model's JSON; it must write what ``request_payload`` says."""
+    from sinks.base import request_payload
+    from sinks.jsonl import line_for
+
+    request = make_request(text).model_copy(update={"lat": 41.30812, "long": -72.92816})
+    payload = request_payload(request, department="roads", delivery_id="d" * 32)
+    line = line_for(request, "roads", "d" * 32)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert line == json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    assert json.loads(line) == payload
+
+
+async def test_the_department_file_is_remembered_and_a_bad_department_still_refused(
+    tmp_path: Path,
+) -> None:
+    sink = build(tmp_path)
+    assert sink.path_for("roads") is sink.path_for("roads")
+    with pytest.raises(DeliveryError):
+        sink.path_for("../roads")
+    with pytest.raises(DeliveryError):
+        sink.path_for("../roads")  # refusals are not remembered as files
+    await sink.close()

@@ -1,0 +1,100 @@
+"""``publish_all`` on the embedded broker: aiokafka's producer directly, middlewares per group.
+
+What must not change with the fast path: every record arrives once, with its key (so on its
+key's partition), its value, ``content-type``, a correlation id and its own headers, each
+topic in the order given; Prometheus still counts every published record under its topic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
+
+from intake311.bus import Outgoing, _kafka_producer, ensure_topics, make_broker, publish_all
+from intake311.pipeline import process_metrics
+from intake311.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_publish_all_sends_every_record_once_with_its_key_and_headers(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": [kafka_bootstrap]})
+    run = uuid.uuid4().hex[:8]
+    roads, parks = f"pub-{run}.roads", f"pub-{run}.parks"
+    await ensure_topics(settings.kafka, [kafka_bootstrap], [roads, parks])
+    broker = make_broker(settings.kafka, [kafka_bootstrap])
+    metrics = process_metrics(settings, broker)
+    await broker.start()
+    try:
+        assert _kafka_producer(broker) is not None  # the fast path, not per-record publish
+        records = [
+            Outgoing(
+                roads if i % 3 else parks,
+                f'{{"n":{i},"pad":"{"x" * (i % 5) * 3000}"}}'.encode(),  # some partitions overflow a batch
+                key=f"req-{i % 7}",
+                headers={"x-department": "roads" if i % 3 else "parks"},
+            )
+            for i in range(300)
+        ]
+        records.insert(150, Outgoing(roads, b'{"n":"big","pad":"' + b"y" * 300_000 + b'"}', key="req-3"))
+        records.append(Outgoing(roads, b'{"n":"letter"}', key=None, headers={"x-stage": "router"}))
+        await publish_all(broker, records)
+        partitions = {t: sorted(await broker_partitions(broker, t)) for t in (roads, parks)}
+    finally:
+        await broker.stop()
+
+    consumer = AIOKafkaConsumer(
+        roads, parks, bootstrap_servers=kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    got = []
+    try:
+        while len(got) < len(records):
+            batches = await consumer.getmany(timeout_ms=2000)
+            assert batches, f"only {len(got)} of {len(records)} records arrived"
+            got += [r for batch in batches.values() for r in batch]
+    finally:
+        await consumer.stop()
+
+    assert sorted(r.value for r in got) == sorted(r.value for r in records)  # each exactly once
+    sent = {r.value: r for r in records}
+    partition_of: dict[tuple[str, bytes], int] = {}
+    for record in got:
+        out = sent[record.value]
+        headers = dict(record.headers)
+        assert record.topic == out.topic
+        assert record.key == (out.key.encode() if out.key is not None else None)
+        assert headers["content-type"] == b"application/json"
+        assert headers["correlation_id"]
+        assert {k: headers[k].decode() for k in out.headers} == out.headers
+        if record.key is not None:  # the partition aiokafka's send would have chosen for the key
+            parts = partitions[record.topic]
+            assert record.partition == DefaultPartitioner()(record.key, parts, parts)
+            assert partition_of.setdefault((record.topic, record.key), record.partition) == record.partition
+    for topic in (roads, parks):  # a key's records in the order they were given
+        for key in {r.key for r in records if r.topic == topic and r.key is not None}:
+            given = [r.value for r in records if r.topic == topic and r.key == key]
+            arrived = sorted(
+                (r for r in got if r.topic == topic and r.key == key.encode()), key=lambda r: r.offset
+            )
+            assert [r.value for r in arrived] == given
+
+    rendered = metrics.render().decode()
+    published = {
+        line.split("destination=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in rendered.splitlines()
+        if line.startswith("faststream_published_messages_total{") and 'status="success"' in line
+    }
+    assert published == {roads: 202.0, parks: 100.0}
+
+
+async def broker_partitions(broker: object, topic: str) -> set[int]:
+    producer = _kafka_producer(broker)
+    assert producer is not None
+    return set(await producer.partitions_for(topic))
