@@ -6,7 +6,8 @@ off unless ``tracing.otlp_endpoint`` is set (or a test passes an exporter): then
 no instrumentation are installed at all, so nothing is recorded and no header is added.
 
 The trace context travels in Kafka headers (W3C ``traceparent``): FastStream's telemetry
-middleware injects it on every publish, ``publish_all``'s raw ``broker.publish`` included, and
+middleware injects it on every publish (``publish_all`` runs the middleware chain once per group
+of a topic's records, so a group's records carry one ``traceparent``: the batch's), and
 extracts it on consume. Every intake311 subscriber takes batches, and FastStream starts a batch's
 span as a *new* trace that only links to its records; ``BatchTraceMiddleware`` instead continues
 the trace when every record of the batch carries the same trace id (one report moving through
