@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -205,13 +205,32 @@ class Metrics:
         now: datetime | None = None,
     ) -> None:
         """Count one delivery outcome; a delivered one also observes its latency since ``requested``."""
-        if outcome not in DELIVERY_OUTCOMES:
-            raise ValueError(f"unknown delivery outcome {outcome!r}; one of {DELIVERY_OUTCOMES}")
+        latencies = [requested] if outcome == "delivered" and requested is not None else []
+        self.delivery_batch(department, sink, {outcome: 1}, latencies, now=now)
+
+    def delivery_batch(
+        self,
+        department: str,
+        sink: str,
+        outcomes: Mapping[str, int],
+        delivered_requested: Sequence[datetime] = (),
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        """``delivery`` for a whole batch: each outcome counted at once, each delivered request's
+        latency observed, the label children looked up once (per record they were ~16% of the
+        sinks stage's CPU)."""
+        if bad := set(outcomes) - set(DELIVERY_OUTCOMES):
+            raise ValueError(f"unknown delivery outcome {sorted(bad)[0]!r}; one of {DELIVERY_OUTCOMES}")
         department, sink = self._department(department), self._sink(sink)
-        self.deliveries.labels(department, sink, outcome).inc()
-        if outcome == "delivered" and requested is not None:
-            seconds = ((now or datetime.now(UTC)) - requested).total_seconds()
-            self.delivery_latency.labels(department, sink).observe(max(0.0, seconds))
+        for outcome, n in outcomes.items():
+            if n:
+                self.deliveries.labels(department, sink, outcome).inc(n)
+        if delivered_requested:
+            at = now or datetime.now(UTC)
+            latency = self.delivery_latency.labels(department, sink)
+            for requested in delivered_requested:
+                latency.observe(max(0.0, (at - requested).total_seconds()))
 
     # --- sampled when scraped ---------------------------------------------------------------
 

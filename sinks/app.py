@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,17 +153,19 @@ async def deliver_batch(
     )
     timed_out = outage.timed_out(retry_timeout_s)
     delivered = []
-    count = metrics.delivery if metrics is not None else _uncounted
+    requested = []
+    counts: Counter[str] = Counter()
     for (record, delivery), outcome in zip(todo, outcomes, strict=True):
         if outcome.delivered:
             delivered.append(delivery.delivery_id)
-            count(department, sink_name, "delivered", delivery.request.requested_datetime)
+            requested.append(delivery.request.requested_datetime)
+            counts["delivered"] += 1
             continue
         if outcome.held and not timed_out:
             result.held = result.held or outcome.reason
-            count(department, sink_name, "held")
+            counts["held"] += 1
             continue
-        count(department, sink_name, "expired" if outcome.held else "refused")
+        counts["expired" if outcome.held else "refused"] += 1
         if outcome.held:
             reason = f"sink {namespace} down for {outage.down_for():.0f} s: {outcome.reason}"
         else:
@@ -178,12 +181,10 @@ async def deliver_batch(
             record, STAGE, deadletter_topic, reason, outcome.error or "DeliveryError", outcome.attempts
         )
         result.dead_letter(record, letter)
+    if metrics is not None:
+        metrics.delivery_batch(department, sink_name, counts, requested)
     await asyncio.to_thread(seen.mark, namespace, delivered)
     return result
-
-
-def _uncounted(*args: object) -> None:
-    """``Metrics.delivery`` for callers without metrics (unit tests, tools)."""
 
 
 async def finish_batch(

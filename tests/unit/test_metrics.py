@@ -124,6 +124,29 @@ def test_delivery_counts_outcomes_and_observes_latency_of_delivered_only() -> No
     assert value(metrics, "intake311_delivery_latency_seconds_bucket", **labels, le="60.0") == 1
 
 
+def test_a_batch_of_deliveries_counts_like_one_by_one() -> None:
+    metrics = Metrics()
+    later = NOW + timedelta(seconds=10)
+    metrics.delivery_batch(
+        "roads",
+        "hook",
+        {"delivered": 2, "held": 3, "refused": 0},
+        [NOW, NOW - timedelta(seconds=50)],
+        now=later,
+    )
+    labels = {"department": "roads", "sink": "hook"}
+    assert value(metrics, "intake311_deliveries_total", **labels, outcome="delivered") == 2
+    assert value(metrics, "intake311_deliveries_total", **labels, outcome="held") == 3
+    no_series = metrics.registry.get_sample_value(
+        "intake311_deliveries_total", {**labels, "outcome": "refused"}
+    )
+    assert no_series is None  # nothing refused: no series made for it
+    assert value(metrics, "intake311_delivery_latency_seconds_count", **labels) == 2
+    assert value(metrics, "intake311_delivery_latency_seconds_sum", **labels) == 70
+    with pytest.raises(ValueError, match="unknown delivery outcome 'lost'"):
+        metrics.delivery_batch("roads", "hook", {"lost": 1})
+
+
 def test_an_unknown_delivery_outcome_is_a_bug_not_a_new_series() -> None:
     with pytest.raises(ValueError, match="unknown delivery outcome"):
         Metrics().delivery("roads", "hook", "lost")
