@@ -164,6 +164,20 @@ class AnswersInvalid(ValueError):
         self.descriptions = tuple(descriptions)
 
 
+_FORM_KEY = re.compile(r"^attribute\[([^\[\]]{1,64})\](\[\])?$")
+
+
+def form_answers(fields: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """The ``attribute[code]`` (and ``attribute[code][]``, a multivaluelist's) fields of a form,
+    code -> every value sent for it, in order; other fields are not answers."""
+    out: dict[str, list[str]] = {}
+    for name, value in fields:
+        match = _FORM_KEY.match(name)
+        if match:
+            out.setdefault(match.group(1), []).append(value)
+    return out
+
+
 def _is_datetime(value: str) -> bool:
     """ISO 8601, also when a form's ``+05:00`` arrived as `` 05:00`` (a ``+`` decodes to a space)."""
     text = value.replace("Z", "+00:00")

@@ -14,6 +14,7 @@ from schemas.attributes import (
     ServiceAttribute,
     answers_from_text,
     check_attributes,
+    form_answers,
     unanswered,
     validate_answers,
 )
@@ -265,3 +266,20 @@ def test_the_normalizer_reads_answers_from_the_text_and_keeps_given_ones() -> No
     assert later.attributes == {"stream": "trash"}
     # A service that asks nothing carries no answers.
     assert normalizer.normalize(_contact("Loud music from 5 Oak Street all night")).attributes == {}
+
+
+def test_form_answers_read_the_specs_field_names() -> None:
+    fields = [
+        ("api_key", "k"),
+        ("attribute[stream]", "trash"),
+        ("attribute[items][]", "couch"),
+        ("attribute[items][]", "tires"),
+        ("attribute[]", "nameless"),
+        ("attribute[a][b]", "nested"),
+        ("attributes[stream]", "typo"),
+    ]
+    assert form_answers(fields) == {"stream": ["trash"], "items": ["couch", "tires"]}
+    assert validate_answers(QUESTIONS, form_answers(fields)) == {
+        "stream": "trash",
+        "items": ("couch", "tires"),
+    }
