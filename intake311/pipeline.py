@@ -479,7 +479,7 @@ async def channel_report(
 async def serve(
     settings: Settings, stages: Sequence[str], *, on_ready: Callable[[], None] | None = None
 ) -> None:
-    """Run ``stages`` until SIGINT/SIGTERM (uvicorn handles the signals when ``web`` runs)."""
+    """Run ``stages`` until SIGINT/SIGTERM, then unwind (with ``web``, the signals stop uvicorn first)."""
     async with running(settings, stages) as runtime:
         if WEB in stages:
             import uvicorn
@@ -502,9 +502,28 @@ async def serve(
                 access_log=False,
                 lifespan="on",
             )
-            if on_ready:
-                asyncio.get_running_loop().call_later(0.5, on_ready)
-            await uvicorn.Server(config).serve()
+            from channels.web import workers
+
+            # web.workers > 1: this port shared (SO_REUSEPORT) with that many less one spawned
+            # web processes on this process's broker; one worker: uvicorn binds as before.
+            sockets = workers.listen(settings)
+            server = uvicorn.Server(config)
+            # uvicorn re-raises a SIGTERM it caught once it has shut down, under the default
+            # handler: the process died right there, before this block unwound (the workers,
+            # the consumers, an embedded broker left running). Here the signals stop the server
+            # and the process ends by unwinding; a second SIGINT still forces uvicorn's exit.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, server.handle_exit, sig, None)
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+            try:
+                async with workers.spawned(settings, runtime.servers):
+                    if on_ready:
+                        loop.call_later(0.5, on_ready)
+                    await server.serve(sockets=sockets)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)  # a second signal while unwinding: the default
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
