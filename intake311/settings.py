@@ -157,6 +157,21 @@ class WebSettings(BaseModel):
         description="Open311 api_key values accepted for POST requests",
     )
     jurisdiction_id: str = "intake311.local"
+    contact: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Open311 discovery: how to reach the people running this endpoint (an email, a "
+        "phone, a page); None: a sentence sending developers to the city's 311 office",
+    )
+    key_service: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Open311 discovery: how a developer gets an api_key; None: a default sentence",
+    )
+    endpoint_type: Literal["production", "test"] = Field(
+        default="production",
+        description="Open311 discovery: 'test' for an install whose requests nobody acts on",
+    )
     max_concurrency: int | None = Field(
         default=None,
         ge=1,

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -28,7 +29,7 @@ from channels.web.admission import AcceptGate
 from channels.web.form import asyncapi_page, confirmation_page, form_page
 from channels.web.formats import errors
 from channels.web.lookup import RequestLookup, accepted_requests
-from channels.web.open311 import PREFIX, open311_router
+from channels.web.open311 import PREFIX, discovery_router, open311_http_errors, open311_router
 from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
 from intake311.http import BodyTooLarge, read_body
 from intake311.settings import Settings
@@ -183,21 +184,16 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/open311/discovery.json", tags=["open311"])
-    async def discovery() -> dict[str, Any]:
-        """Open311 service discovery: where the GeoReport v2 endpoint of this city lives."""
-        return {
-            "contact": "",
-            "key_service": "",
-            "endpoints": [
-                {
-                    "specification": "http://wiki.open311.org/GeoReport_v2",
-                    "url": settings.web.public_url + PREFIX,
-                    "type": "production",
-                    "formats": ["application/json", "application/xml"],
-                }
-            ],
-        }
+    app.include_router(
+        discovery_router(
+            settings,
+            contact=settings.web.contact,
+            key_service=settings.web.key_service,
+            endpoint_type=settings.web.endpoint_type,
+        )
+    )
+    # A path under /open311/ that no route matches, or a wrong method, in the spec's error list.
+    app.add_exception_handler(StarletteHTTPException, open311_http_errors)
 
     def no_asyncapi() -> JSONResponse:
         return JSONResponse({"detail": "no AsyncAPI document configured"}, status_code=404)

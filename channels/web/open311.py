@@ -281,7 +281,8 @@ def open311_router(
         # The app shows service_notice to the resident: "call 911" comes first in it.
         if (danger := warning(contact.text, language, emergencies)) is not None:
             notice = f"{danger} {notice}"
-        record = {"service_request_id": contact.request_id, "service_notice": notice, "account_id": None}
+        # No account_id: we keep no accounts, and the spec's schema wants a string or nothing.
+        record = {"service_request_id": contact.request_id, "service_notice": notice}
         return render(f, "service_requests", "request", [record], 201)
 
     @router.get("/requests.{fmt}")

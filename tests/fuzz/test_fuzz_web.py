@@ -106,7 +106,7 @@ ENDPOINTS: dict[str, Callable[[], st.SearchStrategy[Req]]] = {
     "GET /": lambda: get(st.just("/"), query({"lang": ["es"]})),
     "POST /": lambda: post_form(st.just("/"), FORM_FIELDS),
     "GET /healthz": lambda: get(st.just("/healthz")),
-    "GET /open311/discovery.json": lambda: get(st.just("/open311/discovery.json")),
+    "GET /open311/discovery.{fmt}": lambda: get(fmt_path("/open311/discovery.{fmt}")),
     "GET /asyncapi.json": lambda: get(st.just("/asyncapi.json")),
     "GET /docs/asyncapi": lambda: get(st.just("/docs/asyncapi")),
     "GET /open311/v2/services.{fmt}": lambda: get(fmt_path(BASE + "/services.{fmt}")),
@@ -115,6 +115,10 @@ ENDPOINTS: dict[str, Callable[[], st.SearchStrategy[Req]]] = {
     ),
     "POST /open311/v2/requests.{fmt}": lambda: post_form(fmt_path(BASE + "/requests.{fmt}"), OPEN311_FIELDS),
     "GET /open311/v2/requests.{fmt}": lambda: get(fmt_path(BASE + "/requests.{fmt}"), query(SEARCH)),
+    "GET /open311/v2/tokens/{token}.{fmt}": lambda: get(
+        fmt_path(BASE + "/tokens/{token}.{fmt}", token=path_segment([TICKET, TICKET.lower()])),
+        query(JURISDICTION),
+    ),
     "GET /open311/v2/requests/{id}.{fmt}": lambda: get(
         fmt_path(BASE + "/requests/{id}.{fmt}", id=path_segment([TICKET, TICKET.lower()])),
         query({**JURISDICTION, "extensions": ["true"]}),
