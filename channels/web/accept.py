@@ -26,6 +26,7 @@ from starlette.requests import Request
 
 from channels.base import ContactPublisher
 from channels.web.lookup import RequestLookup
+from channels.web.parse import Form
 from intake311.bus import OutcomeUnknown
 from intake311.logging import get_logger
 from intake311.sqlite import KeptConnection
@@ -156,7 +157,7 @@ MAX_FIELDS = 100  # the web form has six, GeoReport v2 about twenty
 URLENCODED = "application/x-www-form-urlencoded"
 
 
-async def read_form(request: Request) -> dict[str, str] | str:
+async def read_form(request: Request) -> Form | str:
     """The submitted text fields, or a reason to refuse the body (malformed, files); the caller
     has capped its size already (``intake311.http.read_body``).
 
@@ -171,10 +172,10 @@ async def read_form(request: Request) -> dict[str, str] | str:
         form = await request.form(max_files=0, max_fields=MAX_FIELDS, max_part_size=MAX_BODY_BYTES)
     except Exception as exc:  # starlette turns multipart problems into HTTPException(400)
         return f"the form could not be read: {getattr(exc, 'detail', None) or exc}"
-    return {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    return Form((key, value) for key, value in form.multi_items() if isinstance(value, str))
 
 
-def parse_urlencoded(body: bytes, max_fields: int = MAX_FIELDS) -> dict[str, str] | str:
+def parse_urlencoded(body: bytes, max_fields: int = MAX_FIELDS) -> Form | str:
     """An ``application/x-www-form-urlencoded`` body as fields, or the reason it cannot be read.
 
     What Starlette's parser gives for the same body, except where it would alter the report
@@ -195,7 +196,7 @@ def parse_urlencoded(body: bytes, max_fields: int = MAX_FIELDS) -> dict[str, str
         return "the form could not be read: a %-escaped value is not UTF-8"
     except ValueError:
         return f"the form could not be read: more than {max_fields} fields"
-    return dict(pairs)
+    return Form(pairs)
 
 
 class Outcome(enum.Enum):

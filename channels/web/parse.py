@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from schemas.attributes import AnswersInvalid, form_answers, validate_answers
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
 from schemas.ids import ticket_for
 from schemas.language import DEFAULT_LANGUAGES, detector
@@ -46,6 +47,15 @@ _EMAIL_RE = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
 _PHONE_CHARS_RE = re.compile(r"^\+?[0-9().\-\s]+$")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
 _FORM_ID_RE = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+
+
+class Form(dict[str, str]):
+    """A submitted form's text fields (a repeated name keeps its last value, as before) and every
+    (name, value) pair as sent: a multivaluelist answer repeats ``attribute[code][]``."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        self.pairs = tuple(pairs)
+        super().__init__(self.pairs)
 
 
 class Open311Invalid(ValueError):
@@ -164,6 +174,15 @@ def parse_open311_request(
     elif not (values["address_string"] or values["address_id"]):
         problems.append("a location is required: lat and long, address_string, or address_id")
 
+    # The service's questions (schemas/attributes.py): every wrong answer listed, a required one
+    # left open refused, as the spec's 400.
+    pairs = form.pairs if isinstance(form, Form) else tuple(form.items())
+    try:
+        answers = validate_answers(service.attributes, form_answers(pairs))
+    except AnswersInvalid as exc:
+        problems.extend(exc.descriptions)
+        answers = {}
+
     email = phone = media_url = None
     if values["email"] and (email := clean_email(values["email"])) is None:
         problems.append("email is not a valid email address")
@@ -199,6 +218,7 @@ def parse_open311_request(
         reply=reply,
         language=language,
         metadata=metadata,
+        attributes=answers,
     )
 
 

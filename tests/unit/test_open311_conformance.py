@@ -271,6 +271,30 @@ async def test_services_with_questions_say_metadata_and_list_them(asking_city: h
     ]
 
 
+async def test_post_requests_checks_the_answers_to_the_services_questions(
+    asking_city: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    """The spec: a required attribute left out, or a value not in the list, is a 400."""
+    form = valid(service_code="missed-pickup", address_string="12 Elm Street")
+    missing = await asking_city.post(f"{BASE}/requests.json", data=form)
+    assert missing.status_code == 400
+    assert missing.json() == [
+        {"code": 400, "description": "attribute[stream] is required: Which collection was missed?"}
+    ]
+    wrong = await asking_city.post(f"{BASE}/requests.xml", data={**form, "attribute[stream]": "compost"})
+    assert wrong.status_code == 400 and b"not one of" in wrong.content
+    assert not publisher.contacts  # nothing published for either
+    ok = await asking_city.post(f"{BASE}/requests.json", data={**form, "attribute[stream]": "recycling"})
+    assert ok.status_code == 201, ok.text
+    [contact] = publisher.contacts
+    assert contact.attributes == {"stream": "recycling"}
+    # Optional questions may be left out; a service without questions refuses answers to none.
+    pothole = await asking_city.post(f"{BASE}/requests.json", data=valid(description="deep hole"))
+    assert pothole.status_code == 201, pothole.text
+    extra = await asking_city.post(f"{BASE}/requests.json", data={**valid(), "attribute[colour]": "red"})
+    assert extra.status_code == 400 and "does not ask it" in extra.json()[0]["description"]
+
+
 def xml_root(response: httpx.Response) -> ET.Element:
     assert response.content.startswith(b'<?xml version="1.0" encoding="utf-8"?>')
     return ET.fromstring(response.content)
