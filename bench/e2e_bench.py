@@ -1016,8 +1016,9 @@ def run(args: argparse.Namespace) -> int:
                 )
                 results.append(result)
             one, two = results
+            partitions = KafkaSettings(bootstrap_servers=[bootstrap]).topic_partitions  # as the stages
             rows.append((
-                f"normalizer, 2 processes vs 1 ({scale_n} contacts, {KafkaSettings().partitions} partitions)",
+                f"normalizer, 2 processes vs 1 ({scale_n} contacts, {partitions} partitions)",
                 f"{two.rate:,.0f}/s (1 process: {one.rate:,.0f}/s)",
                 "one normalizer process",
                 f"{two.rate / one.rate:.2f}" if one.rate else "-",

@@ -120,7 +120,7 @@ async def _create_missing(admin: AIOKafkaAdminClient, kafka: KafkaSettings, name
     existing = set(await admin.list_topics())
     missing = sorted(set(names) - existing)
     if missing:
-        topics = [NewTopic(n, kafka.partitions, kafka.replication_factor) for n in missing]
+        topics = [NewTopic(n, kafka.topic_partitions, kafka.replication_factor) for n in missing]
         with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
             await admin.create_topics(topics)
         log.info("topics created", topics=missing)
@@ -168,6 +168,7 @@ class BusWatch:
         self._poke = asyncio.Event()
         self._admin: AIOKafkaAdminClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def establish(self) -> None:
         """Create the topics and adopt (or create) the epoch; raises if the broker is unreachable."""
@@ -222,14 +223,22 @@ class BusWatch:
     async def watch(self) -> None:
         """Check the broker in the background until ``stop`` (after ``establish``)."""
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="intake311-bus-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the watch. Not by one ``cancel`` alone: on Python 3.11 ``asyncio.wait_for`` returns
+        the inner result when it completes as the cancellation arrives, so the loop could swallow
+        it and run on while this waited for ever (a test run hung in teardown on exactly that).
+        The loop also checks ``_stopping``, and the cancel is repeated until the task is done."""
+        self._stopping = True
+        self._poke.set()
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("bus watch ended with an error", error=repr(task.exception())[:300])
         if self._admin is not None:
             with contextlib.suppress(Exception):
                 await self._admin.close()
@@ -272,10 +281,12 @@ class BusWatch:
             self._admin = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self.interval_s)
             self._poke.clear()
+            if self._stopping:
+                return
             try:
                 markers = await self._markers()
             except Exception as exc:
@@ -353,7 +364,7 @@ async def publish_all(broker: KafkaBroker, records: Sequence[Outgoing]) -> None:
     if not records:
         return
     try:
-        producer = _kafka_producer(broker)
+        producer = kafka_producer(broker)
         if producer is not None:
             futures = await _send_grouped(broker, producer, records)
         else:
@@ -373,7 +384,7 @@ async def publish_all(broker: KafkaBroker, records: Sequence[Outgoing]) -> None:
         raise PublishError(f"broker did not acknowledge {len(records)} record(s): {exc}") from exc
 
 
-def _kafka_producer(broker: Any) -> AIOKafkaProducer | None:
+def kafka_producer(broker: Any) -> AIOKafkaProducer | None:
     """The connected aiokafka producer behind a FastStream Kafka broker, else None.
 
     Reads FastStream 0.7.8 internals (``config.producer._producer.producer``): re-check on an

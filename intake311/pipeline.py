@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from intake311 import __version__
-from intake311.bus import BusWatch, make_broker
+from intake311.bus import BusWatch, kafka_producer, make_broker
 from intake311.embedded import EmbeddedKafka
 from intake311.health import (
     HEALTH_PATHS,
@@ -164,6 +164,11 @@ async def rejoin(broker: KafkaBroker) -> None:
     subscribers = list(broker.subscribers)
     await asyncio.gather(*(s.stop() for s in subscribers), return_exceptions=True)
     await asyncio.gather(*(s.start() for s in subscribers))
+    # The producer's partition counts are the old broker's: a topic the new one auto-created on a
+    # publish has its own default (4 on Tansu), and a record sent to a partition it lacks fails
+    # (or lands where no consumer reads) until aiokafka's next metadata refresh, minutes later.
+    if (producer := kafka_producer(broker)) is not None:
+        await producer.client.force_metadata_update()
 
 
 def process_metrics(settings: Settings, broker: KafkaBroker) -> Metrics:

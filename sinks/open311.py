@@ -888,7 +888,7 @@ class Open311Sink:
             bootstrap=bootstrap,
             client_options=client_options(settings.kafka),
             publish=publish,
-            partitions=settings.kafka.partitions,
+            partitions=settings.kafka.topic_partitions,
             replication_factor=settings.kafka.replication_factor,
         )
         self.use(ids, publish, department=department, status_topic=settings.topics.status)

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from intake311.bus import Outgoing, _kafka_producer, ensure_topics, make_broker, publish_all
+from intake311.bus import Outgoing, ensure_topics, kafka_producer, make_broker, publish_all
 from intake311.pipeline import process_metrics
 from intake311.settings import Settings
 
@@ -32,7 +32,7 @@ async def test_publish_all_sends_every_record_once_with_its_key_and_headers(
     metrics = process_metrics(settings, broker)
     await broker.start()
     try:
-        assert _kafka_producer(broker) is not None  # the fast path, not per-record publish
+        assert kafka_producer(broker) is not None  # the fast path, not per-record publish
         records = [
             Outgoing(
                 roads if i % 3 else parks,
@@ -95,6 +95,6 @@ async def test_publish_all_sends_every_record_once_with_its_key_and_headers(
 
 
 async def broker_partitions(broker: object, topic: str) -> set[int]:
-    producer = _kafka_producer(broker)
+    producer = kafka_producer(broker)
     assert producer is not None
     return set(await producer.partitions_for(topic))
