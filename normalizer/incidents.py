@@ -43,6 +43,7 @@ from schemas.contact import (
     ACTION_SPLIT,
     OPERATOR_ACTIONS,
     RawContact,
+    ReplyVia,
 )
 from schemas.ids import digest, is_slug, parse_ticket
 from schemas.messages import render, resolve_language
@@ -318,22 +319,8 @@ class IncidentDesk:
             "question": question.question_in(language),
             "choices": choices,
         }
-        return [
-            OutboundMessage(
-                message_id=outbound_message_id(
-                    reply.channel, reply.address, "question", request.request_id, question.code
-                ),
-                request_id=request.request_id,
-                channel=reply.channel,
-                to=reply.address,
-                thread=reply.thread,
-                language=language,
-                kind=MessageKind.QUESTION,
-                subject=render("question_subject", language, **values),
-                text=render("question_choices" if choices else "question", language, **values),
-                created_at=request.updated_datetime.astimezone(UTC),
-            )
-        ]
+        text_key = "question_choices" if choices else "question"
+        return [_to_resident(request, reply, language, MessageKind.QUESTION, text_key, values, question.code)]
 
     def _handle(self, contact: RawContact, snap: Snapshot, prepared: ServiceRequest | None = None) -> Outcome:
         stored = snap.request(contact.request_id)
@@ -810,22 +797,37 @@ class IncidentDesk:
             "state": render(f"state.{incident.state.value}", language),
         }
         key = "incident_reopened" if reopened else "incident_known"
-        return [
-            OutboundMessage(
-                message_id=outbound_message_id(
-                    reply.channel, reply.address, "incident", report.request_id, incident.incident_id
-                ),
-                request_id=report.request_id,
-                channel=reply.channel,
-                to=reply.address,
-                thread=reply.thread,
-                language=language,
-                kind=MessageKind.INCIDENT,
-                subject=render("incident_subject", language, **values),
-                text=render(key, language, **values),
-                created_at=report.updated_datetime.astimezone(UTC),
-            )
-        ]
+        kind = MessageKind.INCIDENT
+        return [_to_resident(report, reply, language, kind, key, values, incident.incident_id)]
+
+
+_SUBJECTS = {MessageKind.INCIDENT: "incident_subject", MessageKind.QUESTION: "question_subject"}
+
+
+def _to_resident(
+    request: ServiceRequest,
+    reply: ReplyVia,
+    language: str,
+    kind: MessageKind,
+    text_key: str,
+    values: dict[str, str],
+    about: str,
+) -> OutboundMessage:
+    """A message to the resident of ``request`` on the channel and thread they wrote from. The
+    id derives from the request, the kind and what it is ``about`` (the incident, the
+    question), so a replay or a later version of the request sends nothing new."""
+    return OutboundMessage(
+        message_id=outbound_message_id(reply.channel, reply.address, kind.value, request.request_id, about),
+        request_id=request.request_id,
+        channel=reply.channel,
+        to=reply.address,
+        thread=reply.thread,
+        language=language,
+        kind=kind,
+        subject=render(_SUBJECTS[kind], language, **values),
+        text=render(text_key, language, **values),
+        created_at=request.updated_datetime.astimezone(UTC),
+    )
 
 
 def _with_report(head: ServiceRequest, report: ServiceRequest, reports: int) -> ServiceRequest:
