@@ -19,8 +19,9 @@ import typer
 from pydantic import BaseModel
 from typer.core import TyperGroup
 
+from intake311.embedded import embedded_bootstrap_file
 from intake311.logging import configure_logging
-from intake311.pipeline import ALL, WEB, embedded_bootstrap_file, serve
+from intake311.pipeline import ALL, WEB, serve
 from intake311.settings import Settings, load_settings
 
 if TYPE_CHECKING:

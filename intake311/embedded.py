@@ -26,15 +26,24 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from intake311.logging import get_logger
 from intake311.objectstore import BUCKET, SeaweedFS, kill_stale, stop_process
+
+if TYPE_CHECKING:
+    from intake311.settings import Settings
 
 log = get_logger(__name__)
 
 Storage = Literal["durable", "memory"]
 
+
+
+def embedded_bootstrap_file(settings: Settings) -> Path:
+    """Where a running embedded broker's address is written, for ``submit``/``tail`` and for
+    sinks that open clients of their own (``sinks.open311``) to find."""
+    return settings.data_dir / "run" / "embedded.bootstrap"
 
 class EmbeddedBrokerError(RuntimeError):
     """The embedded broker could not be started."""

@@ -16,7 +16,6 @@ import importlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
@@ -24,7 +23,7 @@ from faststream.specification import AsyncAPI
 
 from intake311 import __version__
 from intake311.bus import BusWatch, kafka_producer, make_broker
-from intake311.embedded import EmbeddedKafka
+from intake311.embedded import EmbeddedKafka, embedded_bootstrap_file
 from intake311.health import (
     HEALTH_PATHS,
     Probes,
@@ -133,11 +132,6 @@ def _document_shared_topics(broker: KafkaBroker, settings: Settings) -> None:
             title=f"outbound {channel}",
             description=f"Messages to residents, sent by the {channel} channel.",
         )
-
-
-def embedded_bootstrap_file(settings: Settings) -> Path:
-    """Where a running embedded broker's address is written, for ``submit``/``tail`` to find."""
-    return settings.data_dir / "run" / "embedded.bootstrap"
 
 
 @dataclass

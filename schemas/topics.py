@@ -43,6 +43,11 @@ class Topics:
         """Messages to residents, sent by the channel they used (``intake311.outbound.sms``)."""
         return f"{self.prefix}.outbound.{_slug(channel)}"
 
+    def open311_ids(self, department: str, sink: str) -> str:
+        """The ``open311`` sink's map of one (department, sink) pair's requests to the city's ids
+        (compacted, keyed by request id): ``intake311.open311.public-works.city``."""
+        return f"{self.prefix}.open311.{_slug(department)}.{_slug(sink)}"
+
     def group(self, name: str) -> str:
         """A consumer group under the same prefix (``intake311.normalizer``): two deployments
         that share a cluster under different prefixes must never share a group."""

@@ -11,7 +11,7 @@ of the department topic moves between them in a rebalance: the host that redeliv
 must see that another host already created it remotely, and every host's poller must know
 which remote ids to ask about. A host-local file cannot be that record. The case store could,
 but it is optional, while Kafka is always there; so the map ``request_id -> remote id/token, last
-remote status`` is a topic of its own (``remote_ids_topic``), keyed by request id and created
+remote status`` is a topic of its own (``Topics.open311_ids``), keyed by request id and created
 compacted, so the latest record of each request is kept however old it is. Each sink reads the
 whole topic at start (a few hundred bytes a request) and catches up with it again before a
 delivery when its view is older than ``mapping_staleness_s``; a record written by a host that
@@ -52,10 +52,8 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 
 from intake311.logging import get_logger
 from intake311.secrets import resolve_secret
-from schemas.ids import is_slug
 from schemas.request import ServiceRequest
 from schemas.status import State, StatusChange, parse_state, status_event_id
-from schemas.topics import Topics
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 from sinks.webhook import parse_retry_after
 
@@ -85,14 +83,6 @@ ATTRIBUTE_SOURCES: dict[str, Callable[[ServiceRequest], object]] = {
     "location_precision": lambda r: r.location_precision.value if r.location_precision else None,
     "emergency": lambda r: r.emergency,
 }
-
-
-def remote_ids_topic(topics: Topics, department: str, sink: str) -> str:
-    """The map of one (department, sink) pair's requests to their remote ids (compacted, keyed
-    by request id): ``intake311.open311.public-works.city``."""
-    if not (is_slug(department) and is_slug(sink)):
-        raise ValueError(f"not a valid topic component: {department!r}/{sink!r}")
-    return f"{topics.prefix}.open311.{department}.{sink}"
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -868,9 +858,9 @@ class Open311Sink:
         self.poller = StatusPoller(self, publish, status_topic, now)
 
     def bind(self, broker: KafkaBroker, settings: Settings, department: str) -> None:
-        """Bind to the running bus: the map on ``remote_ids_topic`` and the status topic."""
+        """Bind to the running bus: the map on ``Topics.open311_ids`` and the status topic."""
+        from intake311.embedded import embedded_bootstrap_file
         from intake311.ops import client_options
-        from intake311.pipeline import embedded_bootstrap_file
         from intake311.stage import publish_with_retry
 
         bootstrap = list(settings.kafka.bootstrap_servers)
@@ -884,7 +874,7 @@ class Open311Sink:
             )
 
         ids = KafkaRemoteIds(
-            remote_ids_topic(settings.topics, department, self.name),
+            settings.topics.open311_ids(department, self.name),
             bootstrap=bootstrap,
             client_options=client_options(settings.kafka),
             publish=publish,
@@ -1059,6 +1049,5 @@ __all__ = [
     "parse_records",
     "parse_requests",
     "parse_tokens",
-    "remote_ids_topic",
     "status_change_for",
 ]

@@ -121,6 +121,7 @@ class ErrorItem(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": list[ErrorItem], "description": "a filter or the cursor is invalid"},
+    503: {"model": list[ErrorItem], "description": "the case store did not answer: retry"},
     403: {"model": list[ErrorItem], "description": "no valid department token, or another department"},
 }
 
@@ -314,6 +315,9 @@ def request_api_routes(settings: Settings, store: CaseStore, *, settle_s: float 
             )
         except ValueError as exc:
             return error_response(400, str(exc))
+        except Exception:  # the case store did not answer: the caller retries, nothing is lost
+            log.warning("request list failed", department=own, exc_info=True)
+            return error_response(503, "requests cannot be read right now; please retry later")
         items = [department_request(case) for case in cases]
         next_cursor = cursor
         if items:
@@ -332,11 +336,16 @@ def request_api_routes(settings: Settings, store: CaseStore, *, settle_s: float 
         if isinstance(own, JSONResponse):
             return own
         ticket = parse_ticket(request_id)
-        case = await store.get_case(ticket) if ticket else None
+        try:
+            case = await store.get_case(ticket) if ticket else None
+            events = await store.events(case.request_id) if case is not None else []
+        except Exception:
+            log.warning("request read failed", request_id=ticket, exc_info=True)
+            return error_response(503, "the request cannot be read right now; please retry later")
         if case is None:
             return error_response(404, f"no service request {request_id[:80]!r}")
         if own not in case.departments and own != case.agency_responsible:
             return error_response(403, f"request {case.request_id} is not routed to {own}")
-        return _json(department_request_detail(case, await store.events(case.request_id)))
+        return _json(department_request_detail(case, events))
 
     return router

@@ -346,6 +346,18 @@ def open311_router(
         records = [request_record(r, f, wants_extensions(extensions), unclassified) for r in found]
         return render(f, "service_requests", "request", records)
 
+    async def find(f: Format, given: str, what: str) -> Mapping[str, Any] | Response:
+        """The request a ticket (or a token: ours are tickets) names, or the spec's 404 / 503."""
+        ticket = parse_ticket(given)
+        try:
+            found = await lookup.get(ticket) if ticket else None
+        except Exception:
+            log.warning("request lookup failed", request_id=ticket, exc_info=True)
+            return errors(f, 503, f"{what}s cannot be read right now; please retry later")
+        if found is None or not found.get("service_request_id"):
+            return errors(f, 404, f"no {what} {given[:40]!r}")
+        return found
+
     @router.get("/requests/{request_id}.{fmt}")
     async def get_request(
         request_id: str, fmt: str, jurisdiction_id: str | None = None, extensions: str | None = None
@@ -355,14 +367,9 @@ def open311_router(
             return _unknown_format(fmt)
         if refused := wrong_jurisdiction(f, jurisdiction_id):
             return refused
-        ticket = parse_ticket(request_id)
-        try:
-            found = await lookup.get(ticket) if ticket else None
-        except Exception:
-            log.warning("request lookup failed", request_id=ticket, exc_info=True)
-            return errors(f, 503, "requests cannot be read right now; please retry later")
-        if found is None:
-            return errors(f, 404, f"no service request {request_id[:40]!r}")
+        found = await find(f, request_id, "service request")
+        if isinstance(found, Response):
+            return found
         record = request_record(found, f, wants_extensions(extensions), unclassified)
         return render(f, "service_requests", "request", [record])
 
@@ -375,15 +382,10 @@ def open311_router(
             return _unknown_format(fmt)
         if refused := wrong_jurisdiction(f, jurisdiction_id):
             return refused
-        ticket = parse_ticket(token)
-        try:
-            found = await lookup.get(ticket) if ticket else None
-        except Exception:
-            log.warning("token lookup failed", token=ticket, exc_info=True)
-            return errors(f, 503, "tokens cannot be resolved right now; please retry later")
-        if found is None or not found.get("service_request_id"):
-            return errors(f, 404, f"no token {token[:40]!r}")
-        record = {"service_request_id": found["service_request_id"], "token": ticket}  # the spec's order
+        found = await find(f, token, "token")
+        if isinstance(found, Response):
+            return found
+        record = {"service_request_id": found["service_request_id"], "token": found["service_request_id"]}
         return render(f, "service_requests", "request", [record])
 
     return router

@@ -254,3 +254,21 @@ async def test_the_openapi_document_describes_the_answers(api: httpx.AsyncClient
         "cursor",
         "limit",
     }
+
+
+async def test_a_case_store_that_does_not_answer_is_a_503_not_a_500() -> None:
+    class Down:
+        async def changed(self, **_: Any) -> list[Any]:
+            raise OSError("connection refused (test)")
+
+        async def get_case(self, _: str) -> Any:
+            raise OSError("connection refused (test)")
+
+    settings = Settings(department_tokens={"public-works": SecretStr(WORKS)})  # type: ignore[arg-type]
+    app = FastAPI()
+    app.include_router(request_api_routes(settings, Down(), settle_s=0))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        for path in ("/api/requests", "/api/requests/AAAA-0001"):
+            response = await client.get(path, headers=auth(WORKS))
+            assert response.status_code == 503, (path, response.text)
+            assert "retry" in response.json()[0]["description"]

@@ -28,7 +28,7 @@ from schemas.request import ServiceRequest
 from schemas.status import State, StatusChange
 from sinks.app import _subscribe, group_id
 from sinks.base import SinkContext
-from sinks.open311 import KafkaRemoteIds, Open311Sink, Open311SinkConfig, RemoteRef, remote_ids_topic
+from sinks.open311 import KafkaRemoteIds, Open311Sink, Open311SinkConfig, RemoteRef
 from tests.fakes.georeport import GeoReportFake
 from tests.integration.conftest import wait_for
 from tests.integration.test_sink_outage_e2e import committed_to_end, topic_records
@@ -124,7 +124,7 @@ async def publish(settings: Settings, *requests: ServiceRequest) -> None:
 
 async def mapped(settings: Settings, kafka_bootstrap: str) -> dict[str, RemoteRef]:
     """What a third host reads from the remote-id topic."""
-    topic = remote_ids_topic(settings.topics, DEPARTMENT, "city")
+    topic = settings.topics.open311_ids(DEPARTMENT, "city")
     reader = KafkaRemoteIds(topic, bootstrap=[kafka_bootstrap], client_options={}, publish=_no_publish)
     try:
         await reader.refresh()

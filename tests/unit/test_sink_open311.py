@@ -36,7 +36,6 @@ from sinks.open311 import (
     parse_records,
     parse_requests,
     parse_tokens,
-    remote_ids_topic,
     status_change_for,
 )
 from sinks.retry import deliver_all
@@ -118,9 +117,9 @@ def test_invalid_configs_fail_at_load_saying_what(values: dict[str, Any], messag
 
 
 def test_the_remote_id_topic_is_under_the_prefix_per_department_and_sink() -> None:
-    assert remote_ids_topic(Topics("nh"), "public-works", "city") == "nh.open311.public-works.city"
+    assert Topics("nh").open311_ids("public-works", "city") == "nh.open311.public-works.city"
     with pytest.raises(ValueError):
-        remote_ids_topic(Topics(), "Public Works", "city")
+        Topics().open311_ids("Public Works", "city")
 
 
 # --- the form ---------------------------------------------------------------------------------
