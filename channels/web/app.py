@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import asdict
 from inspect import signature
@@ -26,13 +27,15 @@ from channels.web.accept import (
     submission_id,
 )
 from channels.web.admission import AcceptGate
-from channels.web.form import asyncapi_page, confirmation_page, form_page
+from channels.web.form import asyncapi_page, confirmation_page, form_answers_for, form_page, given_answers
 from channels.web.formats import errors
 from channels.web.lookup import RequestLookup, accepted_requests
 from channels.web.open311 import PREFIX, discovery_router, open311_http_errors, open311_router
 from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
 from intake311.http import BodyTooLarge, read_body
 from intake311.settings import Settings
+from schemas.attributes import Answers
+from schemas.contact import RawContact
 from schemas.emergency import rules_for, warning
 from schemas.language import preferred_language
 from schemas.messages import render
@@ -84,6 +87,42 @@ def _bus_unsure(language: str, ticket: str) -> tuple[str, str]:
         render("web.form.bus_unsure_title", language),
         render("web.form.bus_unsure", language, ticket=ticket),
     )
+
+
+def _in_page_order(errors: dict[str, str], answer_errors: dict[str, str]) -> dict[str, str]:
+    """The form's problems and its questions' in the order of the page: the questions come
+    right after "What kind of problem is it?"."""
+    if not answer_errors:
+        return errors
+    head = [k for k in ("description", "address", "service_code") if k in errors]
+    ordered: dict[str, str] = {k: errors[k] for k in head}
+    ordered.update(answer_errors)
+    ordered.update({k: v for k, v in errors.items() if k not in ordered})
+    return ordered
+
+
+def _answer_content(answers: Answers) -> dict[str, str]:
+    """The answers as text, for the submission's fingerprint and key."""
+    return {
+        f"attribute[{code}]": answer if isinstance(answer, str) else "\x1f".join(answer)
+        for code, answer in sorted(answers.items())
+    }
+
+
+def _answered_key(form_key: str, answered: dict[str, str]) -> str:
+    """``web_form_key`` of a page whose questions were answered, the answers hashed in: the same
+    page sent again with another answer (Back, change it, Send) is another report, not a retry
+    whose new answer the pipeline would drop as a duplicate of the first."""
+    parts = [form_key, *(f"{k}={v}" for k, v in sorted(answered.items()))]
+    return "f" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _with_answers(contact: RawContact, answers: Answers) -> RawContact:
+    """The contact carrying the resident's answers, as ``parse_open311_request`` sets them
+    (``attributes``: code -> key, text or keys); validated again, like every contact."""
+    if not answers:
+        return contact
+    return RawContact.model_validate({**contact.model_dump(), "attributes": answers})
 
 
 def create_app(
@@ -153,9 +192,25 @@ def create_app(
             notice = (render("web.form.unreadable", language), form)
             return form_page(taxonomy, status=400, notice=notice, language=language)
         fields = FormFields.of(form)
+        # Every service's questions are on the page (all of them without JavaScript): what was
+        # typed in any of them is kept on a re-render, only the chosen service's is read.
+        given = {
+            service.code: given_answers(service.code, form.pairs)
+            for service in taxonomy.services
+            if service.attributes
+        }
+        chosen = taxonomy.get(fields.service_code) if fields.service_code else None
+        mine = given.get(chosen.code, {}) if chosen else {}
+        answers, answer_errors = form_answers_for(chosen, mine, language)
         # Pressing Send again (same page, or the same report typed anew) is the same contact.
         content = {k: v for k, v in asdict(fields).items() if k != "form_id"}
-        contact_id = await submission_id(WEB_CHANNEL, request, content, recent, web_form_key(fields))
+        key = web_form_key(fields)
+        if answers:
+            answered = _answer_content(answers)
+            content.update(answered)
+            if key is not None:
+                key = _answered_key(key, answered)
+        contact_id = await submission_id(WEB_CHANNEL, request, content, recent, key)
         try:
             contact = parse_web_form(
                 fields,
@@ -167,15 +222,20 @@ def create_app(
                 hint=language,
             )
         except FormInvalid as exc:
-            return form_page(taxonomy, fields, exc.errors, status=400, language=language)
+            errors = _in_page_order(exc.errors, answer_errors)
+            return form_page(taxonomy, fields, errors, status=400, language=language, answers=given)
+        if answer_errors:
+            return form_page(taxonomy, fields, answer_errors, status=400, language=language, answers=given)
+        contact = _with_answers(contact, answers)
         service = taxonomy.get(contact.service_code) if contact.service_code else None
         service_name = service.name if service else None
         outcome = await accept(contact, publisher, lookup, service_name)
         if outcome is Outcome.UNCERTAIN:
             notice = _bus_unsure(language, contact.request_id)
-            return form_page(taxonomy, fields, status=503, notice=notice, language=language)
+            return form_page(taxonomy, fields, status=503, notice=notice, language=language, answers=given)
         if not outcome:
-            return form_page(taxonomy, fields, status=503, notice=_bus_down(language), language=language)
+            notice = _bus_down(language)
+            return form_page(taxonomy, fields, status=503, notice=notice, language=language, answers=given)
         # The confirmation speaks the language of the report itself (the contact's).
         danger = warning(contact.text, contact.language, emergencies)
         return confirmation_page(contact, service_name, language=contact.language, warning=danger)

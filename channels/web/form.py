@@ -2,12 +2,19 @@
 
 Plain ``string.Template`` files and ``html.escape``: no template engine to add, and every value
 that came from a resident or from configuration passes through ``_e`` before it reaches a page.
+
+The form also asks each service's questions (``schemas.attributes``), all of them on the page and
+each service's in its own fieldset (``data-service``), so the page works without JavaScript; a
+small inline script only hides the questions of the services not chosen. Their fields are named
+``<service>.attribute[<code>]`` (``...[]`` for several values): two services may ask the same
+code, and without JavaScript both are on the page at once. ``form_answers_for`` reads back only
+the chosen service's, so an answer left in another service's fieldset is ignored, not an error.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from html import escape
 from pathlib import Path
@@ -17,12 +24,24 @@ from typing import Any
 from starlette.responses import HTMLResponse
 
 from channels.web.parse import FormFields
+from schemas.attributes import (
+    MAX_ANSWER_CHARS,
+    Answers,
+    AnswersInvalid,
+    Datatype,
+    ServiceAttribute,
+    form_answers,
+    validate_answers,
+)
 from schemas.contact import RawContact
 from schemas.messages import DEFAULT_LANGUAGE, group_name, lookup, render, resolve_language, service_name
-from schemas.taxonomy import Taxonomy
+from schemas.taxonomy import Service, Taxonomy
 
 _TEMPLATES = Path(__file__).with_name("templates")
 FORM_FIELDS = ("description", "address", "service_code", "photo_url", "contact")
+
+Given = Mapping[str, Sequence[str]]
+"""The values sent for one service's questions: code -> every value, as ``form_answers`` gives."""
 
 
 def _e(value: Any) -> str:
@@ -63,6 +82,167 @@ def _service_options(taxonomy: Taxonomy, selected: str, language: str) -> str:
         else:
             lines.extend(options)
     return "\n".join(lines)
+
+
+# --- the services' questions ----------------------------------------------------------------------
+
+
+def answer_field(service: str, attribute: ServiceAttribute) -> str:
+    """The form field of ``service``'s question (a multivaluelist's repeats, with ``[]``)."""
+    suffix = "[]" if attribute.datatype is Datatype.MULTIVALUELIST else ""
+    return f"{service}.attribute[{attribute.code}]{suffix}"
+
+
+def answer_id(service: str, attribute: ServiceAttribute) -> str:
+    """The element id of a question's (first) control: its label's ``for`` and its error's link."""
+    return f"q-{service}-{attribute.code}"
+
+
+def given_answers(service: str, pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """What the form sent for ``service``'s questions, code -> values (``form_answers`` on the
+    fields of its fieldset); every other field, another service's answers too, is left out."""
+    prefix = f"{service}."
+    return form_answers((name[len(prefix) :], value) for name, value in pairs if name.startswith(prefix))
+
+
+def _answer_problem(attribute: ServiceAttribute, values: Sequence[str], language: str) -> str:
+    """What to tell the resident about an answer ``validate_answers`` refused, in ``language``.
+
+    The validator decides *whether*; only the wording is chosen here, from what was sent and the
+    question's datatype (the validator's own descriptions are the Open311 API's, in English).
+    """
+    question = attribute.question_in(language)
+    if not any(v.strip() for v in values):
+        return render("web.errors.answer_missing", language, question=question)
+    if attribute.datatype.is_list:
+        return render("web.errors.answer_choice", language, question=question)
+    if attribute.datatype is Datatype.NUMBER:
+        return render("web.errors.answer_number", language, question=question)
+    if attribute.datatype is Datatype.DATETIME:
+        return render("web.errors.answer_datetime", language, question=question)
+    limit = 200 if attribute.datatype is Datatype.STRING else MAX_ANSWER_CHARS
+    return render("web.errors.answer_long", language, question=question, limit=limit)
+
+
+def form_answers_for(
+    service: Service | None, given: Given, language: str = DEFAULT_LANGUAGE
+) -> tuple[Answers, dict[str, str]]:
+    """The chosen ``service``'s answers from ``given`` (``given_answers``), and the problems by
+    element id (``answer_id``), told in ``language``, in the questions' order.
+
+    Each question goes through ``validate_answers`` on its own, so each problem lands under its
+    own field; the answers are what one call over all of them returns. Codes the service does
+    not ask are dropped first: the resident did not type them and could not fix them. No
+    service chosen ("Not sure"): no question is asked, nothing is required.
+    """
+    answers: Answers = {}
+    problems: dict[str, str] = {}
+    if service is None:
+        return answers, problems
+    for attribute in service.attributes:
+        if not attribute.variable:
+            continue
+        values = given.get(attribute.code, ())
+        try:
+            answers.update(validate_answers([attribute], {attribute.code: values} if values else {}))
+        except AnswersInvalid:
+            problems[answer_id(service.code, attribute)] = _answer_problem(attribute, values, language)
+    return answers, problems
+
+
+def _question(
+    service: str, attribute: ServiceAttribute, values: Sequence[str], error: str | None, language: str
+) -> str:
+    """One question: its label (with "(required)" in words: only the chosen service's required
+    questions are enforced, by the server, so no ``required`` attribute), hint, error, control."""
+    ident = _e(answer_id(service, attribute))
+    question = _e(attribute.question_in(language))
+    if not attribute.variable:
+        return f'<div class="field"><p class="hint" id="{ident}">{question}</p></div>\n'
+    name = _e(answer_field(service, attribute))
+    mark = "required" if attribute.required else "optional"
+    mark_html = f'<span class="{mark[:3]}">{_t(f"web.form.{mark}", language)}</span>'
+    hints = [attribute.datatype_description] if attribute.datatype_description else []
+    if attribute.datatype is Datatype.MULTIVALUELIST:
+        hints.append(render("web.form.choose_all", language))
+    hint = f'<p class="hint" id="{ident}-hint">{" ".join(_e(h) for h in hints)}</p>\n' if hints else ""
+    described = " ".join(
+        part for part in (f"{ident}-hint" if hints else "", f"{ident}-error" if error else "") if part
+    )
+    describedby = f' aria-describedby="{described}"' if described else ""
+    invalid = ' aria-invalid="true"' if error else ""
+    error_html = (
+        f'<p class="error" id="{ident}-error">'
+        f'<span class="visually-hidden">{_t("web.form.error", language)}</span> {_e(error)}</p>\n'
+        if error
+        else ""
+    )
+    css = "field invalid" if error else "field"
+    if attribute.datatype.is_list:
+        kind = "checkbox" if attribute.datatype is Datatype.MULTIVALUELIST else "radio"
+        choices = [(v.key, v.name_in(language)) for v in attribute.values]
+        if kind == "radio" and not attribute.required:
+            choices.append(("", render("web.form.no_answer", language)))  # a way back to no answer
+        chosen = {v.strip() for v in values}
+        items = []
+        for index, (key, label) in enumerate(choices):
+            item_id = ident if index == 0 else f"{ident}-{index + 1}"
+            checked = " checked" if key in chosen else ""
+            items.append(
+                f'<div class="choice"><input type="{kind}" id="{item_id}" name="{name}"'
+                f' value="{_e(key)}"{checked}{invalid}>'
+                f' <label for="{item_id}">{_e(label)}</label></div>'
+            )
+        return (
+            f'<div class="{css}"><fieldset class="question"{describedby}>'
+            f"<legend>{question} {mark_html}</legend>\n{hint}{error_html}"
+            + "\n".join(items)
+            + "\n</fieldset></div>\n"
+        )
+    value = _e(values[-1]) if values else ""
+    label = f'<label for="{ident}">{question} {mark_html}</label>\n'
+    common = f'id="{ident}" name="{name}"{describedby}{invalid}'
+    if attribute.datatype is Datatype.TEXT:
+        control = f'<textarea {common} rows="4">{value}</textarea>'
+    elif attribute.datatype is Datatype.DATETIME:
+        control = f'<input type="datetime-local" {common} value="{value}">'
+    elif attribute.datatype is Datatype.NUMBER:
+        control = f'<input type="text" inputmode="decimal" {common} value="{value}">'
+    else:
+        control = f'<input type="text" {common} value="{value}">'
+    return f'<div class="{css}">{label}{hint}{error_html}{control}\n</div>\n'
+
+
+def _questions(
+    taxonomy: Taxonomy, given: Mapping[str, Given], errors: Mapping[str, str], language: str
+) -> str:
+    """Every service's questions, each service's in a fieldset named after it (``data-service``)."""
+    groups = []
+    for service in taxonomy.services:
+        if not service.attributes:
+            continue
+        mine = given.get(service.code, {})
+        questions = "".join(
+            _question(service.code, a, mine.get(a.code, ()), errors.get(answer_id(service.code, a)), language)
+            for a in service.attributes
+        )
+        legend = _t(
+            "web.form.questions_legend", language, service=service_name(service.code, language, service.name)
+        )
+        code = _e(service.code)
+        groups.append(
+            f'<fieldset class="questions" id="questions-{code}" data-service="{code}">'
+            f"<legend>{legend}</legend>\n{questions}</fieldset>\n"
+        )
+    if not groups:
+        return ""
+    intro = f'<p class="hint" id="questions-intro">{_t("web.form.questions_intro", language)}</p>\n'
+    return intro + "".join(groups)
+
+
+@cache
+def _questions_script() -> str:
+    return (_TEMPLATES / "questions.js").read_text(encoding="utf-8")
 
 
 # The form's own words, as template variable -> message key under ``web.form``.
@@ -108,17 +288,24 @@ def form_page(
     status: int = 200,
     notice: tuple[str, str] | None = None,
     language: str = DEFAULT_LANGUAGE,
+    answers: Mapping[str, Given] | None = None,
 ) -> HTMLResponse:
     """The report form in ``language``; on errors it keeps what the resident typed and says what
     to fix.
 
     ``notice`` (heading, text) replaces the error list for failures that are not the resident's,
-    such as the bus being down, so they can simply press Send again.
+    such as the bus being down, so they can simply press Send again. ``answers`` (service ->
+    ``given_answers``) are the questions' values to keep; ``errors`` holds the questions' problems
+    under their ``answer_id``.
     """
     language = resolve_language(language)
     fields = fields or FormFields()
     errors = errors or {}
+    questions = _questions(taxonomy, answers or {}, errors, language)
     values: dict[str, str] = {
+        "questions": questions,
+        # Only shows the chosen service's questions; the page works the same without it.
+        "script": f"<script>\n{_questions_script()}</script>\n" if questions else "",
         "summary": _summary(errors, notice, language),
         # Kept across re-renders so a repeated send of the same report gets the same ticket.
         "form_id": _e(fields.form_id or uuid.uuid4().hex),

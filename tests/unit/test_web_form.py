@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from channels.web import AcceptedRequests, create_app
+from channels.web.accept import URLENCODED
 from intake311.bus import PublishError
 from intake311.settings import Settings
 from schemas import SenderKind, make_contact_id, ticket_for
@@ -360,3 +361,251 @@ async def test_emergency_report_gets_a_911_alert_before_anything_else(
     assert ticket_shown(response.text.replace("Su número de caso es", "Your ticket number is")) == (
         contact.request_id
     )
+
+
+# ---- service questions (schemas/attributes.py) on the form ----------------------------------------
+
+ASKING = Taxonomy.model_validate(
+    {
+        "services": [
+            {
+                "code": "missed-pickup",
+                "name": "Missed <pickup>",
+                "department": "sanitation",
+                "attributes": [
+                    {
+                        "code": "stream",
+                        "datatype": "singlevaluelist",
+                        "required": True,
+                        "description": 'Which "collection" <was> missed?',
+                        "description_by_language": {"es": "¿Qué recolección no pasó?"},
+                        "values": [
+                            {"key": "trash", "name": "Trash <bags>", "name_by_language": {"es": "Basura"}},
+                            {"key": "recycling", "name": "Recycling"},
+                        ],
+                    },
+                    {"code": "notes", "datatype": "text", "order": 2, "description": "Anything else?"},
+                ],
+            },
+            {
+                "code": "pothole",
+                "name": "Pothole",
+                "department": "public-works",
+                "attributes": [
+                    {
+                        "code": "bike-lane",
+                        "datatype": "singlevaluelist",
+                        "description": "Is it in a bike lane?",
+                        "values": [{"key": "yes", "name": "Yes"}, {"key": "no", "name": "No"}],
+                    },
+                    {"code": "depth", "datatype": "number", "order": 2, "description": "How deep (cm)?"},
+                    {"code": "seen", "datatype": "datetime", "order": 3, "description": "Since when?"},
+                    {"code": "notes", "datatype": "string", "order": 4, "description": "Landmark?"},
+                    {
+                        "code": "sides",
+                        "datatype": "multivaluelist",
+                        "order": 5,
+                        "description": "Which side?",
+                        "values": [{"key": "north", "name": "North"}, {"key": "south", "name": "South"}],
+                    },
+                    {
+                        "code": "info",
+                        "datatype": "string",
+                        "variable": False,
+                        "order": 6,
+                        "description": "Crews fill potholes within 3 days.",
+                    },
+                ],
+            },
+            {"code": "other", "name": "Something else", "department": "311"},
+        ]
+    }
+)
+
+
+@pytest.fixture
+async def asking(tmp_path: Path, publisher: FakePublisher) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(data_dir=tmp_path), publisher, ASKING, lookup=AcceptedRequests(tmp_path / "a"))
+    async with asgi_client(app, "http://test") as c:
+        yield c
+
+
+def questions_of(html: str, service: str) -> str:
+    """The fieldset of ``service``'s questions (up to the next service's, or the photo field)."""
+    start = html.index(f'<fieldset class="questions" id="questions-{service}" data-service="{service}">')
+    rest = html[start + 1 :]
+    ends = [rest.find('<label for="photo_url"'), rest.find('<fieldset class="questions"')]
+    return html[start : start + 1 + min(i for i in ends if i >= 0)]
+
+
+async def test_every_services_questions_are_on_the_page_each_under_its_service(
+    asking: httpx.AsyncClient,
+) -> None:
+    html = (await asking.get("/")).text
+    pickup, pothole = questions_of(html, "missed-pickup"), questions_of(html, "pothole")
+    # Grouped under the service's name, which is escaped like every taxonomy value.
+    assert "<legend>Questions about “Missed &lt;pickup&gt;”</legend>" in pickup
+    assert "<legend>Questions about “Pothole”</legend>" in pothole
+    # singlevaluelist: radio buttons, "(required)" said in words, and no required attribute (a
+    # hidden service's question would block the form otherwise).
+    question = "Which &quot;collection&quot; &lt;was&gt; missed?"
+    assert f'<legend>{question} <span class="req">(required)</span></legend>' in pickup
+    assert (
+        '<input type="radio" id="q-missed-pickup-stream" name="missed-pickup.attribute[stream]"'
+        ' value="trash"> <label for="q-missed-pickup-stream">Trash &lt;bags&gt;</label>'
+    ) in pickup
+    assert 'name="missed-pickup.attribute[stream]" value="recycling"' in pickup
+    assert "Trash <bags>" not in html and "<was>" not in html and "Missed <pickup>" not in html
+    assert " required" not in pickup + pothole
+    # The other datatypes: a textarea, a number, a date and time, a string, checkboxes.
+    assert '<textarea id="q-missed-pickup-notes" name="missed-pickup.attribute[notes]" rows="4">' in pickup
+    assert 'Is it in a bike lane? <span class="opt">(optional)</span>' in pothole
+    assert 'value=""> <label for="q-pothole-bike-lane-3">I don&#x27;t know</label>' in pothole
+    assert (
+        '<input type="text" inputmode="decimal" id="q-pothole-depth" name="pothole.attribute[depth]"'
+        in pothole
+    )
+    assert '<input type="datetime-local" id="q-pothole-seen" name="pothole.attribute[seen]"' in pothole
+    assert '<input type="text" id="q-pothole-notes" name="pothole.attribute[notes]"' in pothole
+    assert (
+        '<input type="checkbox" id="q-pothole-sides" name="pothole.attribute[sides][]" value="north"'
+        in pothole
+    )
+    assert '<p class="hint" id="q-pothole-info">Crews fill potholes within 3 days.</p>' in pothole
+    assert 'name="pothole.attribute[info]"' not in html  # shown, not asked
+    assert 'data-service="other"' not in html  # no questions, no fieldset
+    # Only an inline script, after the form, which works without it.
+    assert html.count("<script>") == 1 and "src=" not in html
+    assert html.index("</form>") < html.index("<script>")
+
+
+async def test_questions_are_asked_in_the_pages_language(asking: httpx.AsyncClient) -> None:
+    html = (await asking.get("/", headers={"Accept-Language": "es"})).text
+    pickup = questions_of(html, "missed-pickup")
+    assert '<legend>¿Qué recolección no pasó? <span class="req">(obligatorio)</span></legend>' in pickup
+    assert '<label for="q-missed-pickup-stream">Basura</label>' in pickup
+    assert '<label for="q-missed-pickup-stream-2">Recycling</label>' in pickup  # no translation: the name
+    assert "<legend>Preguntas sobre «" in pickup  # the service's Spanish name (service.missed-pickup)
+
+
+async def test_a_required_answer_left_out_is_refused_with_the_values_kept(
+    asking: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    data = report(service_code="missed-pickup")
+    data["missed-pickup.attribute[notes]"] = 'blue bin <by> the "gate"'
+    data["pothole.attribute[depth]"] = "12"  # another service's: kept on the page, not checked
+    response = await asking.post("/", data=data)
+    assert response.status_code == 400
+    html = response.text
+    assert publisher.contacts == []
+    message = "Answer the question “Which &quot;collection&quot; &lt;was&gt; missed?”"
+    assert f'<li><a href="#q-missed-pickup-stream">{message}</a></li>' in html
+    pickup = questions_of(html, "missed-pickup")
+    error = "q-missed-pickup-stream-error"
+    assert f'<div class="field invalid"><fieldset class="question" aria-describedby="{error}">' in pickup
+    hidden = '<span class="visually-hidden">Error:</span>'
+    assert f'<p class="error" id="{error}">{hidden} {message}</p>' in pickup
+    # What the resident typed is kept, escaped.
+    assert ">blue bin &lt;by&gt; the &quot;gate&quot;</textarea>" in pickup
+    assert 'name="pothole.attribute[depth]" value="12"' in html
+    assert '<option value="missed-pickup" selected>' in html
+    assert ">Streetlight flickering all night</textarea>" in html
+
+
+async def test_the_form_and_its_questions_are_reported_in_page_order(
+    asking: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    data = report(service_code="pothole", description="", contact="nobody")
+    data["pothole.attribute[depth]"] = "very"
+    data["pothole.attribute[sides][]"] = "east"
+    data["pothole.attribute[bike-lane]"] = "yes"
+    response = await asking.post("/", data=data, headers={"Accept-Language": "es"})
+    assert response.status_code == 400
+    links = re.findall(r'<li><a href="#([^"]+)">', response.text)
+    assert links == ["description", "q-pothole-depth", "q-pothole-sides", "contact"]
+    assert "«How deep (cm)?»: escriba un número" in response.text
+    assert "«Which side?»: elija entre las respuestas de la lista" in response.text
+    # A valid answer beside wrong ones is kept as chosen.
+    assert 'name="pothole.attribute[bike-lane]" value="yes" checked>' in response.text
+    assert publisher.contacts == []
+
+
+async def test_answers_to_another_services_questions_are_ignored(
+    asking: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    data = report(service_code="pothole")
+    # missed-pickup's required question left open, its other one answered wrongly by its type's
+    # standards elsewhere: neither is the chosen service's, so neither counts.
+    data["missed-pickup.attribute[stream]"] = "not-a-key"
+    data["missed-pickup.attribute[notes]"] = "x"
+    data["pothole.attribute[unknown]"] = "not asked"  # nothing a resident could fix
+    data["attribute[bike-lane]"] = "yes"  # not this page's field: not an answer
+    response = await asking.post("/", data=data)
+    assert response.status_code == 200, response.text
+    [contact] = publisher.contacts
+    assert contact.service_code == "pothole"
+    assert contact.attributes == {}
+    # "Not sure": no service, no questions, nothing required.
+    data = report(form_id="fedcba9876543210")
+    data["missed-pickup.attribute[stream]"] = "trash"
+    assert (await asking.post("/", data=data)).status_code == 200
+    assert publisher.contacts[-1].attributes == {}
+
+
+async def test_valid_answers_travel_on_the_contact_as_the_open311_post_puts_them(
+    asking: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    data = report(service_code="pothole", contact="a@b.org")
+    data.update(
+        {
+            "pothole.attribute[bike-lane]": "no",
+            "pothole.attribute[depth]": "12.5",
+            "pothole.attribute[seen]": "2026-11-30T08:15",
+            "pothole.attribute[notes]": "",
+            "missed-pickup.attribute[stream]": "trash",
+        }
+    )
+    pairs = [*data.items(), ("pothole.attribute[sides][]", "north"), ("pothole.attribute[sides][]", "south")]
+    response = await asking.post(
+        "/", content=httpx.QueryParams(pairs).__str__(), headers={"content-type": URLENCODED}
+    )
+    assert response.status_code == 200, response.text
+    [web] = publisher.contacts
+    expected = {"bike-lane": "no", "depth": "12.5", "seen": "2026-11-30T08:15", "sides": ("north", "south")}
+    assert web.attributes == expected
+    assert ticket_shown(response.text) == web.request_id
+    # The same answers through Open311 POST requests: the same attributes on the contact.
+    open311 = [
+        ("api_key", "demo-key"),
+        ("service_code", "pothole"),
+        ("address_string", "Main St and 5th Ave"),
+        ("description", "Streetlight flickering all night"),
+        ("attribute[bike-lane]", "no"),
+        ("attribute[depth]", "12.5"),
+        ("attribute[seen]", "2026-11-30T08:15"),
+        ("attribute[sides][]", "north"),
+        ("attribute[sides][]", "south"),
+    ]
+    posted = await asking.post(
+        "/open311/v2/requests.json",
+        content=str(httpx.QueryParams(open311)),
+        headers={"content-type": URLENCODED},
+    )
+    assert posted.status_code == 201, posted.text
+    assert publisher.contacts[-1].attributes == web.attributes
+
+
+async def test_a_changed_answer_is_a_new_report_the_same_one_a_retry(
+    asking: httpx.AsyncClient, publisher: FakePublisher
+) -> None:
+    data = report(service_code="missed-pickup")
+    first = await asking.post("/", data={**data, "missed-pickup.attribute[stream]": "trash"})
+    again = await asking.post("/", data={**data, "missed-pickup.attribute[stream]": "trash"})
+    changed = await asking.post("/", data={**data, "missed-pickup.attribute[stream]": "recycling"})
+    assert ticket_shown(first.text) == ticket_shown(again.text) != ticket_shown(changed.text)
+    assert [c.attributes for c in publisher.contacts] == [{"stream": "trash"}] * 2 + [{"stream": "recycling"}]
+
+
+async def test_a_page_without_questions_has_no_script(client: httpx.AsyncClient) -> None:
+    html = (await client.get("/")).text
+    assert "data-service" not in html and "<script" not in html
