@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from intake311.logging import get_logger
 from schemas.ids import is_slug
 from schemas.request import ServiceRequest
+from schemas.taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
     from intake311.settings import Settings
@@ -119,20 +120,30 @@ class SinkContext:
 
     ``http_client``: a shared client (one connection pool for all webhook sinks); when None,
     each HTTP sink creates and closes its own.
+
+    ``taxonomy``: the city's services and their questions, which label the resident's answers in
+    department messages (slack, email: sinks/answers.py); None: answers show under their codes.
     """
 
     data_dir: Path
     http_client: httpx.AsyncClient | None = None
     retry_attempts: int = 5
     retry_backoff_s: float = 0.5
+    taxonomy: Taxonomy | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, http_client: httpx.AsyncClient | None = None) -> SinkContext:
+    def from_settings(
+        cls,
+        settings: Settings,
+        http_client: httpx.AsyncClient | None = None,
+        taxonomy: Taxonomy | None = None,
+    ) -> SinkContext:
         return cls(
             data_dir=settings.data_dir,
             http_client=http_client,
             retry_attempts=settings.retry_attempts,
             retry_backoff_s=settings.retry_backoff_s,
+            taxonomy=taxonomy if taxonomy is not None else load_taxonomy(settings.taxonomy_file),
         )
 
 

@@ -6,6 +6,10 @@ sends the same id and mail systems (and people) can recognise the duplicate. Mes
 one ticket share a ``References`` root, so mail clients thread them. The reporter's contact
 details stay out unless the department is entitled to them (``include_reporter: true``).
 
+The resident's answers to the service's questions ("Which collection was missed? Recycling")
+come after the facts, labelled by the taxonomy as ``sinks/answers.py`` does for every
+department message; a required question still open says so, so the crew knows to ask.
+
 Departments work incidents, not reports: a later report of an incident someone already reported
 (``request.is_later_report``) is not mailed as new work; the incident's first request, sent again
 with the new reporter count and the later reports, arrives as an update in the same thread
@@ -29,6 +33,8 @@ from intake311.logging import get_logger
 from intake311.secrets import env_value
 from schemas.contact import Sender
 from schemas.request import IncidentReport, Priority, ServiceRequest
+from schemas.taxonomy import Taxonomy
+from sinks.answers import NOT_ANSWERED, request_answer_lines
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 
 log = get_logger(__name__)
@@ -133,7 +139,8 @@ class EmailSinkConfig(SinkConfig):
         return self._password
 
     def build(self, ctx: SinkContext) -> EmailSink:
-        return EmailSink(self)
+        # The taxonomy labels the resident's answers; without one they show under their codes.
+        return EmailSink(self, taxonomy=ctx.taxonomy)
 
 
 def _one_line(text: str, limit: int = 120) -> str:
@@ -230,14 +237,33 @@ def _later_reports(request: ServiceRequest, redact: bool) -> list[tuple[str, tup
     return out
 
 
+def _answers(
+    request: ServiceRequest, taxonomy: Taxonomy | None, redact: bool
+) -> list[tuple[str, str | None]]:
+    """(question, answer) per answer to show, in the service's order; answer None: still open."""
+    out: list[tuple[str, str | None]] = []
+    for line in request_answer_lines(request, taxonomy):
+        answer = line.answer
+        if answer is not None and line.typed and redact:
+            answer = redact_contact_details(answer, request.reporter)
+        out.append((line.label, None if answer is None else " ".join(answer.split())))
+    return out
+
+
 def build_message(
-    request: ServiceRequest, *, department: str, delivery_id: str, config: EmailSinkConfig
+    request: ServiceRequest,
+    *,
+    department: str,
+    delivery_id: str,
+    config: EmailSinkConfig,
+    taxonomy: Taxonomy | None = None,
 ) -> EmailMessage:
     """The message for one delivery (headers, plain text, HTML alternative); no I/O.
 
     An incident update (the first request with more reporters) says so in the subject and the
     first line and lists the latest later reports; its ``References`` root is the incident's
-    ticket like every other message about it, so it lands in the same thread.
+    ticket like every other message about it, so it lands in the same thread. ``taxonomy``
+    labels the resident's answers in its own language, as the service name is.
     """
     description = request.description.strip()
     if not config.include_reporter:
@@ -246,6 +272,7 @@ def build_message(
     width = max(len(label) for label, _ in facts) + 1
     update = is_incident_update(request)
     later = _later_reports(request, redact=not config.include_reporter) if update else []
+    answers = _answers(request, taxonomy, redact=not config.include_reporter)
 
     subject_parts = [config.subject_prefix, request.request_id]
     if request.priority in (Priority.EMERGENCY, Priority.HIGH):
@@ -276,6 +303,9 @@ def build_message(
     )
     text_lines = [headline, ""]
     text_lines += [f"{label + ':':<{width}} {value}" for label, value in facts]
+    if answers:
+        text_lines += ["", "Answers:"]
+        text_lines += [f"  {q} {a if a is not None else f'({NOT_ANSWERED})'}" for q, a in answers]
     text_lines += ["", "Description:", description or "(none)", ""]
     if later:
         text_lines.append("Later reports (newest first):")
@@ -290,6 +320,13 @@ def build_message(
         f"<td>{_html_value(value)}</td></tr>"
         for label, value in facts
     )
+    answers_html = "".join(
+        f'<tr><th align="left" style="padding-right:1em">{html.escape(q)}</th>'
+        f"<td>{html.escape(a) if a is not None else f'<em>{html.escape(NOT_ANSWERED)}</em>'}</td></tr>"
+        for q, a in answers
+    )
+    if answers_html:
+        answers_html = f"<h3>Answers</h3><table>{answers_html}</table>"
     body = html.escape(description or "(none)").replace("\n", "<br>")
     later_html = "".join(
         f"<li>{html.escape(line)}{''.join(f' {_html_value(url)}' for url in photos)}</li>"
@@ -303,7 +340,7 @@ def build_message(
     message.add_alternative(
         "<!doctype html><html><body>"
         f"<h2>{html.escape(title)}</h2>"
-        f"<table>{rows}</table><h3>Description</h3><p>{body}</p>{later_html}"
+        f"<table>{rows}</table>{answers_html}<h3>Description</h3><p>{body}</p>{later_html}"
         "</body></html>",
         subtype="html",
     )
@@ -339,9 +376,10 @@ def _smtp_error(prefix: str, exc: Exception) -> DeliveryError:
 class EmailSink:
     """Sends one message per request; a new SMTP connection per message keeps relays happy."""
 
-    def __init__(self, config: EmailSinkConfig) -> None:
+    def __init__(self, config: EmailSinkConfig, *, taxonomy: Taxonomy | None = None) -> None:
         self.name = config.name
         self.config = config
+        self.taxonomy = taxonomy
 
     async def start(self) -> None:
         return None
@@ -358,7 +396,9 @@ class EmailSink:
             )
             return
         config = self.config
-        message = build_message(request, department=department, delivery_id=delivery_id, config=config)
+        message = build_message(
+            request, department=department, delivery_id=delivery_id, config=config, taxonomy=self.taxonomy
+        )
         password = config.smtp_password
         prefix = f"email sink {self.name!r} ({config.host}:{config.smtp_port})"
         try:

@@ -1,10 +1,11 @@
 """``type: slack`` — a Block Kit message per request in the department's Slack channel.
 
 Each message shows what a crew needs (ticket, service, description excerpt, address, map and
-photo links, due time) and Acknowledge / In progress / Close buttons whose ``action_id`` is
-``intake311_status_<state>`` and ``value`` the ticket, for the status flow to handle. The
+photo links, due time, the resident's answers to the service's questions, labelled by the
+taxonomy: sinks/answers.py) and Acknowledge / In progress / Close buttons whose ``action_id``
+is ``intake311_status_<state>`` and ``value`` the ticket, for the status flow to handle. The
 reporter's contact details never reach Slack: they are not in the message, and phone numbers
-or emails typed into the description are removed.
+or emails typed into the description or a free-text answer are removed.
 
 Where each request's message is (``channel``, ``ts``) is kept in a small SQLite map under the
 data dir (``SlackMessages``), together with the blocks last posted, so a later status change can
@@ -37,8 +38,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from intake311.logging import get_logger
 from intake311.secrets import env_value
+from schemas.contact import Sender
 from schemas.request import IncidentReport, Priority, ServiceRequest
 from schemas.status import StatusChange
+from schemas.taxonomy import Taxonomy
+from sinks.answers import AnswerLine, request_answer_lines
 from sinks.base import DeliveryError, SinkConfig, SinkContext
 from sinks.email import district_facts, latest_reports, redact_contact_details
 from sinks.webhook import parse_retry_after
@@ -49,6 +53,7 @@ ACTION_PREFIX = "intake311_status_"
 ACTIONS_BLOCK_ID = "intake311_status"
 STATE_BLOCK_ID = "intake311_state"
 INCIDENT_BLOCK_ID = "intake311_incident"
+ANSWERS_BLOCK_ID = "intake311_answers"
 METADATA_EVENT = "intake311_request"
 DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={long}#map=18/{lat}/{long}"
 DEFAULT_MESSAGES_PATH = "slack/messages.sqlite3"
@@ -56,6 +61,9 @@ DESCRIPTION_LIMIT = 600
 LATER_REPORT_LIMIT = 200  # characters of each later report shown on the incident's message
 LATER_REPORTS_SHOWN = 3  # the newest; the count says how many there are in all
 MAX_SECTION_FIELDS = 10  # Slack refuses a section with more
+MAX_SECTION_TEXT = 3000  # nor a section text longer than this
+QUESTION_LIMIT = 150  # characters of a question's text as the label of its answer
+ANSWER_LIMIT = 300  # characters of one answer (a "text" answer may have 2000)
 
 # (state, button label, button style); a message offers the states after its current one.
 BUTTONS: tuple[tuple[str, str, str | None], ...] = (
@@ -172,7 +180,9 @@ class SlackSinkConfig(SinkConfig):
 
     def build(self, ctx: SinkContext) -> SlackSink:
         path = Path(self.messages_path)
-        return SlackSink(self, SlackMessages(path if path.is_absolute() else ctx.data_dir / path))
+        messages = SlackMessages(path if path.is_absolute() else ctx.data_dir / path)
+        # The taxonomy labels the resident's answers; without one they show under their codes.
+        return SlackSink(self, messages, taxonomy=ctx.taxonomy)
 
 
 # -- the request -> message map --------------------------------------------------------------
@@ -417,6 +427,44 @@ def _district_fields(request: ServiceRequest, room: int) -> list[dict[str, Any]]
     return [{"type": "mrkdwn", "text": f"*{escape(label)}*\n{escape(name)}"} for label, name in facts]
 
 
+def _answer_line(line: AnswerLine, reporter: Sender | None) -> str:
+    """``*Which collection was missed?* Recycling``; an open required question in italics."""
+    label = f"*{escape(_shorten(line.label, QUESTION_LIMIT))}*"
+    if line.answer is None:
+        return f"{label} _{escape(line.text)}_"
+    said = redact_contact_details(line.answer, reporter) if line.typed else line.answer
+    return f"{label} {escape(_shorten(' '.join(said.split()), ANSWER_LIMIT))}"
+
+
+def answers_block(lines: list[AnswerLine], reporter: Sender | None = None) -> dict[str, Any] | None:
+    """The resident's answers to the service's questions, one per line; None when there are none.
+
+    Contact details typed into a free-text answer are removed, as in the description (the
+    ``reporter``'s own address too). A section's text is at most ``MAX_SECTION_TEXT``
+    characters: each answer is shortened, and answers that still do not fit are counted instead
+    of shown (the request's payload has them all).
+    """
+    if not lines:
+        return None
+    texts = [_answer_line(line, reporter) for line in lines]
+    shown = texts
+    if len("\n".join(texts)) > MAX_SECTION_TEXT:
+        # One line is at most ~2,300 characters escaped, so the first always fits.
+        shown, size = [], 0
+        for text in texts:
+            if size + len(text) + 1 > MAX_SECTION_TEXT - 30:  # room for the "and N more" line
+                break
+            shown.append(text)
+            size += len(text) + 1
+        more = len(texts) - len(shown)
+        shown = [*shown, f"_and {more} more answer{'s' if more > 1 else ''}_"]
+    return {
+        "type": "section",
+        "block_id": ANSWERS_BLOCK_ID,
+        "text": {"type": "mrkdwn", "text": "\n".join(shown)},
+    }
+
+
 def _by(by: str | None) -> str:
     if not by:
         return ""
@@ -460,9 +508,18 @@ def _urgency(request: ServiceRequest) -> str:
 
 
 def build_blocks(
-    request: ServiceRequest, *, department: str, map_url: str = DEFAULT_MAP_URL, state: str = "new"
+    request: ServiceRequest,
+    *,
+    department: str,
+    map_url: str = DEFAULT_MAP_URL,
+    state: str = "new",
+    taxonomy: Taxonomy | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """The Block Kit blocks and the notification text for one request; no personal data."""
+    """The Block Kit blocks and the notification text for one request; no personal data.
+
+    ``taxonomy`` labels the resident's answers (sinks/answers.py) in the taxonomy's own
+    language, as the service name is, whatever language the resident wrote in.
+    """
     fields = [
         {"type": "mrkdwn", "text": f"*Ticket*\n{request.request_id}"},
         {"type": "mrkdwn", "text": f"*Service*\n{escape(request.service_name)} (`{request.service_code}`)"},
@@ -499,6 +556,8 @@ def build_blocks(
         {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
         {"type": "section", "fields": fields},
     ]
+    if answers := answers_block(request_answer_lines(request, taxonomy), request.reporter):
+        blocks.append(answers)
     if incident := incident_block(request):
         blocks.append(incident)
     blocks += [
@@ -515,11 +574,14 @@ def build_blocks(
     return blocks, escape(text)
 
 
-def build_reply_blocks(request: ServiceRequest) -> tuple[list[dict[str, Any]], str]:
+def build_reply_blocks(
+    request: ServiceRequest, *, taxonomy: Taxonomy | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """A later report as a thread reply: what this resident said, where and how; no buttons.
 
     The crew works the incident's message (status and buttons live there); the reply is only
-    context, so it carries the report's own ticket for whoever answers that resident.
+    context, so it carries the report's own ticket for whoever answers that resident, and the
+    answers this report gave (a later report is not asked, so no "not answered yet").
     """
     when = _date(request.requested_datetime)
     facts = [f"*Another report* · {request.request_id} via {escape(request.channel)} {when}"]
@@ -530,8 +592,11 @@ def build_reply_blocks(request: ServiceRequest) -> tuple[list[dict[str, Any]], s
         facts.append(f"<{photo}|View photo>")
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": _excerpt(request)}},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(facts)}]},
     ]
+    answered = request_answer_lines(request, taxonomy, open_questions=False)
+    if answers := answers_block(answered, request.reporter):
+        blocks.append(answers)
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(facts)}]})
     text = f"Another report of {request.service_name} {request.incident}: {request.request_id}"
     return blocks, escape(text)
 
@@ -576,11 +641,17 @@ class SlackSink:
     """Posts (or, for a request already posted, updates) one message per request."""
 
     def __init__(
-        self, config: SlackSinkConfig, messages: SlackMessages, client: AsyncWebClient | None = None
+        self,
+        config: SlackSinkConfig,
+        messages: SlackMessages,
+        client: AsyncWebClient | None = None,
+        *,
+        taxonomy: Taxonomy | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
         self.messages = messages
+        self.taxonomy = taxonomy
         self._client = client
         self._session: aiohttp.ClientSession | None = None
 
@@ -616,6 +687,13 @@ class SlackSink:
         data = response.data
         return data if isinstance(data, dict) else {}
 
+    def _blocks(
+        self, request: ServiceRequest, department: str, state: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        return build_blocks(
+            request, department=department, map_url=self.config.map_url, state=state, taxonomy=self.taxonomy
+        )
+
     async def deliver(self, request: ServiceRequest, *, department: str, delivery_id: str) -> None:
         if request.is_later_report:
             await self._deliver_later_report(request, department=department, delivery_id=delivery_id)
@@ -624,7 +702,7 @@ class SlackSink:
         if existing is not None and existing.delivery_id == delivery_id:
             return  # posted before a crash or a rebalance: do not post it twice
         state = existing.state if existing is not None else "new"
-        blocks, text = build_blocks(request, department=department, map_url=self.config.map_url, state=state)
+        blocks, text = self._blocks(request, department, state)
         if existing is not None:
             # A newer version of a request already in the channel: edit it in place.
             keep_status = [b for b in existing.blocks if b.get("block_id") == STATE_BLOCK_ID]
@@ -651,9 +729,7 @@ class SlackSink:
                 if "message_not_found" not in exc.reason and "cant_update_message" not in exc.reason:
                     raise
                 log.info("slack message gone, posting again", sink=self.name, request_id=request.request_id)
-                blocks, text = build_blocks(
-                    request, department=department, map_url=self.config.map_url, state=state
-                )
+                blocks, text = self._blocks(request, department, state)
         data = await self._call(
             "chat.postMessage",
             channel=self.config.channel,
@@ -711,7 +787,7 @@ class SlackSink:
         reply = await self.messages.find_reply(request.request_id, channel=parent.channel)
         if reply is not None and reply.delivery_id == delivery_id:
             return  # replied before a crash or a rebalance
-        blocks, text = build_reply_blocks(request)
+        blocks, text = build_reply_blocks(request, taxonomy=self.taxonomy)
         if reply is not None:
             try:
                 await self._call("chat.update", channel=reply.channel, ts=reply.ts, text=text, blocks=blocks)
@@ -804,6 +880,7 @@ class SlackSink:
 __all__ = [
     "ACTIONS_BLOCK_ID",
     "ACTION_PREFIX",
+    "ANSWERS_BLOCK_ID",
     "INCIDENT_BLOCK_ID",
     "STATE_BLOCK_ID",
     "SlackMessageRef",
@@ -812,6 +889,7 @@ __all__ = [
     "SlackSink",
     "SlackSinkConfig",
     "actions_block",
+    "answers_block",
     "build_blocks",
     "build_reply_blocks",
     "escape",

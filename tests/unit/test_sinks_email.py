@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from schemas.contact import Sender, SenderKind
 from schemas.request import ServiceRequest
+from schemas.taxonomy import Taxonomy, load_taxonomy
 from sinks.base import DeliveryError, SinkContext, parse_sink_config
 from sinks.email import (
     REDACTED,
@@ -396,3 +397,132 @@ def test_an_emergency_is_in_the_subject_and_the_facts() -> None:
     assert message["Subject"].startswith("[311] K7M4-QPXA EMERGENCY Pothole")
     text = message.get_body(("plain",)).get_content()
     assert "Priority:    emergency (emergency: gas)" in text
+
+
+# -- the resident's answers to the service's questions ---------------------------------------
+
+TAXONOMY = load_taxonomy()  # missed-pickup asks `stream` (required), pothole `bike-lane` (optional)
+BULK = Taxonomy.model_validate(
+    {
+        "services": [
+            {
+                "code": "bulk-pickup",
+                "name": "Bulk pickup",
+                "department": "sanitation",
+                "attributes": [
+                    {"code": "notes", "datatype": "text", "order": 3, "description": "Anything <else>?"},
+                    {
+                        "code": "items",
+                        "datatype": "multivaluelist",
+                        "order": 1,
+                        "description": "What was left?",
+                        "values": [{"key": "couch", "name": "Couch"}, {"key": "tv", "name": "TV <set>"}],
+                    },
+                    {
+                        "code": "gate",
+                        "datatype": "singlevaluelist",
+                        "order": 2,
+                        "required": True,
+                        "description": "Which gate?",
+                        "values": [{"key": "north", "name": "North"}],
+                    },
+                ],
+            },
+            {"code": "other", "name": "Other", "department": "triage"},
+        ]
+    }
+)
+HOSTILE = f'<script>alert("x")</script> & <img src=x onerror=alert(1)> call {PHONE}'
+
+
+def _text(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+def _html(message: EmailMessage) -> str:
+    part = message.get_body(("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def _bulk(**changes: Any) -> ServiceRequest:
+    return make_request(
+        service_code="bulk-pickup",
+        service_name="Bulk pickup",
+        attributes={"notes": HOSTILE, "items": ("tv", "couch")},
+        **changes,
+    )
+
+
+def test_answers_follow_the_facts_labelled_in_order_and_escaped() -> None:
+    message = build_message(
+        _bulk(), department="sanitation", delivery_id="d1", config=config(25), taxonomy=BULK
+    )
+    text = _text(message)
+    answers = text[text.index("\nAnswers:\n") + 1 : text.index("\nDescription:\n")].splitlines()
+    assert answers == [
+        "Answers:",
+        "  What was left? TV <set>, Couch",
+        "  Which gate? (not answered yet)",
+        f'  Anything <else>? <script>alert("x")</script> & <img src=x onerror=alert(1)> call {REDACTED}',
+    ]
+    html_part = _html(message)
+    th = '<th align="left" style="padding-right:1em">'
+    assert (
+        "<h3>Answers</h3><table>"
+        f"<tr>{th}What was left?</th><td>TV &lt;set&gt;, Couch</td></tr>"
+        f"<tr>{th}Which gate?</th><td><em>not answered yet</em></td></tr>"
+        f"<tr>{th}Anything &lt;else&gt;?</th>"
+        "<td>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;"
+        f" call {REDACTED}</td></tr></table>"
+    ) in html_part
+    assert "<script>" not in html_part and "<img" not in html_part
+    assert PHONE not in message.as_string()
+
+
+def test_answers_keep_contact_details_only_when_the_department_gets_the_reporter() -> None:
+    message = build_message(
+        _bulk(),
+        department="sanitation",
+        delivery_id="d1",
+        config=config(25, include_reporter=True),
+        taxonomy=BULK,
+    )
+    assert f"call {PHONE}" in _text(message)
+
+
+def test_a_required_question_still_open_says_so_and_optional_ones_are_left_out() -> None:
+    request = make_request(service_code="missed-pickup", service_name="Missed trash or recycling pickup")
+    message = build_message(
+        request, department="sanitation", delivery_id="d1", config=config(25), taxonomy=TAXONOMY
+    )
+    assert "\nAnswers:\n  Which collection was missed? (not answered yet)\n\nDescription:\n" in _text(message)
+    assert "<td><em>not answered yet</em></td>" in _html(message)
+
+    pothole = build_message(
+        make_request(), department="public-works", delivery_id="d1", config=config(25), taxonomy=TAXONOMY
+    )
+    assert "Answers:" not in _text(pothole) and "<h3>Answers</h3>" not in _html(pothole)
+
+
+async def test_a_spanish_request_is_mailed_with_the_departments_labels(smtp: tuple[Mailbox, int]) -> None:
+    mailbox, port = smtp
+    sink = config(port).build(SinkContext(data_dir=Path("."), taxonomy=TAXONOMY))
+    request = make_request(
+        service_code="missed-pickup",
+        service_name="Missed trash or recycling pickup",
+        language="es",
+        description="No recogieron el reciclaje",
+        attributes={"stream": "recycling"},
+    )
+    await sink.deliver(request, department="sanitation", delivery_id="d1")
+    [(_, message)] = mailbox.messages
+    # In the taxonomy's language, as the service name is: not "¿Qué recolección no pasó? Reciclaje".
+    assert "\nAnswers:\n  Which collection was missed? Recycling\n" in _text(message)
+    assert (
+        '<th align="left" style="padding-right:1em">Which collection was missed?</th><td>Recycling</td>'
+        in _html(message)
+    )
+    assert "Reciclaje" not in _text(message) + _html(message)

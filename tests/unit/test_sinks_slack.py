@@ -19,9 +19,17 @@ from starlette.routing import Route
 
 from schemas.contact import ReplyVia, Sender, SenderKind
 from schemas.request import ServiceRequest
+from schemas.taxonomy import Taxonomy, load_taxonomy
 from sinks.base import DeliveryError, SinkContext, parse_sink_config
 from sinks.retry import deliver_with_retry
-from sinks.slack import SlackMessages, SlackSink, SlackSinkConfig
+from sinks.slack import (
+    ANSWERS_BLOCK_ID,
+    SlackMessages,
+    SlackSink,
+    SlackSinkConfig,
+    build_blocks,
+    build_reply_blocks,
+)
 from tests.support import serving
 
 TOKEN = "xoxb-test-token"
@@ -607,3 +615,167 @@ async def test_triage_reason_is_shown(slack: FakeSlack, sink: SlackSink) -> None
     await sink.deliver(request, department="triage", delivery_id="d1")
     context = slack.calls[0].body["blocks"][3]["elements"][0]["text"]
     assert context.endswith(":warning: no address &lt;given&gt;")
+
+
+# -- the resident's answers to the service's questions ---------------------------------------
+
+TAXONOMY = load_taxonomy()  # missed-pickup asks `stream` (required), pothole `bike-lane` (optional)
+BULK = Taxonomy.model_validate(
+    {
+        "services": [
+            {
+                "code": "bulk-pickup",
+                "name": "Bulk pickup",
+                "department": "sanitation",
+                "attributes": [
+                    {
+                        "code": "notes",
+                        "datatype": "text",
+                        "order": 3,
+                        "description": "Anything <else> & more?",
+                    },
+                    {
+                        "code": "items",
+                        "datatype": "multivaluelist",
+                        "order": 1,
+                        "description": "What was left?",
+                        "values": [{"key": "couch", "name": "Couch"}, {"key": "tv", "name": "TV <set>"}],
+                    },
+                    {
+                        "code": "gate",
+                        "datatype": "singlevaluelist",
+                        "order": 2,
+                        "required": True,
+                        "description": "Which gate?",
+                        "values": [{"key": "north", "name": "North"}],
+                    },
+                ],
+            },
+            {"code": "other", "name": "Other", "department": "triage"},
+        ]
+    }
+)
+
+
+def answers_of(blocks: list[dict[str, Any]]) -> str | None:
+    found = [b["text"]["text"] for b in blocks if b.get("block_id") == ANSWERS_BLOCK_ID]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def missed_pickup(**changes: Any) -> ServiceRequest:
+    return make_request(
+        service_code="missed-pickup", service_name="Missed trash or recycling pickup", **changes
+    )
+
+
+def test_answers_are_labelled_in_the_services_order_and_escaped() -> None:
+    hostile = f"<!channel> & <https://evil.example|click here> call {PHONE}"
+    request = make_request(
+        service_code="bulk-pickup",
+        service_name="Bulk pickup",
+        attributes={"notes": hostile, "items": ("tv", "couch")},
+    )
+    blocks, _ = build_blocks(request, department="sanitation", taxonomy=BULK)
+    assert answers_of(blocks) == (
+        "*What was left?* TV &lt;set&gt;, Couch\n"
+        "*Which gate?* _not answered yet_\n"
+        "*Anything &lt;else&gt; &amp; more?* &lt;!channel&gt; &amp; &lt;https://evil.example|click here&gt;"
+        " call [contact removed]"
+    )
+    raw = json.dumps(blocks)
+    assert "<!channel>" not in raw and "<https://evil" not in raw and "555 0142" not in raw
+    # After the facts, before the context line and the buttons.
+    kinds = [b.get("block_id") or b["type"] for b in blocks]
+    assert kinds.index(ANSWERS_BLOCK_ID) == kinds.index("section", 2) + 1
+    assert kinds.index(ANSWERS_BLOCK_ID) < kinds.index("context")
+
+
+def test_without_answers_to_show_there_is_no_answers_block() -> None:
+    # The pothole's bike-lane question is optional: unanswered, it is left out.
+    blocks, _ = build_blocks(make_request(), department="public-works", taxonomy=TAXONOMY)
+    assert blocks == EXPECTED_BLOCKS
+    blocks, _ = build_blocks(
+        make_request(attributes={"bike-lane": "yes"}), department="public-works", taxonomy=TAXONOMY
+    )
+    assert answers_of(blocks) == "*Is it in a bike lane?* Yes"
+
+
+def test_a_required_question_still_open_says_so() -> None:
+    blocks, _ = build_blocks(missed_pickup(), department="public-works", taxonomy=TAXONOMY)
+    assert answers_of(blocks) == "*Which collection was missed?* _not answered yet_"
+
+
+async def test_a_spanish_request_shows_the_departments_labels(slack: FakeSlack, tmp_path: Path) -> None:
+    sink = config(slack.base_url).build(SinkContext(data_dir=tmp_path, taxonomy=TAXONOMY))
+    request = missed_pickup(
+        language="es", description="No recogieron el reciclaje", attributes={"stream": "recycling"}
+    )
+    await sink.deliver(request, department="public-works", delivery_id="d1")
+    blocks = slack.calls[0].body["blocks"]
+    # In the taxonomy's language, as the service name is: not "¿Qué recolección no pasó? Reciclaje".
+    assert answers_of(blocks) == "*Which collection was missed?* Recycling"
+    assert "Reciclaje" not in slack.calls[0].raw.decode("utf-8")
+
+    # A status change keeps the answers on the message.
+    [ref] = await sink.messages.get("K7M4-QPXA")
+    await sink.update_message("K7M4-QPXA", ref.channel, ref.ts, "in_progress", "U024BE7LH")
+    assert answers_of(slack.calls[-1].body["blocks"]) == "*Which collection was missed?* Recycling"
+    await sink.close()
+
+
+def test_long_answers_stay_within_slacks_limits() -> None:
+    many = Taxonomy.model_validate(
+        {
+            "services": [
+                {
+                    "code": "survey",
+                    "name": "Survey",
+                    "department": "parks",
+                    "attributes": [
+                        {
+                            "code": f"q{n:02d}",
+                            "datatype": "text",
+                            "order": n,
+                            "description": "Why & how? " * 40,
+                        }
+                        for n in range(20)
+                    ],
+                },
+                {"code": "other", "name": "Other", "department": "triage"},
+            ]
+        }
+    )
+    answers = {f"q{n:02d}": "&" * 2000 for n in range(20)}
+    request = make_request(service_code="survey", service_name="Survey", attributes=answers)
+    blocks, _ = build_blocks(request, department="parks", taxonomy=many)
+    text = answers_of(blocks)
+    assert text is not None and len(text) <= 3000
+    lines = text.split("\n")
+    shown, last = lines[:-1], lines[-1]
+    assert last == f"_and {20 - len(shown)} more answers_" and shown
+    for line in shown:
+        label, _, answer = line.partition("* ")
+        assert len(label.replace("&amp;", "&")) <= 151 and label.endswith("…")
+        assert answer.count("&amp;") <= 299 and answer.endswith("…")
+    assert len(blocks) <= 50
+
+
+async def test_a_later_reports_reply_shows_its_answers_but_asks_nothing(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    blocks, _ = build_reply_blocks(later_report(attributes={"bike-lane": "yes"}), taxonomy=TAXONOMY)
+    assert answers_of(blocks) == "*Is it in a bike lane?* Yes"
+    assert [b["type"] for b in blocks] == ["section", "section", "context"]
+    # A later report is not asked: an open required question is not shown under it.
+    unasked = later_report(service_code="missed-pickup", service_name="Missed trash or recycling pickup")
+    blocks, _ = build_reply_blocks(unasked, taxonomy=TAXONOMY)
+    assert answers_of(blocks) is None
+
+    sink = config(slack.base_url).build(SinkContext(data_dir=tmp_path, taxonomy=TAXONOMY))
+    await sink.deliver(make_request(), department="public-works", delivery_id="d1")
+    await sink.deliver(
+        later_report(attributes={"bike-lane": "no"}), department="public-works", delivery_id="l1"
+    )
+    assert answers_of(slack.calls[-1].body["blocks"]) == "*Is it in a bike lane?* No"
+    await sink.close()
