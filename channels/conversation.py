@@ -50,6 +50,10 @@ def address_key(channel: str, address: str) -> str:
     return hashlib.sha256(f"intake311\x1f{channel}\x1f{normalised}".encode()).hexdigest()[:40]
 
 
+LOCATION = "location"
+QUESTION = "question"
+
+
 @dataclass(frozen=True)
 class Conversation:
     """An open exchange with one resident: which ticket their next message belongs to."""
@@ -57,7 +61,9 @@ class Conversation:
     request_id: str
     opened_by: str  # contact id of the first message: a provider retry of it is not a follow-up
     language: str = "en"
-    awaiting: str | None = None  # "location" while we wait for the answer to our question
+    # What the resident's next message answers: LOCATION (the reply asked where) or QUESTION (we
+    # texted a service's question, channels.sms.plugin.SmsChannel.send); None: nothing asked.
+    awaiting: str | None = None
     opened_at: float = 0.0
     updated_at: float = 0.0
     messages: int = 1
@@ -85,6 +91,13 @@ class Delivery:
     updated_at: float = 0.0
 
 
+def asked(live: Conversation | None, candidate: Conversation) -> Conversation:
+    """What ``ConversationStore.ask`` stores over ``live`` (the conversation there now, if any)."""
+    if live is not None and live.request_id == candidate.request_id:
+        return live.touched(awaiting=candidate.awaiting)
+    return candidate
+
+
 def should_replace(old: str | None, new: str) -> bool:
     """True unless ``new`` is an earlier step than what we already know (out-of-order callback)."""
     if old is None:
@@ -99,6 +112,15 @@ class ConversationStore(Protocol):
 
     async def claim(self, channel: str, address: str, candidate: Conversation, ttl_s: float) -> Conversation:
         """The live conversation for ``address``, or ``candidate`` stored atomically if none is."""
+        ...
+
+    async def ask(self, channel: str, address: str, candidate: Conversation, ttl_s: float) -> Conversation:
+        """Record, atomically, that we asked the resident something about ``candidate.request_id``
+        (``candidate.awaiting``): their next message answers it, within ``ttl_s`` of now.
+
+        That ticket's live conversation is kept (opener, language, count) with ``awaiting``
+        replaced; any other, or none, gives way to ``candidate``: a resident answers the last
+        thing we asked. Returns what is stored."""
         ...
 
     async def get(self, channel: str, address: str) -> Conversation | None: ...
@@ -194,6 +216,17 @@ class SqliteConversationStore:
                 return existing
             self._put(key, candidate, now + ttl_s)
             return candidate
+
+        return await self._run(self._tx, work)
+
+    async def ask(self, channel: str, address: str, candidate: Conversation, ttl_s: float) -> Conversation:
+        key = address_key(channel, address)
+
+        def work() -> Conversation:
+            now = time.time()
+            stored = asked(self._live(key, now), candidate)
+            self._put(key, stored, now + ttl_s)
+            return stored
 
         return await self._run(self._tx, work)
 
@@ -306,6 +339,24 @@ class RedisConversationStore:
             if raw is not None:
                 return Conversation.from_json(raw)
         return candidate
+
+    async def ask(self, channel: str, address: str, candidate: Conversation, ttl_s: float) -> Conversation:
+        from redis.exceptions import WatchError
+
+        key = self._conv(channel, address)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        while True:  # optimistic: another process's write in between starts it again
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    stored = asked(Conversation.from_json(raw) if raw is not None else None, candidate)
+                    pipe.multi()
+                    pipe.set(key, stored.to_json(), px=ttl_ms)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return stored
 
     async def get(self, channel: str, address: str) -> Conversation | None:
         raw = await self._redis.get(self._conv(channel, address))

@@ -1,10 +1,11 @@
 """One inbound text -> what to publish and what to answer, using the shared conversation state.
 
 The rules, in order: carrier keywords are handled and never become reports; a text from a
-number with a live conversation continues that conversation's ticket (and is the location
-answer if we asked for one); any other text opens a ticket, and we ask where if it does not
-say. The contact is always on the bus before the answer, and a refused publish leaves the
-conversation as it was, so Twilio's retry of the same MessageSid gets the same ticket.
+number with a live conversation continues that conversation's ticket (and is the answer to what
+we asked last: where it is, or a service's question texted by ``SmsChannel.send``); any other
+text opens a ticket, and we ask where if it does not say. The contact is always on the bus
+before the answer, and a refused publish leaves the conversation as it was, so Twilio's retry of
+the same MessageSid gets the same ticket.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from channels.base import ContactPublisher
-from channels.conversation import Conversation, ConversationStore
+from channels.conversation import LOCATION, QUESTION, Conversation, ConversationStore
 from channels.sms.config import SmsConfig
 from channels.sms.location import has_location
 from channels.sms.parse import CHANNEL, Keyword, keyword, media_of, parse_sms, sender_number, sms_contact_id
@@ -114,7 +115,7 @@ class SmsDialogue:
             request_id=ticket_for(contact_id),
             opened_by=contact_id,
             language=self.detector.choose(body, fallback=self.config.default_language),
-            awaiting="location" if asking else None,
+            awaiting=LOCATION if asking else None,
             opened_at=now,
             updated_at=now,
         )
@@ -128,7 +129,7 @@ class SmsDialogue:
     ) -> Outcome:
         contact = parse_sms(form, received_at=received_at, language=conversation.language)
         await self._publish(contact, release=(number, conversation.opened_by))
-        key = "received_ask" if conversation.awaiting == "location" else "received"
+        key = "received_ask" if conversation.awaiting == LOCATION else "received"
         reply = self._text(key, conversation.language, ticket=contact.request_id)
         return Outcome("opened", self._warn_if_emergency(contact.text, reply, conversation.language), contact)
 
@@ -160,9 +161,14 @@ class SmsDialogue:
             conversation.touched(awaiting=None, language=language, messages=conversation.messages + 1),
             self.config.window_s,
         )
-        key = "location_added" if answers == "location" else "added"
-        reply = self._text(key, language, ticket=contact.request_id)
+        reply = self._added(answers, language, contact.request_id)
         return Outcome("continued", self._warn_if_emergency(body, reply, language), contact)
+
+    def _added(self, answers: str | None, language: str, ticket: str) -> str:
+        """The reply to a follow-up: what it added to the ticket (the location, an answer to a
+        service's question, or a message)."""
+        key = {LOCATION: "location_added", QUESTION: "answer_added"}.get(answers or "", "added")
+        return self._text(key, language, ticket=ticket)
 
     async def _publish(self, contact: RawContact, *, release: tuple[str, str] | None) -> None:
         bound = log.bind(contact_id=contact.contact_id, request_id=contact.request_id, channel=CHANNEL)

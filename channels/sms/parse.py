@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 
+from channels.conversation import LOCATION
 from channels.sms.location import find_location
 from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
 from schemas.ids import make_contact_id, ticket_for
@@ -120,9 +121,12 @@ def parse_sms(
     """The ``RawContact`` for one inbound text.
 
     ``request_id`` is the ticket of an open conversation this text continues (None: it opens
-    its own ticket). ``answers="location"`` marks the reply to our "where is it?" question, so
-    the text is the location. ``language`` is the conversation's (None: detect it from the text
-    among ``languages``, ``default_language`` when the text does not say).
+    its own ticket). ``answers`` is what the text replies to (``Conversation.awaiting``):
+    ``"location"``, our "where is it?", makes the text the location; ``"question"``, a service's
+    question we texted, is kept as ``metadata["answers"]`` (the normalizer reads any follow-up
+    as the answer to the question its request still has open, names of values included).
+    ``language`` is the conversation's (None: detect it from the text among ``languages``,
+    ``default_language`` when the text does not say).
     """
     number = sender_number(form)
     contact_id = sms_contact_id(form)
@@ -131,7 +135,7 @@ def parse_sms(
     text = (form.get("Body") or "").strip()[:MAX_TEXT]
     lang = language or detector(languages).choose(text, fallback=default_language)
     location = None
-    if answers == "location" and text:
+    if answers == LOCATION and text:
         # We asked where: the whole answer is the place, unless it is long and holds an address.
         where = text if len(text) <= 200 else (find_location(text) or text)
         location = Location(address=where[:500])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from twilio.twiml.messaging_response import MessagingResponse
 
-from channels.conversation import ConversationStore, open_store
+from channels.conversation import QUESTION, Conversation, ConversationStore, open_store
 from channels.plugin import ChannelContext, ChannelHealth, SendError
 from channels.sms.config import SmsConfig
 from channels.sms.dialogue import BusDown, SmsDialogue
@@ -22,7 +23,7 @@ from channels.sms.twilio import TwilioChannel, forbidden, unavailable, xml_respo
 from intake311.http import http_errors
 from intake311.logging import get_logger
 from schemas.contact import mask
-from schemas.outbound import OutboundMessage
+from schemas.outbound import MessageKind, OutboundMessage
 
 if TYPE_CHECKING:
     from twilio.rest import Client
@@ -176,6 +177,8 @@ class SmsChannel(TwilioChannel):
             return
         if not is_e164(to):
             raise SendError("recipient is not an E.164 phone number", retryable=False)
+        if message.kind is MessageKind.QUESTION and message.request_id:
+            await self._await_answer(store, to, message)
         params: dict[str, str] = {"to": to, "body": message.text[:MAX_BODY]}
         if self.config.messaging_service_sid:
             params["messaging_service_sid"] = self.config.messaging_service_sid
@@ -197,6 +200,28 @@ class SmsChannel(TwilioChannel):
         status = (sent.status or "queued").lower()
         await store.record_delivery(sent.sid or "", status, None, message.request_id)
         bound.info("sms sent", message_sid=sent.sid, kind=str(message.kind))
+
+    async def _await_answer(self, store: ConversationStore, to: str, message: OutboundMessage) -> None:
+        """Make the resident's next text the answer to this question, on its ticket.
+
+        Recorded before the send: if the store is down nothing is sent (the outbound loop
+        retries), rather than a question whose answer would open a new ticket. The window
+        starts now, so an answer joins however long the question took to go out, and a
+        number with no conversation (a caller, a web report with a phone number) gets one.
+        A question queued again (a replayed contact) is dropped on its id by the outbound loop
+        before it gets here, so an answer already given is not awaited a second time.
+        """
+        assert message.request_id is not None
+        now = time.time()
+        candidate = Conversation(
+            request_id=message.request_id,
+            opened_by=f"outbound:{message.message_id}",  # no text of theirs opened it
+            language=message.language,
+            awaiting=QUESTION,
+            opened_at=now,
+            updated_at=now,
+        )
+        await store.ask(CHANNEL, to, candidate, self.config.window_s)
 
     async def health(self) -> ChannelHealth:
         """Store reachable? Plus the counters (rejected signatures, sends, opt-out skips…)."""

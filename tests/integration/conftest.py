@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -176,3 +177,32 @@ async def store(module_store: Any) -> Any:
     async with module_store.pool.connection() as conn:
         await conn.execute("TRUNCATE requests CASCADE")
     return module_store
+
+
+async def on_topic(settings: Settings, topic: str) -> list[bytes]:
+    """Everything on ``topic`` so far (read until it has been idle a second)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        values: list[bytes] = []
+        while batches := await consumer.getmany(timeout_ms=1000):
+            values += [r.value for rs in batches.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def committed_to_end(bootstrap: str, group: str, topic: str) -> bool:
+    """Whether ``group`` has committed every record on ``topic``: nothing more will be delivered."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+        committed = [(await consumer.committed(tp)) or 0 for tp in partitions]
+        return all(done >= ends[tp] for done, tp in zip(committed, partitions, strict=True))
+    finally:
+        await consumer.stop()

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
 from intake311.cli import app
 from intake311.ops import REPLAY_OF, replay, replay_dead_letters
 from intake311.settings import Settings
 from schemas import DeadLetter
+from tests.integration.conftest import on_topic
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -48,21 +49,6 @@ async def put(settings: Settings, topic: str, values: Sequence[bytes]) -> None:
             await producer.send_and_wait(topic, value, partition=0)
     finally:
         await producer.stop()
-
-
-async def on_topic(settings: Settings, topic: str) -> list[bytes]:
-    """Everything on ``topic`` so far (read until it has been idle a second)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        values: list[bytes] = []
-        while batches := await consumer.getmany(timeout_ms=1000):
-            values += [r.value for rs in batches.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return values
 
 
 async def seed(settings: Settings, *, garbage: bool = True) -> tuple[str, str]:

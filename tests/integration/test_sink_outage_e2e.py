@@ -29,7 +29,7 @@ from intake311.settings import Settings
 from schemas.ids import event_id_for
 from schemas.request import ServiceRequest
 from sinks.app import group_id
-from tests.integration.conftest import WEBHOOK_SECRET, WebhookReceiver, wait_for
+from tests.integration.conftest import WEBHOOK_SECRET, WebhookReceiver, committed_to_end, wait_for
 from tests.support import serving
 
 pytestmark = pytest.mark.integration
@@ -134,20 +134,6 @@ async def topic_records(bootstrap: str, topic: str) -> list[Any]:
             for batch in (await consumer.getmany(timeout_ms=500)).values():
                 records.extend(batch)
         return records
-    finally:
-        await consumer.stop()
-
-
-async def committed_to_end(bootstrap: str, group: str, topic: str) -> bool:
-    """Whether ``group`` has committed every record on ``topic``: nothing more will be delivered."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(partitions)
-        committed = [(await consumer.committed(tp)) or 0 for tp in partitions]
-        return all(done >= ends[tp] for done, tp in zip(committed, partitions, strict=True))
     finally:
         await consumer.stop()
 

@@ -6,42 +6,32 @@ from __future__ import annotations
 import json
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from channels.sms import SmsChannel
 from channels.voice import sign_transcript
-from intake311.pipeline import running, web_app
-from schemas import parse_ticket
 from tests.integration.conftest import wait_for
-from tests.support import DepartmentFiles, asgi_client, jsonl_subscriptions, pipeline_settings
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
-    AUTH_TOKEN,
     CITY_NUMBER,
     PUBLIC,
     FakeTwilio,
+    TwilioPipeline,
+    message_of,
     post_signed,
     serve_fake_twilio,
     sms_params,
+    ticket_of,
+    twilio_account,
+    twilio_pipeline,
 )
 
 pytestmark = pytest.mark.integration
 
 SECRET = "call-centre-secret-for-e2e"
-
-
-@dataclass
-class TwilioPipeline(DepartmentFiles):
-    web: httpx.AsyncClient
-    twilio: FakeTwilio
-    sms: SmsChannel
 
 
 @pytest.fixture(scope="module")
@@ -55,40 +45,14 @@ async def pipeline(
     kafka_bootstrap: str, twilio: FakeTwilio, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[TwilioPipeline]:
     data_dir: Path = tmp_path_factory.mktemp("twilio-var")
-    twilio_account = {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "public_base_url": PUBLIC}
-    settings = pipeline_settings(
-        data_dir,
-        kafka_bootstrap,
-        "sv",
-        subscriptions_file=jsonl_subscriptions(data_dir),
-        web={"base_url": "http://testserver"},
-        channels={
-            "sms": {**twilio_account, "phone_numbers": [CITY_NUMBER], "api_base_url": twilio.url},
-            "voice": {
-                **twilio_account,
-                "transcripts_secret": SECRET,
-                "sms_acknowledgement": True,
-                "sms_ack_prefixes": ["+1"],
-            },
-        },
-    )
-    async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
-        assert runtime.channels is not None
-        sms = next(p for p in runtime.channels.plugins if isinstance(p, SmsChannel))
-        async with asgi_client(web_app(runtime)) as web:
-            yield TwilioPipeline(settings, web, twilio, sms)
-
-
-def message_of(response: httpx.Response) -> str:
-    assert response.status_code == 200, response.text
-    return ET.fromstring(response.text).findtext("Message") or ""
-
-
-def ticket_of(text: str) -> str:
-    tickets = [parse_ticket(word.strip(".,?")) for word in text.split() if "-" in word]
-    found = [t for t in tickets if t]
-    assert found, text
-    return found[0]
+    voice = {
+        **twilio_account(),
+        "transcripts_secret": SECRET,
+        "sms_acknowledgement": True,
+        "sms_ack_prefixes": ["+1"],
+    }
+    async with twilio_pipeline(kafka_bootstrap, twilio, data_dir, "sv", channels={"voice": voice}) as pipe:
+        yield pipe
 
 
 async def test_sms_without_location_is_asked_where_and_arrives_as_one_ticket(

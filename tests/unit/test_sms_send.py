@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from channels.conversation import LOCATION, QUESTION, Conversation
 from channels.plugin import SendError
 from channels.sms import SmsChannel, SmsConfig
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
+from tests.support import asgi_client, published
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -19,8 +21,12 @@ from tests.unit.test_sms_support import (
     RESIDENT,
     SERVICE_SID,
     FakeTwilio,
+    app_for,
     fake_twilio,  # noqa: F401 (fixture)
     make_context,
+    message_of,
+    post_signed,
+    sms_params,
 )
 
 
@@ -171,3 +177,102 @@ async def test_a_non_phone_recipient_is_not_retried(sms: SmsChannel) -> None:
     with pytest.raises(SendError) as caught:
         await sms.send(message(to="resident@example.org"))
     assert not caught.value.retryable
+
+
+def question(to: str = RESIDENT, ticket: str = "K7M4-QPXA", language: str = "en") -> OutboundMessage:
+    """What the normalizer's desk queues when a request leaves a required question open."""
+    return message(
+        to,
+        f"311: about your report {ticket}: Which collection was missed? Please reply with one of: Trash.",
+        message_id=outbound_message_id("sms", to, "question", ticket, "stream"),
+        request_id=ticket,
+        kind=MessageKind.QUESTION,
+        language=language,
+    )
+
+
+async def test_a_question_makes_the_numbers_next_text_its_answer_on_its_ticket(
+    sms: SmsChannel,
+    fake_twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    store = await sms.store()
+    # A caller, or a web report with a phone number: no conversation yet.
+    await sms.send(question(language="es"))
+    [sent] = fake_twilio.sent
+    assert "K7M4-QPXA" in sent["Body"]
+    live = await store.get("sms", RESIDENT)
+    assert live is not None
+    assert (live.request_id, live.awaiting, live.language) == ("K7M4-QPXA", QUESTION, "es")
+    assert live.opened_by.startswith("outbound:")  # no text of theirs opened it
+    # A live conversation about the same ticket keeps its opener.
+    opened = Conversation(request_id="AAAA-BBBB", opened_by="sms:SM1", awaiting=LOCATION)
+    await store.put("sms", "+12035559876", opened, 60)
+    await sms.send(question("+12035559876", "AAAA-BBBB"))
+    again = await store.get("sms", "+12035559876")
+    assert again is not None and (again.opened_by, again.awaiting) == ("sms:SM1", QUESTION)
+
+
+async def test_other_messages_and_opted_out_numbers_await_no_answer(
+    sms: SmsChannel,
+    fake_twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    store = await sms.store()
+    await sms.send(message())  # the acknowledgement of a call: nothing was asked
+    assert await store.get("sms", RESIDENT) is None
+    await store.set_opted_out("sms", "+12035559876", True)
+    await sms.send(question("+12035559876"))
+    assert await store.get("sms", "+12035559876") is None
+    assert [m["To"] for m in fake_twilio.sent] == [RESIDENT]
+
+
+async def test_a_question_whose_answer_cannot_be_awaited_is_not_sent(
+    sms: SmsChannel,
+    fake_twilio: FakeTwilio,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store down: the outbound loop retries the question rather than have its answer open a
+    new ticket."""
+    store = await sms.store()
+
+    async def down(*_: object) -> Conversation:
+        raise ConnectionError("store down (test)")
+
+    monkeypatch.setattr(store, "ask", down)
+    with pytest.raises(ConnectionError):
+        await sms.send(question())
+    assert fake_twilio.sent == []
+
+
+async def test_a_question_sent_on_one_host_is_answered_through_another_via_redis(
+    tmp_path: Path,
+    fake_twilio: FakeTwilio,  # noqa: F811
+) -> None:
+    """The channels stage texts the question, a web process on another host (another data
+    directory) gets the answer: the shared store, not either host, knows it is one."""
+    from tests.unit.test_sms_store import REDIS_URL, forget_test_keys, redis_or_skip
+
+    probe = await redis_or_skip()
+    await probe.close()
+    config = SmsConfig.model_validate(
+        {
+            "account_sid": ACCOUNT_SID,
+            "auth_token": AUTH_TOKEN,
+            "phone_numbers": [CITY_NUMBER],
+            "public_base_url": PUBLIC,
+            "api_base_url": fake_twilio.url,
+            "state_url": REDIS_URL,
+        }
+    )
+    sender = SmsChannel(config, make_context(tmp_path / "channels-host"))
+    web = SmsChannel(config, make_context(tmp_path / "web-host"))
+    web.context.settings = sender.context.settings  # one deployment: same key prefix
+    await sender.send(question())
+    async with asgi_client(app_for(web)) as client:
+        reply = message_of(await post_signed(client, "/channels/sms/inbound", sms_params("Trash")))
+    [answer] = published(web).contacts
+    assert (answer.request_id, answer.continues, answer.metadata["answers"]) == ("K7M4-QPXA", True, QUESTION)
+    assert "K7M4-QPXA" in reply
+    await forget_test_keys(await sender.store())  # type: ignore[arg-type]
+    for plugin in (sender, web):
+        await plugin.stop()
+        await plugin.context.http.aclose()

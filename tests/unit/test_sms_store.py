@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from channels.conversation import (
+    LOCATION,
+    QUESTION,
     Conversation,
     ConversationStore,
     RedisConversationStore,
@@ -94,6 +96,47 @@ async def test_put_release_and_end(store: ConversationStore) -> None:
     await store.put("sms", NUMBER, answered, 60)
     await store.end("sms", NUMBER)
     assert await store.get("sms", NUMBER) is None
+
+
+async def test_asking_keeps_the_tickets_conversation_and_replaces_any_other(store: ConversationStore) -> None:
+    """We texted a question: the number's next message answers it, on the question's ticket."""
+    opened = conversation(awaiting=LOCATION, language="es", messages=2)
+    await store.claim("sms", NUMBER, opened, 60)
+    asked = await store.ask("sms", NUMBER, conversation(opened_by="outbound:m1", awaiting=QUESTION), 60)
+    # The same ticket: its opener, language and count stay (a retry of its first text is no answer).
+    assert (asked.opened_by, asked.language, asked.messages, asked.awaiting) == ("sms:SM1", "es", 2, QUESTION)
+    assert await store.get("sms", NUMBER) == asked
+    # Another ticket's question (the resident answers the last thing we asked), or no conversation.
+    other = conversation("AAAA-BBBB", opened_by="outbound:m2", awaiting=QUESTION)
+    assert await store.ask("sms", NUMBER, other, 60) == other
+    assert await store.get("sms", NUMBER) == other
+    await store.end("sms", NUMBER)
+    assert await store.ask("sms", NUMBER, other, 60) == other
+    assert await store.get("sms", NUMBER) == other
+
+
+async def test_asking_restarts_the_window(store: ConversationStore) -> None:
+    await store.claim("sms", NUMBER, conversation(), 0.2)
+    await store.ask("sms", NUMBER, conversation(opened_by="outbound:m1", awaiting=QUESTION), 60)
+    await asyncio.sleep(0.35)
+    live = await store.get("sms", NUMBER)
+    assert live is not None and live.awaiting == QUESTION and live.opened_by == "sms:SM1"
+
+
+async def test_asks_racing_claims_end_with_the_question(store: ConversationStore) -> None:
+    """A claim writes only where nothing is live, an ask always writes: whatever the order, the
+    number ends up waiting for the answer, and at most one text opened a conversation."""
+    question = conversation(opened_by="outbound:m1", awaiting=QUESTION)
+    texts = [conversation(f"T{i:03d}-AAAA", opened_by=f"sms:SM{i}") for i in range(10)]
+    results = await asyncio.gather(
+        *(store.claim("sms", NUMBER, c, 60) for c in texts[:5]),
+        *(store.ask("sms", NUMBER, question, 60) for _ in range(5)),
+        *(store.claim("sms", NUMBER, c, 60) for c in texts[5:]),
+    )
+    live = await store.get("sms", NUMBER)
+    assert live is not None and (live.request_id, live.awaiting) == (question.request_id, QUESTION)
+    claimed = [r for r, c in zip(results[:5] + results[10:], texts, strict=True) if r == c]
+    assert len(claimed) <= 1
 
 
 async def test_opt_out_is_kept_until_opt_in(store: ConversationStore) -> None:

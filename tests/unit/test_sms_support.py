@@ -9,7 +9,9 @@ fake itself answers like Twilio (so the SDK parses its errors).
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +28,18 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 from channels.plugin import ChannelContext, ChannelPlugin
+from channels.sms import SmsChannel
 from intake311.settings import Settings
-from tests.support import FakeOutbox, FakePublisher, serving
+from schemas import parse_ticket
+from tests.support import (
+    DepartmentFiles,
+    FakeOutbox,
+    FakePublisher,
+    asgi_client,
+    jsonl_subscriptions,
+    pipeline_settings,
+    serving,
+)
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -147,6 +159,69 @@ def app_for(*plugins: ChannelPlugin) -> FastAPI:
         assert router is not None
         app.include_router(router, prefix=f"/channels/{plugin.name}")
     return app
+
+
+def message_of(response: httpx.Response) -> str:
+    """The text of a TwiML answer ("" for an empty one: nothing is texted back)."""
+    assert response.status_code == 200, response.text
+    return ET.fromstring(response.text).findtext("Message") or ""
+
+
+def ticket_of(text: str) -> str:
+    """The first ticket number in a text we sent."""
+    tickets = [parse_ticket(word.strip(".,?")) for word in text.split() if "-" in word]
+    found = [t for t in tickets if t]
+    assert found, text
+    return found[0]
+
+
+@dataclass
+class TwilioPipeline(DepartmentFiles):
+    """Every stage on the test broker with the Twilio channels, the web app in process, texts
+    going to a fake Twilio REST API."""
+
+    web: httpx.AsyncClient
+    twilio: FakeTwilio
+    sms: SmsChannel
+
+
+@contextlib.asynccontextmanager
+async def twilio_pipeline(
+    kafka_bootstrap: str,
+    twilio: FakeTwilio,
+    data_dir: Path,
+    topic_prefix: str,
+    *,
+    sms: dict[str, Any] | None = None,
+    channels: dict[str, Any] | None = None,
+) -> AsyncIterator[TwilioPipeline]:
+    """web, channels, normalizer, router and sinks (every department to its JSONL file), with the
+    ``sms`` channel on ``CITY_NUMBER`` sending to ``twilio`` (``sms``: more of its config) and any
+    other ``channels`` (e.g. voice)."""
+    account = twilio_account()
+    settings = pipeline_settings(
+        data_dir,
+        kafka_bootstrap,
+        topic_prefix,
+        subscriptions_file=jsonl_subscriptions(data_dir),
+        web={"base_url": "http://testserver"},
+        channels={
+            "sms": {**account, "phone_numbers": [CITY_NUMBER], "api_base_url": twilio.url, **(sms or {})},
+            **(channels or {}),
+        },
+    )
+    from intake311.pipeline import running, web_app
+
+    async with running(settings, ["web", "channels", "normalizer", "router", "sinks"]) as runtime:
+        assert runtime.channels is not None
+        plugin = next(p for p in runtime.channels.plugins if isinstance(p, SmsChannel))
+        async with asgi_client(web_app(runtime)) as web:
+            yield TwilioPipeline(settings, web, twilio, plugin)
+
+
+def twilio_account() -> dict[str, str]:
+    """The config every Twilio channel of the tests shares: the account, as reached at ``PUBLIC``."""
+    return {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "public_base_url": PUBLIC}
 
 
 @pytest.fixture

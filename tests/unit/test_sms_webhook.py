@@ -13,9 +13,11 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
+from channels.conversation import QUESTION, Conversation
 from channels.sms import SmsChannel, SmsConfig
 from intake311.bus import PublishError
 from schemas import parse_ticket
+from schemas.messages import render
 from tests.support import asgi_client, published, started
 from tests.unit.test_sms_support import (
     ACCOUNT_SID,
@@ -152,6 +154,34 @@ async def test_failed_follow_up_leaves_the_question_open(sms: SmsChannel, client
     opening, retried = published(sms).contacts
     assert retried.request_id == opening.request_id
     assert retried.location is not None and retried.location.address == "Main St and 3rd Ave"
+
+
+async def test_the_text_after_a_question_answers_it_on_the_questions_ticket(
+    sms: SmsChannel, client: httpx.AsyncClient
+) -> None:
+    """``send`` recorded the question (a caller's ticket: no text opened it); the next text is
+    its answer there, in the question's language, and the one after is an ordinary follow-up."""
+    store = await sms.store()
+    asked = Conversation(request_id="K7M4-QPXA", opened_by="outbound:m1", language="es", awaiting=QUESTION)
+    await store.ask("sms", RESIDENT, asked, 60)
+    reply = reply_of(await post_signed(client, INBOUND, sms_params("Basura")))
+    [answer] = published(sms).contacts
+    assert (answer.request_id, answer.continues, answer.language) == ("K7M4-QPXA", True, "es")
+    assert answer.metadata["answers"] == QUESTION and answer.location is None
+    assert reply == render("sms.answer_added", "es", brand="311", ticket="K7M4-QPXA")
+    live = await store.get("sms", RESIDENT)
+    assert live is not None and live.awaiting is None and live.messages == 2
+    reply_of(await post_signed(client, INBOUND, sms_params("gracias")))
+    assert "answers" not in published(sms).contacts[1].metadata
+
+
+async def test_an_answer_is_confirmed_as_an_answer(sms: SmsChannel, client: httpx.AsyncClient) -> None:
+    store = await sms.store()
+    await store.ask(
+        "sms", RESIDENT, Conversation(request_id="K7M4-QPXA", opened_by="outbound:m1", awaiting=QUESTION), 60
+    )
+    reply = reply_of(await post_signed(client, INBOUND, sms_params("trash")))
+    assert reply == "311: Thanks, we added your answer to ticket K7M4-QPXA."
 
 
 @pytest.mark.parametrize(
