@@ -74,7 +74,7 @@ def topic_names(settings: Settings) -> list[str]:
     from router.app import build_router
 
     topics = settings.topics
-    names = [topics.requests, topics.deadletter, topics.status]
+    names = [topics.requests, topics.deadletter, topics.status, topics.external_refs]
     names += [topics.contacts(c) for c in (*BUILTIN_CHANNELS, *settings.channels)]
     names += [topics.outbound(c) for c in settings.channels]
     names += [topics.department(d) for d in build_router(settings).all_departments()]
@@ -108,6 +108,7 @@ def _document_shared_topics(broker: KafkaBroker, settings: Settings) -> None:
     consume these, so they belong in the contract."""
     from channels.plugin import available_channels
     from schemas.deadletter import DeadLetter
+    from schemas.external import ExternalRef
     from schemas.outbound import OutboundMessage
     from schemas.status import StatusChange
 
@@ -124,6 +125,12 @@ def _document_shared_topics(broker: KafkaBroker, settings: Settings) -> None:
         schema=StatusChange,
         title="status changes",
         description="Status changes to requests (acknowledged, in progress, closed), keyed by request_id.",
+    )
+    broker.publisher(
+        topics.external_refs,
+        schema=ExternalRef,
+        title="external ids",
+        description="Ids the city's own systems gave our requests (the open311 sink), keyed by request_id.",
     )
     for channel in sorted(set(available_channels()) | set(settings.channels)):
         broker.publisher(

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from schemas.contact import RawContact
 from schemas.deadletter import DeadLetter
+from schemas.external import ExternalRef
 from schemas.outbound import OutboundMessage
 from schemas.request import ServiceRequest
 from schemas.status import StatusChange
@@ -20,6 +21,7 @@ EVENTS: dict[str, type[BaseModel]] = {
     "dead-letter": DeadLetter,
     "status-change": StatusChange,
     "outbound-message": OutboundMessage,
+    "external-ref": ExternalRef,
 }
 
 

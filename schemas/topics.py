@@ -48,6 +48,23 @@ class Topics:
         (compacted, keyed by request id): ``intake311.open311.public-works.city``."""
         return f"{self.prefix}.open311.{_slug(department)}.{_slug(sink)}"
 
+    def open311_lease(self, department: str, sink: str) -> str:
+        """The ``open311`` sink's poller lease for one (department, sink) pair: a topic of ONE
+        partition that nothing writes; whichever member of ``open311_poller_group`` is assigned
+        it polls the city (``intake311.open311.public-works.city.lease``)."""
+        return f"{self.open311_ids(department, sink)}.lease"
+
+    def open311_poller_group(self, department: str, sink: str) -> str:
+        """The consumer group whose assignment of ``open311_lease`` is the lease
+        (``intake311.open311.public-works.city.poller``)."""
+        return self.group(f"open311.{_slug(department)}.{_slug(sink)}.poller")
+
+    @property
+    def external_refs(self) -> str:
+        """Our requests' ids in other systems (``schemas.external.ExternalRef``: the city's
+        Open311 id), keyed by request id; the case store records them."""
+        return f"{self.prefix}.external-refs"
+
     def group(self, name: str) -> str:
         """A consumer group under the same prefix (``intake311.normalizer``): two deployments
         that share a cluster under different prefixes must never share a group."""

@@ -6,17 +6,17 @@ What FixMyStreet does for councils: POST the report to the city's Open311 endpoi
 and poll ``GET requests`` for the remote status so the resident hears back on their channel
 when the city's system closes the work order.
 
-Where the remote id lives, and why a Kafka topic. Several sinks hosts may run, and a partition
-of the department topic moves between them in a rebalance: the host that redelivers a request
-must see that another host already created it remotely, and every host's poller must know
-which remote ids to ask about. A host-local file cannot be that record. The case store could,
-but it is optional, while Kafka is always there; so the map ``request_id -> remote id/token, last
-remote status`` is a topic of its own (``Topics.open311_ids``), keyed by request id and created
-compacted, so the latest record of each request is kept however old it is. Each sink reads the
-whole topic at start (a few hundred bytes a request) and catches up with it again before a
-delivery when its view is older than ``mapping_staleness_s``; a record written by a host that
-then died is older than the group's session timeout by the time its partition is reassigned, so
-with the default (1 s, below every session timeout) the new owner has seen it.
+Where the remote id lives, and why a Kafka topic. Several sinks hosts may run, and a partition of
+the department topic moves between them in a rebalance: the host that redelivers a request must see
+that another host already created it remotely, and the poller, on whichever host holds its lease,
+must know which remote ids to ask about. A host-local file cannot be that record. The case store
+could, but it is optional, while Kafka is always there; so the map ``request_id -> remote id/token,
+last remote status`` is a topic of its own (``Topics.open311_ids``), keyed by request id and
+created compacted, so the latest record of each request is kept however old it is. Each sink reads
+the whole topic at start (a few hundred bytes a request) and catches up with it again before a
+delivery when its view is older than ``mapping_staleness_s``; a record written by a host that then
+died is older than the group's session timeout by the time its partition is reassigned, so with the
+default (1 s, below every session timeout) the new owner has seen it.
 
 Idempotency. Open311 has no idempotency key, so a second POST is a second work order. A
 request is POSTed only when the map has no record of it, whatever its event or delivery id: a
@@ -32,7 +32,13 @@ process does not post twice.
 Status back: see ``StatusPoller``. Its state (the last remote status seen) is in the same map,
 and each ``StatusChange`` id is derived from the request, the remote status and the remote
 ``updated_datetime``, so a poll repeated after a crash or a restart publishes the same ids and
-the case store and the resident's channel take each once.
+the case store and the resident's channel take each once. One host polls per (department,
+sink), whoever holds the lease (``KafkaPollLease``: a consumer-group assignment of a
+one-partition topic); closed requests are asked about again for a while (``refs_to_poll``), so a
+reopen by the city reaches the resident.
+
+The city's id, on the request: every remote id is announced as a ``schemas.external.ExternalRef``
+(``Open311Sink.announce``), which the case store records for the console and the department API.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 
 from intake311.logging import get_logger
 from intake311.secrets import resolve_secret
+from schemas.external import ExternalRef
 from schemas.request import ServiceRequest
 from schemas.status import State, StatusChange, parse_state, status_event_id
 from sinks.base import DeliveryError, SinkConfig, SinkContext
@@ -69,6 +76,7 @@ USER_AGENT = "intake311-open311/1"
 Format = Literal["json", "xml"]
 _RETRYABLE_STATUS = {408, 425, 429}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ANNOUNCE_PER_POLL = 1000  # ids a poll announces at most (the backfill of an older map, in slices)
 
 # What an attribute mapping may take from our request: ``attributes: {THEIR_CODE: <one of these>}``,
 # or ``district.<layer>``, or ``answer.<code>`` (the resident's answer to our question), or ``const:<text>``.
@@ -106,7 +114,11 @@ class Open311SinkConfig(SinkConfig):
     endpoint's own parameter names (``updated_after``/``updated_before`` on SeeClickFix and
     FixMyStreet); the first poll after a start is always by ids, so nothing missed while down is
     lost. ``open_state`` is our state for a remote ``open`` (None: no message for it); a
-    ``closed`` request that opens again is always ``new``.
+    ``closed`` request that opens again is always ``new``. A closed request is still asked about
+    for ``repoll_closed_days`` after it closed (0: never), on every ``repoll_closed_every``-th
+    poll (and on the first poll after a start or a lease handover), so a reopen by the city
+    reaches the resident; after that it is left alone. Only one sinks host polls per
+    (department, sink): see ``KafkaPollLease``.
     """
 
     type: Literal["open311"] = "open311"
@@ -138,6 +150,12 @@ class Open311SinkConfig(SinkConfig):
         default=State.ACKNOWLEDGED, description="our state for a remote 'open'; None: no message"
     )
     mapping_staleness_s: float = Field(default=1.0, ge=0, le=30)
+    repoll_closed_days: float = Field(
+        default=30.0, ge=0, description="keep asking about a closed request this long (0: never)"
+    )
+    repoll_closed_every: int = Field(
+        default=12, ge=1, description="closed requests are asked about on every Nth poll (1: every poll)"
+    )
 
     _api_key: SecretStr = PrivateAttr()
 
@@ -433,7 +451,10 @@ class RemoteRef:
     status the poller saw (so a restart does not tell the resident again).
 
     ``written_at`` (unix seconds) orders records of one request: the newest wins when a host
-    reads back an older record of its own after writing a newer one.
+    reads back an older record of its own after writing a newer one. ``closed_at`` (unix
+    seconds) is when the poller first saw it closed, what ``repoll_closed_days`` counts from
+    (records written before it existed count from ``written_at``, the time of their last
+    write). ``announced``: the case store was sent its ``ExternalRef`` (``Open311Sink.announce``).
     """
 
     request_id: str
@@ -445,10 +466,17 @@ class RemoteRef:
     remote_updated: str | None = None
     remote_notes: str | None = None
     written_at: float = 0.0
+    closed_at: float | None = None
+    announced: bool = False
 
     @property
     def closed(self) -> bool:
         return self.remote_status == "closed"
+
+    @property
+    def closed_since(self) -> float:
+        """When it closed (unix seconds); only meaningful when ``closed``."""
+        return self.closed_at if self.closed_at is not None else self.written_at
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()
@@ -510,6 +538,32 @@ class MemoryRemoteIds:
 Publish = Callable[[Sequence["Outgoing"]], Awaitable[None]]
 
 
+async def ensure_topic(
+    name: str,
+    *,
+    bootstrap: Sequence[str],
+    client_options: Mapping[str, Any],
+    partitions: int,
+    replication_factor: int,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create topic ``name`` when missing (the sink's own topics: its map, its lease)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=list(bootstrap), **client_options)
+    await admin.start()
+    try:
+        if name in set(await admin.list_topics()):
+            return
+        topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(configs or {}))
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([topic])
+        log.info("open311 topic created", topic=name)
+    finally:
+        await admin.close()
+
+
 class KafkaRemoteIds(MemoryRemoteIds):
     """The map on a compacted Kafka topic, read whole at the first refresh and then followed.
 
@@ -541,28 +595,17 @@ class KafkaRemoteIds(MemoryRemoteIds):
         self._positions: dict[Any, int] = {}
         self._lock = asyncio.Lock()
 
-    async def _ensure_topic(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, **self._options)
-        await admin.start()
-        try:
-            if self.topic in set(await admin.list_topics()):
-                return
-            topic = NewTopic(
-                self.topic, self._partitions, self._replication, topic_configs={"cleanup.policy": "compact"}
-            )
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([topic])
-            log.info("open311 remote-id topic created", topic=self.topic)
-        finally:
-            await admin.close()
-
     async def _start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        await self._ensure_topic()
+        await ensure_topic(
+            self.topic,
+            bootstrap=self._bootstrap,
+            client_options=self._options,
+            partitions=self._partitions,
+            replication_factor=self._replication,
+            configs={"cleanup.policy": "compact"},
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False, **self._options
         )
@@ -634,6 +677,179 @@ class KafkaRemoteIds(MemoryRemoteIds):
             self._assigned = set()
 
 
+# --- one poller per (department, sink): the lease -------------------------------------------------
+
+
+class PollLease(Protocol):
+    """Whether this process is the one that polls the city for its (department, sink) pair.
+
+    ``run`` keeps the lease's machinery going until cancelled (``held`` may change at any time
+    while it runs); ``close`` gives the lease up so another host takes it over at once.
+    """
+
+    @property
+    def held(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class AlwaysHeld:
+    """The lease of a sink that is alone by construction (tests, ``use`` without a lease)."""
+
+    held = True
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # nothing to keep up; runs until cancelled
+
+    async def close(self) -> None:
+        return None
+
+
+class KafkaPollLease:
+    """The poller lease as a consumer-group assignment: ONE partition, so ONE holder.
+
+    Every sinks host's ``open311`` sink of a (department, sink) pair joins the same consumer
+    group (``Topics.open311_poller_group``), subscribed to a topic of exactly one partition
+    that nothing ever writes (``Topics.open311_lease``). Kafka's group protocol gives that
+    partition to one member at a time; that member polls, the others wait. When it stops
+    (``close`` leaves the group), crashes (its session times out) or a host joins, the group
+    rebalances and the partition, so the lease, goes to a member that is alive. No host-local
+    file, no new infrastructure: only the coordinator every consumer already talks to.
+
+    Why a topic of its own rather than partition 0 of the compacted map topic
+    (``Topics.open311_ids``): one partition means one holder whatever the assignor and however
+    many partitions the map was created with (an operator may create it with 6), and a topic
+    nothing writes costs no fetches (the partition is paused at assignment anyway) and no
+    offsets to reset: the map's consumers read it without a group, and they stay that way.
+
+    How it moves without anyone calling ``getmany`` for records: aiokafka's group coordinator
+    runs joins, syncs and heartbeats in a background task (``GroupCoordinator.
+    _coordination_routine``) and calls the ``ConsumerRebalanceListener`` from there, so the
+    assignment progresses on its own. But the coordinator leaves the group, and will not rejoin,
+    once the consumer has spent ``max_poll_interval_ms`` outside ``getmany``/``getone``
+    (``SubscriptionState.fetcher_idle_time``); ``run`` therefore waits in ``getmany`` on the
+    paused partition, which also surfaces coordination errors (then it starts over, lease not
+    held).
+
+    Overlap, honestly: under the eager rebalance protocol every member gives its partitions up
+    (``on_partitions_revoked``) before the new assignment is handed out, so two members never
+    hold the partition in one generation. Two hosts may still poll at once (1) while a poll that
+    began before a revocation finishes (one poll's length), and (2) when the holder is cut off
+    from the coordinator while still reaching the city: it keeps polling until its heartbeats
+    fail for a session timeout and it rejoins. Both are harmless, only rare: status changes
+    carry derived ids (``status_change_for``), so the case store and the resident take each
+    once. On the embedded broker (Tansu) a rebalance takes seconds; for a poll every few
+    minutes that is nothing.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        group: str,
+        *,
+        bootstrap: Sequence[str],
+        client_options: Mapping[str, Any],
+        session_timeout_ms: int = 10_000,
+        replication_factor: int = 1,
+        retry_s: float = 5.0,
+        name: str = "",
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self._bootstrap = list(bootstrap)
+        self._options = dict(client_options)
+        self._session_ms = session_timeout_ms
+        self._replication = replication_factor
+        self._retry_s = retry_s
+        self._name = name
+        self._held = False
+        self._consumer: Any = None
+        self.assignments = 0  # rebalances this member completed (what tests wait for)
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def _listener(self) -> Any:
+        from aiokafka import TopicPartition
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        lease = self
+        partition = TopicPartition(self.topic, 0)
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                if lease._held:
+                    log.info("open311 poller lease released", sink=lease._name, group=lease.group)
+                lease._held = False
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                consumer = lease._consumer
+                if consumer is not None and assigned:
+                    consumer.pause(*assigned)  # nothing is written there: fetch nothing
+                lease._held = partition in assigned
+                lease.assignments += 1
+                if lease._held:
+                    log.info("open311 poller lease taken", sink=lease._name, group=lease.group)
+
+        return Listener()
+
+    async def _start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        await ensure_topic(
+            self.topic,
+            bootstrap=self._bootstrap,
+            client_options=self._options,
+            partitions=1,
+            replication_factor=self._replication,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            session_timeout_ms=self._session_ms,
+            heartbeat_interval_ms=max(300, self._session_ms // 4),
+            **self._options,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.topic], listener=self._listener())
+        await consumer.start()
+
+    async def _stop(self) -> None:
+        self._held = False
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()  # leaves the group: the next member takes over at once
+
+    async def run(self) -> None:
+        """Join the group and stay in it; on any error start over (lease not held meanwhile)."""
+        while True:
+            try:
+                await self._start()
+                while True:
+                    await self._consumer.getmany(timeout_ms=1000)
+            except asyncio.CancelledError:
+                await self._stop()
+                raise
+            except Exception as exc:
+                log.warning(
+                    "open311 poller lease lost; joining again",
+                    sink=self._name,
+                    group=self.group,
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                await self._stop()
+                await asyncio.sleep(self._retry_s)
+
+    async def close(self) -> None:
+        await self._stop()
+
+
 # --- status back ------------------------------------------------------------------------------
 
 
@@ -677,23 +893,52 @@ def status_change_for(
     )
 
 
-def observed(ref: RemoteRef, remote: RemoteRequest) -> RemoteRef:
-    """``ref`` after the poller saw ``remote`` (what the next poll compares with)."""
+def observed(ref: RemoteRef, remote: RemoteRequest, now: float | None = None) -> RemoteRef:
+    """``ref`` after the poller saw ``remote`` at ``now`` (unix seconds): what the next poll
+    compares with, and since when it is closed (kept while it stays closed, cleared on a reopen)."""
+    closed_at: float | None = None
+    if remote.status == "closed":
+        closed_at = ref.closed_since if ref.closed else now
     return replace(
         ref,
         remote_status=remote.status,
         remote_notes=(remote.status_notes or "").strip() or None,
         remote_updated=remote.updated.isoformat() if remote.updated else None,
+        closed_at=closed_at,
     )
+
+
+def refs_to_poll(
+    refs: Iterable[RemoteRef], *, now: float, poll_number: int, repoll_days: float, every: int
+) -> list[RemoteRef]:
+    """The requests a poll by ids asks about: every open one with a remote id, and the closed ones
+    that closed less than ``repoll_days`` ago when ``poll_number`` is a multiple of ``every``
+    (poll 0, the first after a start or a lease handover, always is).
+
+    Why closed ones at all: the city may reopen a request (the crew found the hole open again),
+    and ``status_change_for`` turns closed -> open into a reopen the resident hears of. Why less
+    often, and not forever: most closed requests stay closed, and each costs the city a lookup.
+    """
+    horizon = now - repoll_days * 86400
+    closed_too = repoll_days > 0 and poll_number % every == 0
+    return [
+        r
+        for r in refs
+        if r.service_request_id and (not r.closed or (closed_too and r.closed_since >= horizon))
+    ]
 
 
 class StatusPoller:
     """Asks the city's system what became of our requests, and tells our status topic.
 
-    ``poll_once`` resolves pending tokens, reads the remote status of every request that is not
-    closed (by ids, or by an updated window), publishes a ``StatusChange`` for each change, and
-    only then records what it saw in the map: a crash in between repeats the same change ids.
-    ``run`` calls it every ``poll_interval_s``; a failed poll is logged and tried next time.
+    ``poll_once`` resolves pending tokens (and announces the ids they resolve to, with any the
+    case store was not sent yet: ``Open311Sink.announce``), reads the remote status of every
+    request that is not closed, and of the recently closed ones every ``repoll_closed_every``-th
+    poll (``refs_to_poll``; by ids, or by an updated window), publishes a ``StatusChange`` for
+    each change, and only then records what it saw in the map: a crash in between repeats the
+    same change ids. ``run`` calls it every ``poll_interval_s`` while this process holds the
+    lease (``KafkaPollLease``: one poller per (department, sink) across hosts); a failed poll is
+    logged and tried next time.
     """
 
     def __init__(
@@ -703,13 +948,17 @@ class StatusPoller:
         status_topic: str,
         clock: Callable[[], datetime],
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        lease: PollLease | None = None,
     ) -> None:
         self.sink = sink
         self.sleep = sleep
+        self.lease: PollLease = lease if lease is not None else AlwaysHeld()
         self._publish = publish
         self._status_topic = status_topic
         self._clock = clock
         self._since: datetime | None = None  # end of the last updated window; None: poll by ids
+        self._polls = 0  # polls since this process (last) took the lease: closed ones on every Nth
+        self.polls_done = 0  # every poll this process made (what tests and logs look at)
 
     async def poll_once(self) -> list[StatusChange]:
         from intake311.bus import Outgoing
@@ -720,11 +969,24 @@ class StatusPoller:
         started = self._clock()
         updates: list[RemoteRef] = await self._resolve_tokens(ids.all())
         await ids.put(updates)
-        open_refs = [r for r in ids.all() if r.service_request_id and not r.closed]
+        # Ids not told to the case store yet: resolved tokens, a failed announcement, records
+        # from before announcing existed (a backfill, in slices, so a big map is no burst).
+        await sink.announce(
+            [r for r in ids.all() if r.service_request_id and not r.announced][:ANNOUNCE_PER_POLL]
+        )
+        asked = refs_to_poll(
+            ids.all(),
+            now=started.timestamp(),
+            poll_number=self._polls,
+            repoll_days=config.repoll_closed_days,
+            every=config.repoll_closed_every,
+        )
+        self._polls += 1
+        self.polls_done += 1
         if config.poll_by == "updated" and self._since is not None:
             remote = await self._by_window(self._since - timedelta(seconds=config.poll_overlap_s), started)
         else:
-            remote = await self._by_ids([r.service_request_id for r in open_refs if r.service_request_id])
+            remote = await self._by_ids([r.service_request_id for r in asked if r.service_request_id])
         by_remote_id = {r.service_request_id: r for r in ids.all() if r.service_request_id}
         changes: list[StatusChange] = []
         seen: list[RemoteRef] = []
@@ -737,7 +999,7 @@ class StatusPoller:
             )
             if change is not None:
                 changes.append(change)
-            after = observed(ref, item)
+            after = observed(ref, item, started.timestamp())
             if after != ref:
                 seen.append(after)
         if changes:
@@ -788,8 +1050,16 @@ class StatusPoller:
 
     async def run(self) -> None:
         interval = self.sink.config.poll_interval_s
+        holding = False
         while True:
             await self.sleep(interval)
+            if not self.lease.held:
+                holding = False
+                continue  # another host polls
+            if not holding:
+                # Taken (again): the first poll is by ids with the closed ones, as after a start;
+                # the other host's windows moved on without this process.
+                holding, self._since, self._polls = True, None, 0
             try:
                 await self.poll_once()
             except asyncio.CancelledError:
@@ -804,9 +1074,15 @@ class StatusPoller:
 class Open311Sink:
     """POSTs requests to one endpoint; ``bind`` gives it the bus (its map and the status topic).
 
-    The sinks stage must call ``bind(broker, settings, department)`` before ``start``: the map and
-    the status poller need Kafka, which a ``SinkContext`` does not carry. Tests bind a
-    ``MemoryRemoteIds`` and a publish function with ``use``.
+    The sinks stage must call ``bind(broker, settings, department)`` before ``start``: the map,
+    the status poller and its lease need Kafka, which a ``SinkContext`` does not carry. Tests
+    bind a ``MemoryRemoteIds`` and a publish function with ``use``.
+
+    Every remote id the city gives (at once, or by resolving a token) is announced to the case
+    store as an ``ExternalRef`` on ``Topics.external_refs`` (``announce``), and the map records
+    that it was (``RemoteRef.announced``), so an operator and a department system see
+    "in the city's system: #1001". A failed announcement holds the request on the topic like any
+    outage, and its redelivery (or the next poll) announces it; nothing is posted again.
     """
 
     def __init__(
@@ -827,6 +1103,11 @@ class Open311Sink:
         self.department = ""
         self.poller: StatusPoller | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        self._publish: Publish | None = None
+        self._external_topic: str | None = None
+        self._prepare_external: Callable[[], Awaitable[None]] | None = None
+        self._now: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._where = str(httpx.URL(config.endpoint).copy_with(userinfo=b"", query=None, fragment=None))
 
     @property
@@ -851,14 +1132,24 @@ class Open311Sink:
         department: str,
         status_topic: str,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        external_topic: str | None = None,
+        lease: PollLease | None = None,
     ) -> None:
-        """Bind to a map and a publisher (what ``bind`` does with Kafka; tests pass their own)."""
+        """Bind to a map and a publisher (what ``bind`` does with Kafka; tests pass their own).
+
+        ``external_topic``: where remote ids are announced (None: not announced, for tests of
+        other things); ``lease``: who polls (None: this process, always).
+        """
         self._ids = ids
         self.department = department
-        self.poller = StatusPoller(self, publish, status_topic, now)
+        self._publish = publish
+        self._external_topic = external_topic
+        self._now = now
+        self.poller = StatusPoller(self, publish, status_topic, now, lease=lease)
 
     def bind(self, broker: KafkaBroker, settings: Settings, department: str) -> None:
-        """Bind to the running bus: the map on ``Topics.open311_ids`` and the status topic."""
+        """Bind to the running bus: the map on ``Topics.open311_ids``, the status topic, the
+        ``ExternalRef`` topic and the poller lease (``Topics.open311_lease``)."""
         from intake311.embedded import embedded_bootstrap_file
         from intake311.ops import client_options
         from intake311.stage import publish_with_retry
@@ -873,15 +1164,45 @@ class Open311Sink:
                 broker, records, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
             )
 
+        topics, options = settings.topics, client_options(settings.kafka)
         ids = KafkaRemoteIds(
-            settings.topics.open311_ids(department, self.name),
+            topics.open311_ids(department, self.name),
             bootstrap=bootstrap,
-            client_options=client_options(settings.kafka),
+            client_options=options,
             publish=publish,
             partitions=settings.kafka.topic_partitions,
             replication_factor=settings.kafka.replication_factor,
         )
-        self.use(ids, publish, department=department, status_topic=settings.topics.status)
+        lease = KafkaPollLease(
+            topics.open311_lease(department, self.name),
+            topics.open311_poller_group(department, self.name),
+            bootstrap=bootstrap,
+            client_options=options,
+            session_timeout_ms=settings.kafka.consumer_session_timeout_ms,
+            replication_factor=settings.kafka.replication_factor,
+            name=f"{department}/{self.name}",
+        )
+        self.use(
+            ids,
+            publish,
+            department=department,
+            status_topic=topics.status,
+            external_topic=topics.external_refs,
+            lease=lease,
+        )
+
+        async def prepare_external() -> None:
+            # The pipeline creates it with the other topics; this covers a sinks process whose
+            # pipeline does not (a cluster without auto-creation would refuse the first record).
+            await ensure_topic(
+                topics.external_refs,
+                bootstrap=bootstrap,
+                client_options=options,
+                partitions=settings.kafka.topic_partitions,
+                replication_factor=settings.kafka.replication_factor,
+            )
+
+        self._prepare_external = prepare_external
 
     async def start(self) -> None:
         if self._client is None:
@@ -889,6 +1210,7 @@ class Open311Sink:
             self._owns_client = True
         self.ids  # noqa: B018 - fails here, at start, when the stage did not bind the sink
         if self.config.poll_interval_s and self.poller is not None and self._poll_task is None:
+            self._lease_task = asyncio.create_task(self.poller.lease.run(), name=f"open311-lease-{self.name}")
             self._poll_task = asyncio.create_task(self.poller.run(), name=f"open311-poll-{self.name}")
 
     # -- delivery
@@ -923,6 +1245,7 @@ class Open311Sink:
         known = self.ids.get(request.request_id)
         if known is not None:
             log.debug("open311 request already created", sink=self.name, request_id=request.request_id)
+            await self._announce_or_hold([known])  # an announcement that failed before
             return
         if self.config.later_reports == "skip" and request.is_later_report:
             return
@@ -954,6 +1277,74 @@ class Open311Sink:
         )
         self._pending[ref.request_id] = ref
         await self._flush_pending()
+        await self._announce_or_hold([ref])
+
+    # -- the remote id, told to the case store
+
+    async def announce(self, refs: Iterable[RemoteRef]) -> list[ExternalRef]:
+        """Publish an ``ExternalRef`` for each of ``refs`` that has a remote id and was not
+        announced yet, then mark them announced in the map; the events published.
+
+        The event ids are derived (``schemas.external.external_ref_id``): announcing twice (a
+        crash before the map records it, two hosts) is the same event, taken once.
+        """
+        from intake311.bus import Outgoing
+
+        if self._external_topic is None or self._publish is None:
+            return []
+        todo = [r for r in refs if r.service_request_id and not r.announced]
+        if not todo:
+            return []
+        if self._prepare_external is not None:
+            await self._prepare_external()
+            self._prepare_external = None
+        at = self._now()
+        events = []
+        for r in todo:
+            try:
+                events.append(
+                    ExternalRef.new(
+                        r.request_id,
+                        system=self.source,
+                        external_id=r.service_request_id or "",
+                        token=r.token,
+                        at=at,
+                    )
+                )
+            except ValueError as exc:  # not a ticket, an id too long: say so once, never hold for it
+                log.warning(
+                    "open311 remote id not announced",
+                    sink=self.name,
+                    request_id=r.request_id,
+                    reason=str(exc)[:200],
+                )
+        if events:
+            await self._publish(
+                [
+                    Outgoing(self._external_topic, e.model_dump_json().encode(), key=e.request_id)
+                    for e in events
+                ]
+            )
+        # The map's current record (the poller may have written a newer status meanwhile).
+        await self.ids.put([replace(self.ids.get(r.request_id) or r, announced=True) for r in todo])
+        for event in events:
+            log.info(
+                "open311 remote id announced",
+                sink=self.name,
+                request_id=event.request_id,
+                service_request_id=event.external_id,
+            )
+        return events
+
+    async def _announce_or_hold(self, refs: Sequence[RemoteRef]) -> None:
+        try:
+            await self.announce(refs)
+        except Exception as exc:
+            # Created and recorded: the redelivery finds the record, posts nothing, announces.
+            raise DeliveryError(
+                f"open311 sink {self.name!r}: cannot announce the remote id to the case store"
+                f" ({type(exc).__name__}: {exc})"
+            ) from exc
 
     # -- HTTP
 
@@ -1019,11 +1410,14 @@ class Open311Sink:
         return parse_tokens(answer.content, self.config.format).get(token)
 
     async def close(self) -> None:
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
-            self._poll_task = None
+        for task in (self._poll_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._poll_task = self._lease_task = None
+        if self.poller is not None:
+            await self.poller.lease.close()  # leaves the group: another host polls at once
         if self._ids is not None:
             await self._ids.close()
         if self._owns_client and self._client is not None:
@@ -1034,11 +1428,14 @@ class Open311Sink:
 
 __all__ = [
     "ATTRIBUTE_SOURCES",
+    "AlwaysHeld",
     "Created",
+    "KafkaPollLease",
     "KafkaRemoteIds",
     "MemoryRemoteIds",
     "Open311Sink",
     "Open311SinkConfig",
+    "PollLease",
     "RemoteIds",
     "RemoteRef",
     "RemoteRequest",
@@ -1049,5 +1446,6 @@ __all__ = [
     "parse_records",
     "parse_requests",
     "parse_tokens",
+    "refs_to_poll",
     "status_change_for",
 ]

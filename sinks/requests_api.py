@@ -46,7 +46,10 @@ DEFAULT_PAGE = 100
 class HistoryEntry(BaseModel):
     """One event of a request's history, oldest first."""
 
-    kind: str = Field(description="received, updated (a later report or correction), status, message")
+    kind: str = Field(
+        description="received, updated (a later report or correction), status, message, "
+        "external (the city's own system gave it an id; source: the system, notes: '<system> #<id>')"
+    )
     event_id: str
     status: Status
     state: State | None = Field(description="the workflow state at this event (none on updated)")
@@ -94,6 +97,11 @@ class DepartmentRequest(BaseModel):
     source_contact_ids: list[str] = Field(description="the contacts it was made from")
     attributes: dict[str, str | list[str]] = Field(
         description="answers to the service's questions (code -> value; a list for several choices)"
+    )
+    external_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="its ids in the city's own systems: system -> id, "
+        '{"open311:public-works/city": "1001"} once the open311 sink created it there',
     )
 
 
@@ -227,6 +235,7 @@ def _request(case: Case) -> dict[str, Any]:
         "decided_by": case.decided_by,
         "source_contact_ids": list(case.source_contact_ids),
         "attributes": case.attributes,
+        "external_ids": case.external_ids,
     }
 
 

@@ -7,6 +7,12 @@ from the request and the state, so a replay (or a double click) re-queues the sa
 the channel sends it once. Each queued message is also recorded in the request's history (a
 ``message`` event, ``CaseStore.record_message``, once per message id), so an operator sees what
 the resident was told.
+
+A second consumer group (``intake311.casestore.external``) records where a request is known in
+the city's own systems (``ExternalRef`` on ``intake311.external-refs``, from the ``open311``
+sink): ``CaseStore.record_external``, once per event id, and nothing to the resident. A group of
+its own, not a second topic of the status group: the AsyncAPI document then shows each topic's
+own payload, and neither kind of record waits behind a batch of the other.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from intake311.stage import (
     publish_with_retry,
     records_from,
 )
+from schemas.external import ExternalRef
 from schemas.messages import render, resolve_language, service_name
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 from schemas.status import StatusChange
@@ -37,8 +44,10 @@ from schemas.topics import Topics
 from sinks.postgres.store import Case, CaseStore
 
 StatusRecords = RawBatch[StatusChange]  # what the AsyncAPI document shows
+ExternalRecords = RawBatch[ExternalRef]
 STAGE = "status"
 GROUP = "casestore.status"  # consumer group: Topics.group(GROUP)
+EXTERNAL_GROUP = "casestore.external"
 log = get_logger(__name__)
 
 # Public channels get no staff notes: a note may name a person or a place.
@@ -116,6 +125,25 @@ async def apply_status_batch(records: Sequence[Record], store: CaseStore, topics
     return out
 
 
+async def apply_external_batch(records: Sequence[Record], store: CaseStore, topics: Topics) -> list[Outgoing]:
+    """Record each ``ExternalRef`` on its request; the dead letters of what is not one."""
+    out: list[Outgoing] = []
+    for record in records:
+        try:
+            ref = ExternalRef.model_validate_json(record.value)
+        except ValueError as exc:
+            out.append(dead_letter(record, STAGE, topics.deadletter, explain(exc), type(exc).__name__))
+            continue
+        if await store.record_external(ref):
+            log.info(
+                "external id recorded",
+                request_id=ref.request_id,
+                system=ref.system,
+                external_id=ref.external_id,
+            )
+    return out
+
+
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """Attach the status consumer (needs ``settings.case_store_dsn``)."""
     if settings.case_store_dsn is None:
@@ -134,6 +162,21 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     )
     async def record_changes(records: StatusRecords, msg: KafkaMessage) -> None:
         out = await apply_status_batch(records_from(msg.raw_message), store, topics)
+        await publish_with_retry(
+            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+        )
+        metrics.dead_lettered(out, topics.deadletter)
+
+    @batch_subscriber(
+        broker,
+        topics.external_refs,
+        group_id=topics.group(EXTERNAL_GROUP),
+        settings=settings,
+        title="case store external ids",
+        description="Ids the city's own systems gave our requests -> case store; nothing to the resident.",
+    )
+    async def record_external_ids(records: ExternalRecords, msg: KafkaMessage) -> None:
+        out = await apply_external_batch(records_from(msg.raw_message), store, topics)
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )

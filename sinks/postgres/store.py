@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from intake311.logging import get_logger
+from schemas.external import ExternalRef
 from schemas.open311 import REQUEST_FIELDS
 from schemas.outbound import OutboundMessage
 from schemas.request import Priority, ServiceRequest, Status
@@ -233,8 +234,9 @@ class CaseEvent:
 
     ``kind``: ``received`` (the event that created the request), ``updated`` (a later request
     event), ``status`` (a status change), ``message`` (a message to the resident was queued;
-    ``notes`` is its text). ``status``/``state`` are the request's at that event (``state`` is
-    None on ``updated`` rows).
+    ``notes`` is its text), ``external`` (the city's own system gave it an id: ``source`` is the
+    system, ``notes`` ``"<system> #<id>"``). ``status``/``state`` are the request's at that event
+    (``state`` is None on ``updated`` rows).
     """
 
     kind: str
@@ -246,7 +248,14 @@ class CaseEvent:
     source: str
 
 
-EVENT_KINDS = ("received", "updated", "status", "message")
+EVENT_KINDS = ("received", "updated", "status", "message", "external")
+
+EXTERNAL_LOCK = (3110007, 0)
+"""The advisory lock (two-key form) migration 0007's insert trigger takes shared, once per
+transaction that inserts requests, and ``record_external`` takes exclusively before an id waits
+for its request: so an id recorded while its request is being inserted is taken by the request,
+never left waiting. One lock, not one per request: a batch of 500 inserts holds one lock-table
+slot (per-request advisory locks would fill PostgreSQL's shared lock table under load)."""
 
 FEED_SETTLE_S = 2.0
 """How long a change waits before ``CaseStore.changed`` lists it: longer than any transaction
@@ -295,6 +304,7 @@ class Case:
     decided_by: str | None = None  # who re-classified or re-routed it; None: the classifier
     changed_at: datetime | None = None  # when the city's record last changed (this server's clock)
     attributes: dict[str, Any] = field(default_factory=dict)  # answers to the service's questions
+    external_ids: dict[str, str] = field(default_factory=dict)  # system -> its id ("open311:…/city")
 
     @property
     def is_later_report(self) -> bool:
@@ -554,6 +564,48 @@ class CaseStore:
         if not known:
             raise LookupError(f"no service request {message.request_id!r}")
         return bool(inserted)
+
+    async def record_external(self, ref: ExternalRef) -> bool:
+        """Record that the request is ``ref.external_id`` in ``ref.system`` (the city's system);
+        True if the request learnt it now.
+
+        Sets ``external_ids[system]`` and logs one ``external`` event (``event_id`` is the ref's,
+        so a replay or a second announcement changes nothing: False). The resident is told
+        nothing. An id whose request is not in the store yet waits (False) and the request's
+        first insert takes it (migration 0007): the open311 sink may reach the city before the
+        postgres sink has stored the request.
+        """
+        notes = _clean(f"{ref.system} #{ref.external_id}")
+        find = "SELECT status, state FROM requests WHERE request_id = %s FOR UPDATE"
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(find, (ref.request_id,))).fetchone()
+            if row is None:
+                # Not there, or being inserted: wait for the inserts in flight, then look again.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", EXTERNAL_LOCK)
+                row = await (await conn.execute(find, (ref.request_id,))).fetchone()
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO external_refs_waiting (event_id, request_id, system, external_id, at)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                    (ref.event_id, ref.request_id, _clean(ref.system), _clean(ref.external_id), ref.at),
+                )
+                log.info("external id waits for its request", request_id=ref.request_id, system=ref.system)
+                return False
+            status, state = row
+            cur = await conn.execute(
+                "INSERT INTO request_events (event_id, request_id, kind, status, state, notes, at, source)"
+                " VALUES (%s, %s, 'external', %s, %s, %s, %s, %s)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+                (ref.event_id, ref.request_id, status, state, notes, ref.at, _clean(ref.system)),
+            )
+            if await cur.fetchone() is None:
+                return False
+            await conn.execute(
+                "UPDATE requests SET external_ids = external_ids || jsonb_build_object(%s::text, %s::text)"
+                " WHERE request_id = %s",
+                (_clean(ref.system), _clean(ref.external_id), ref.request_id),
+            )
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -957,6 +1009,7 @@ def _case(row: dict[str, Any]) -> Case:
         decided_by=row["decided_by"],
         changed_at=row.get("changed_at"),
         attributes=dict(row.get("attributes") or {}),
+        external_ids={str(k): str(v) for k, v in (row.get("external_ids") or {}).items()},
     )
 
 
@@ -980,6 +1033,7 @@ __all__ = [
     "BY_PRIORITY",
     "EVENT_KINDS",
     "EXTENDED_ATTRIBUTES",
+    "EXTERNAL_LOCK",
     "NO_DISTRICT",
     "OPEN311_FIELDS",
     "Case",

@@ -104,12 +104,19 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
             (4, "console"),
             (5, "request_feed"),
             (6, "attributes"),
+            (7, "external_refs"),
         ]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
         tables = [r[0] for r in await cur.fetchall()]
-    assert tables == ["request_events", "requests", "schema_migrations", "status_history"]
+    assert tables == [
+        "external_refs_waiting",
+        "request_events",
+        "requests",
+        "schema_migrations",
+        "status_history",
+    ]
 
 
 async def test_concurrent_starts_apply_each_migration_once(fresh_db: str) -> None:
@@ -908,3 +915,89 @@ async def test_priority_columns_sla_by_priority_and_report_by_priority(store: Ca
     text = format_report(data)
     table = text[text.index("by priority") :].splitlines()
     assert [line.split()[0] for line in table[1:]] == ["emergency", "high", "normal", "low"]
+
+
+# -- where the request is in the city's own system (ExternalRef, migration 0007) --------------------
+
+SYSTEM = "open311:public-works/city"
+
+
+async def test_an_external_id_is_recorded_once_with_a_history_event_and_no_message(store: CaseStore) -> None:
+    from schemas.external import ExternalRef
+
+    assert (7, "external_refs") in [(m.version, m.name) for m in load_migrations()]
+    await store.upsert_requests([make_request("EX11-EX11")], "public-works")
+    before = await store.get_case("EX11-EX11")
+    assert before is not None and before.external_ids == {}
+    ref = ExternalRef.new("EX11-EX11", system=SYSTEM, external_id="1001", at=T0 + timedelta(minutes=1))
+    assert await store.record_external(ref) is True
+    assert await store.record_external(ref) is False  # a replay, or a second host's announcement
+    case = await store.get_case("EX11-EX11")
+    assert case is not None and case.external_ids == {SYSTEM: "1001"}
+    assert (case.state, case.status) == (before.state, before.status)  # not a status change
+    assert (
+        case.changed_at is not None and before.changed_at is not None and case.changed_at > before.changed_at
+    )
+    kinds = [(e.kind, e.source, e.notes) for e in await store.events("EX11-EX11")]
+    assert kinds == [("received", "pipeline:public-works", None), ("external", SYSTEM, f"{SYSTEM} #1001")]
+    assert [h.event_id for h in await store.history("EX11-EX11")] == ["e1"]  # the status history is unchanged
+    # Another system (a second open311 sink) adds to the map.
+    other = ExternalRef.new("EX11-EX11", system="open311:public-works/county", external_id="C-7")
+    assert await store.record_external(other) is True
+    case = await store.get_case("EX11-EX11")
+    assert case is not None and case.external_ids == {SYSTEM: "1001", "open311:public-works/county": "C-7"}
+
+
+async def test_an_external_id_that_beats_its_request_waits_for_it(store: CaseStore) -> None:
+    from schemas.external import ExternalRef
+
+    async with store.pool.connection() as conn:
+        await conn.execute("DELETE FROM external_refs_waiting")
+    ref = ExternalRef.new("EW11-EW11", system=SYSTEM, external_id="1002", at=T0 + timedelta(minutes=1))
+    assert await store.record_external(ref) is False  # no request yet: not an error, it waits
+    assert await store.record_external(ref) is False
+    assert await store.get_case("EW11-EW11") is None
+    await store.upsert_requests([make_request("EW11-EW11", event_id="ew1")], "public-works")
+    case = await store.get_case("EW11-EW11")
+    assert case is not None and case.external_ids == {SYSTEM: "1002"}
+    assert [e.kind for e in await store.events("EW11-EW11")] == ["received", "external"]
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM external_refs_waiting")
+        assert (await cur.fetchone()) == (0,)
+    # Announced again later (a replay): the request has it, nothing changes.
+    assert await store.record_external(ref) is False
+    # A later version of the request keeps it.
+    await store.upsert_requests(
+        [
+            make_request(
+                "EW11-EW11", event_id="ew2", description="Deeper", updated_datetime=T0 + timedelta(hours=1)
+            )
+        ],
+        "public-works",
+    )
+    case = await store.get_case("EW11-EW11")
+    assert case is not None and case.external_ids == {SYSTEM: "1002"} and case.description == "Deeper"
+
+
+async def test_external_ids_recorded_while_their_requests_are_inserted_are_never_left_waiting(
+    store: CaseStore,
+) -> None:
+    from schemas.external import ExternalRef
+
+    async with store.pool.connection() as conn:
+        await conn.execute("DELETE FROM external_refs_waiting")
+    tickets = [f"RC{i:02d}-RC{i:02d}" for i in range(10, 40)]
+    refs = [ExternalRef.new(t, system=SYSTEM, external_id=f"r{t}") for t in tickets]
+
+    async def ids() -> None:
+        for ref in refs:
+            await store.record_external(ref)
+
+    async def requests() -> None:
+        for ticket in tickets:
+            await store.upsert_requests([make_request(ticket, event_id=f"ev-{ticket}")], "public-works")
+
+    await asyncio.gather(ids(), requests())
+    for ticket in tickets:
+        case = await store.get_case(ticket)
+        assert case is not None and case.external_ids == {SYSTEM: f"r{ticket}"}, ticket

@@ -22,7 +22,7 @@ from schemas.taxonomy import Service, Taxonomy
 from schemas.topics import Topics
 from sinks.postgres import CaseStore, load_migrations
 from sinks.postgres.store import EVENT_KINDS, CaseEvent
-from sinks.status import apply_status_batch
+from sinks.status import apply_external_batch, apply_status_batch
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def message(request_id: str, message_id: str, text: str, at: datetime) -> Outbou
 
 async def test_migration_4_adds_the_message_kind_and_still_refuses_others(store: CaseStore) -> None:
     assert (4, "console") in [(m.version, m.name) for m in load_migrations()]
-    assert EVENT_KINDS == ("received", "updated", "status", "message")
+    assert EVENT_KINDS[:4] == ("received", "updated", "status", "message")  # 0007 adds external
     await store.upsert_requests([make_request("K7M4-QPXA")], "public-works")
     async with store.pool.connection() as conn:
         with pytest.raises(psycopg.errors.CheckViolation):
@@ -341,3 +341,72 @@ async def test_report_gives_the_console_its_service_level_figures(store: CaseSto
     assert (works.received, works.closed, works.median_hours_to_close) == (3, 2, 55.0)
     assert works.share_within_sla == 0.5
     assert works.open_overdue == 1
+
+
+# -- the city's id: recorded by the status stage, shown on the request page ------------------------
+
+SYSTEM = "open311:public-works/city"
+
+
+async def test_the_status_stage_records_external_ids_tells_nobody_and_dead_letters_junk(
+    store: CaseStore,
+) -> None:
+    from schemas.external import ExternalRef
+
+    topics = Topics("it")
+    rid = "EXTC-0001"
+    await store.upsert_requests([make_request(rid)], "public-works")
+    ref = ExternalRef.new(rid, system=SYSTEM, external_id="1001", at=T0 + H)
+    records = [
+        Record(ref.model_dump_json().encode(), topic=topics.external_refs, offset=0),
+        Record(b'{"not": "a ref"}', topic=topics.external_refs, offset=1),
+    ]
+    out = await apply_external_batch(records, store, topics)
+    assert [o.topic for o in out] == [topics.deadletter]  # the junk; no message to the resident
+    assert await apply_external_batch(records[:1], store, topics) == []  # a replay: nothing new
+    case = await store.get_case(rid)
+    assert case is not None and case.external_ids == {SYSTEM: "1001"}
+    assert [e.kind for e in await store.events(rid)] == ["received", "external"]
+
+
+async def test_the_request_page_shows_where_it_is_in_the_citys_system(store: CaseStore) -> None:
+    from html import unescape
+
+    import httpx
+    from fastapi import FastAPI
+    from pydantic import SecretStr
+
+    from intake311.bus import make_broker
+    from intake311.settings import Settings
+    from schemas.external import ExternalRef
+    from sinks.console.app import PREFIX, Console, console_app
+
+    token = "works-token-console-0123456789"
+    settings = Settings(
+        department_tokens={"public-works": SecretStr(token)},  # type: ignore[dict-item]
+        console={"session_secret": "s" * 48},  # type: ignore[arg-type]
+    )
+    console = Console(
+        settings=settings,
+        broker=make_broker(settings.kafka, ["127.0.0.1:1"]),  # never started: the page publishes nothing
+        store=store,
+        taxonomy=TAXONOMY,
+        departments=["public-works"],
+        bootstrap=[],
+        configured_channels=frozenset({"sms"}),
+    )
+    app = FastAPI()
+    app.mount(PREFIX, console_app(console))
+    rid = "EXTC-0002"
+    await store.upsert_requests([make_request(rid)], "public-works")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as web:
+        login = await web.post(f"{PREFIX}/login", data={"name": "public-works", "password": token})
+        assert login.status_code == 303, login.text
+        before = await web.get(f"{PREFIX}/requests/{rid}")
+        assert before.status_code == 200 and "In the city's system" not in unescape(before.text)
+        await store.record_external(ExternalRef.new(rid, system=SYSTEM, external_id="1001", at=T0 + H))
+        page = await web.get(f"{PREFIX}/requests/{rid}")
+    assert page.status_code == 200
+    text = unescape(page.text)
+    assert f"In the city's system: {SYSTEM} #1001" in text
+    assert "<td>in the city's system</td>" in text  # the history row

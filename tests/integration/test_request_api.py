@@ -191,6 +191,32 @@ async def test_one_request_with_its_history_and_no_personal_data(
     assert missing.status_code == 404 and missing.json()[0]["code"] == 404
 
 
+async def test_the_citys_id_is_in_the_answer_and_the_feed_once_the_sink_announced_it(
+    store: CaseStore, api: httpx.AsyncClient
+) -> None:
+    from schemas.external import ExternalRef
+
+    system = "open311:public-works/city"
+    await store.upsert_requests([make_request("AAAA-0003")], "public-works")
+    page = (await api.get("/api/requests", headers=auth(WORKS))).json()
+    assert [r["external_ids"] for r in page["requests"]] == [{}]
+    await store.record_external(ExternalRef.new("AAAA-0003", system=system, external_id="1001", at=T0 + H))
+    body = (await api.get("/api/requests/AAAA-0003", headers=auth(WORKS))).json()
+    assert body["external_ids"] == {system: "1001"}
+    assert [(h["kind"], h["source"], h["notes"]) for h in body["history"]][-1] == (
+        "external",
+        system,
+        f"{system} #1001",
+    )
+    # A department system following the feed sees the request again, with the id.
+    later = (
+        await api.get("/api/requests", params={"cursor": page["next_cursor"]}, headers=auth(WORKS))
+    ).json()
+    assert [(r["service_request_id"], r["external_ids"]) for r in later["requests"]] == [
+        ("AAAA-0003", {system: "1001"})
+    ]
+
+
 @pytest.mark.parametrize(
     ("params", "reason"),
     [
@@ -243,6 +269,7 @@ async def test_the_openapi_document_describes_the_answers(api: httpx.AsyncClient
     assert {"400", "403"} <= set(listing["responses"])
     detail = schema["components"]["schemas"]["DepartmentRequestDetail"]
     assert "history" in detail["properties"] and "reporter" not in detail["properties"]
+    assert detail["properties"]["external_ids"]["type"] == "object"
     names = {p["name"] for p in listing["parameters"]}
     assert names >= {
         "service_code",

@@ -23,12 +23,16 @@ from intake311.bus import Outgoing, ensure_topics, make_broker, publish_all
 from intake311.dedupe import SeenStore
 from intake311.settings import Settings
 from schemas.deadletter import DeadLetter
+from schemas.external import ExternalRef
 from schemas.ids import event_id_for
 from schemas.request import ServiceRequest
 from schemas.status import State, StatusChange
 from sinks.app import _subscribe, group_id
 from sinks.base import SinkContext
-from sinks.open311 import KafkaRemoteIds, Open311Sink, Open311SinkConfig, RemoteRef
+from sinks.open311 import KafkaPollLease, KafkaRemoteIds, Open311Sink, Open311SinkConfig, RemoteRef
+from sinks.postgres import CaseStore
+from sinks.requests_api import request_api_routes
+from sinks.status import register as record_status_changes
 from tests.fakes.georeport import GeoReportFake
 from tests.integration.conftest import wait_for
 from tests.integration.test_sink_outage_e2e import committed_to_end, topic_records
@@ -87,12 +91,18 @@ def sink_config(city: City, **values: Any) -> Open311SinkConfig:
 
 
 @contextlib.asynccontextmanager
-async def sinks_host(settings: Settings, config: Open311SinkConfig, name: str) -> AsyncIterator[Open311Sink]:
-    """One sinks process with this sink, as ``sinks.app.register`` builds it (plus ``bind``)."""
+async def sinks_host(
+    settings: Settings, config: Open311SinkConfig, name: str, *, case_store: bool = False
+) -> AsyncIterator[Open311Sink]:
+    """One sinks process with this sink, as ``sinks.app.register`` builds it (plus ``bind``);
+    with ``case_store``, also the stage's status consumers (``sinks.status.register``)."""
     servers = settings.kafka.bootstrap_servers
     topics = settings.topics
     await ensure_topics(
-        settings.kafka, servers, [topics.department(DEPARTMENT), topics.status, topics.deadletter]
+        settings.kafka,
+        servers,
+        # external_refs: what intake311.pipeline.topic_names creates with the others
+        [topics.department(DEPARTMENT), topics.status, topics.deadletter, topics.external_refs],
     )
     broker = make_broker(settings.kafka, servers)
     async with contextlib.AsyncExitStack() as stack:
@@ -104,6 +114,8 @@ async def sinks_host(settings: Settings, config: Open311SinkConfig, name: str) -
         seen = SeenStore(settings.data_dir / f"{name}.sqlite3")
         stack.callback(seen.close)
         _subscribe(broker, settings, DEPARTMENT, config, sink, seen)
+        if case_store:
+            await record_status_changes(broker, settings, stack)
         await broker.start()
         stack.push_async_callback(broker.stop)
         yield sink
@@ -146,6 +158,13 @@ async def letters(settings: Settings, kafka_bootstrap: str) -> list[DeadLetter]:
     return [
         DeadLetter.model_validate_json(r.value)
         for r in await topic_records(kafka_bootstrap, settings.topics.deadletter)
+    ]
+
+
+async def external_refs(settings: Settings, kafka_bootstrap: str) -> list[ExternalRef]:
+    return [
+        ExternalRef.model_validate_json(r.value)
+        for r in await topic_records(kafka_bootstrap, settings.topics.external_refs)
     ]
 
 
@@ -196,6 +215,11 @@ async def test_requests_are_created_once_across_hosts_and_their_status_comes_bac
     closed = next(c for c in published if c.state == State.CLOSED)
     assert (closed.notes, closed.department) == ("Filled the hole", DEPARTMENT)
     assert await letters(settings, kafka_bootstrap) == []
+    # The city's ids went to the case store's topic once each, whichever host saw them again.
+    announced = await external_refs(settings, kafka_bootstrap)
+    assert sorted((e.request_id, e.external_id, e.system) for e in announced) == sorted(
+        (t, at_city[t], "open311:public-works/city") for t in tickets
+    )
 
 
 async def test_a_token_is_resolved_by_the_poller_of_another_host(
@@ -215,6 +239,8 @@ async def test_a_token_is_resolved_by_the_poller_of_another_host(
         assert (ack.request_id, ack.state) == ("TK11-TK11", State.ACKNOWLEDGED)
     assert (await mapped(settings, kafka_bootstrap))["TK11-TK11"].service_request_id == "1001"
     assert city.fake.posts == 1
+    (announced,) = await external_refs(settings, kafka_bootstrap)  # by the host that resolved it
+    assert (announced.request_id, announced.external_id, announced.token) == ("TK11-TK11", "1001", "tok-1")
 
 
 async def test_a_refusal_is_dead_lettered_with_the_citys_description(
@@ -256,4 +282,111 @@ async def test_an_outage_or_a_slow_city_keeps_requests_on_the_topic_until_it_ans
         # the residual window of an endpoint without idempotency keys (docs/open311-sink.md).
         assert city.fake.posts >= 2
     assert {ticket_of(r.form) for r in requests.values()} == {"OU11-OU11", "OU22-OU22"}
+    assert await letters(settings, kafka_bootstrap) == []
+
+
+# --- one poller per (department, sink) across hosts -------------------------------------------------
+
+
+async def test_one_host_polls_at_a_time_and_another_takes_over_when_it_stops(
+    kafka_bootstrap: str, tmp_path: Path, city: City
+) -> None:
+    """Two sinks hosts of one (department, sink) pair, each pointed at a city endpoint of its own
+    (the same map, the same lease group): which endpoint is asked tells which host polls."""
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    other = GeoReportFake()
+    async with serving(other.app()) as other_url:
+        fakes = {"a": city.fake, "b": other}
+        configs = {
+            "a": sink_config(city, poll_interval_s=1),
+            "b": sink_config(City(other, f"{other_url}/open311/v2"), poll_interval_s=1),
+        }
+        stacks = {name: contextlib.AsyncExitStack() for name in fakes}
+        try:
+            sinks = {}
+            sinks["a"] = await stacks["a"].enter_async_context(sinks_host(settings, configs["a"], "host-a"))
+            # One request in the shared map, so that every poll asks its city about it.
+            ref = RemoteRef(request_id="LE11-LE11", department=DEPARTMENT, service_request_id="1001")
+            await sinks["a"].ids.put([ref])
+            sinks["b"] = await stacks["b"].enter_async_context(sinks_host(settings, configs["b"], "host-b"))
+            leases: dict[str, KafkaPollLease] = {}
+            for name, sink in sinks.items():
+                assert sink.poller is not None and isinstance(sink.poller.lease, KafkaPollLease)
+                leases[name] = sink.poller.lease
+
+            def settled() -> str | None:
+                """The holder, once host b has joined and exactly one host holds the lease."""
+                holders = [name for name, lease in leases.items() if lease.held]
+                return holders[0] if leases["b"].assignments and len(holders) == 1 else None
+
+            holder = await wait_for(settled, timeout=60, what="one of the two hosts holding the lease")
+            waiter = "b" if holder == "a" else "a"
+            # A poll the waiter began before the rebalance has ended once the holder polled again.
+            start = gets(fakes[holder])
+            await wait_for(lambda: gets(fakes[holder]) > start, what="the holder polling")
+            quiet, start = gets(fakes[waiter]), gets(fakes[holder])
+            await wait_for(lambda: gets(fakes[holder]) >= start + 3, what="three more polls by the holder")
+            assert leases[waiter].held is False
+            assert gets(fakes[waiter]) == quiet  # the other host asked its city nothing meanwhile
+
+            # The holder stops (and leaves the group): the other host takes the lease and polls.
+            await stacks[holder].aclose()
+            assert leases[holder].held is False
+            before = gets(fakes[waiter])
+            await wait_for(lambda: leases[waiter].held, timeout=60, what=f"host {waiter} taking the lease")
+            await wait_for(lambda: gets(fakes[waiter]) > before, what=f"host {waiter} polling")
+        finally:
+            for stack in stacks.values():
+                await stack.aclose()
+
+
+def gets(fake: GeoReportFake) -> int:
+    return sum(1 for method, _ in fake.calls if method == "GET")
+
+
+# --- the city's id reaches the case store -----------------------------------------------------------
+
+
+async def test_the_citys_id_reaches_the_case_store_and_the_department_api(
+    kafka_bootstrap: str, tmp_path: Path, city: City, store: CaseStore, dsn: str
+) -> None:
+    from fastapi import FastAPI
+    from pydantic import SecretStr
+
+    token = "works-token-open311-0123456789"
+    settings = pipeline_settings(
+        tmp_path,
+        kafka_bootstrap,
+        "o311",
+        retry_attempts=2,
+        case_store_dsn=dsn,
+        department_tokens={DEPARTMENT: SecretStr(token)},
+    )
+    before, after = request("XR11-XR11"), request("XR22-XR22")
+    await store.upsert_requests([before], DEPARTMENT)  # the postgres sink was quicker for this one
+    async with sinks_host(settings, sink_config(city), "host-a", case_store=True):
+        await publish(settings, before, after)
+        await wait_for(lambda: city.fake.posts == 2, what="both requests at the city")
+        at_city = {ticket_of(r.form): rid for rid, r in city.fake.requests.items()}
+
+        async def known(ticket: str) -> Any:
+            case = await store.get_case(ticket)
+            return case is not None and case.external_ids
+
+        system = "open311:public-works/city"
+        assert await wait_for(lambda: known("XR11-XR11"), what="the id in the case store") == {
+            system: at_city["XR11-XR11"]
+        }
+        # The other one's id came before its request: it waited, and the request took it.
+        await store.upsert_requests([after], DEPARTMENT)
+        assert await wait_for(lambda: known("XR22-XR22"), what="the waiting id taken") == {
+            system: at_city["XR22-XR22"]
+        }
+    app = FastAPI()
+    app.include_router(request_api_routes(settings, store, settle_s=0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api:
+        answer = await api.get("/api/requests/XR11-XR11", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["external_ids"] == {system: at_city["XR11-XR11"]}
+    assert [h["kind"] for h in answer.json()["history"]] == ["received", "external"]
     assert await letters(settings, kafka_bootstrap) == []

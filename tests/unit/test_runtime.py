@@ -113,6 +113,7 @@ def test_schema_export(tmp_path: Path) -> None:
     names = sorted(p.name for p in written)
     assert names == [
         "dead-letter.schema.json",
+        "external-ref.schema.json",
         "outbound-message.schema.json",
         "raw-contact.schema.json",
         "service-request.schema.json",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from intake311.bus import Outgoing
 from schemas.contact import Media, Sender, SenderKind
+from schemas.external import ExternalRef, external_ref_id
 from schemas.ids import event_id_for
 from schemas.request import ServiceRequest
 from schemas.status import State, StatusChange
@@ -32,10 +33,12 @@ from sinks.open311 import (
     RemoteRequest,
     build_form,
     error_descriptions,
+    observed,
     parse_created,
     parse_records,
     parse_requests,
     parse_tokens,
+    refs_to_poll,
     status_change_for,
 )
 from sinks.retry import deliver_all
@@ -370,6 +373,90 @@ def test_change_ids_are_derived_from_request_status_and_remote_time() -> None:
     assert first.event_id == second.event_id
 
 
+# --- which requests a poll asks about: closed ones for a while, less often ------------------------
+
+DAY = 86400.0
+NOW = AT.timestamp()
+
+
+def asked(refs: list[RemoteRef], *, poll: int, days: float = 30, every: int = 3) -> list[str]:
+    found = refs_to_poll(refs, now=NOW, poll_number=poll, repoll_days=days, every=every)
+    return [r.request_id for r in found]
+
+
+def test_open_requests_every_poll_recently_closed_ones_every_nth_and_old_ones_never() -> None:
+    refs = [
+        RemoteRef(request_id="OP11-OP11", department="d", service_request_id="1"),
+        RemoteRef(
+            request_id="RC11-RC11",
+            department="d",
+            service_request_id="2",
+            remote_status="closed",
+            closed_at=NOW - 2 * DAY,
+        ),
+        RemoteRef(
+            request_id="OL11-OL11",
+            department="d",
+            service_request_id="3",
+            remote_status="closed",
+            closed_at=NOW - 31 * DAY,
+        ),
+        RemoteRef(request_id="TK11-TK11", department="d", token="tok"),  # no id yet: nothing to ask
+    ]
+    assert asked(refs, poll=0) == ["OP11-OP11", "RC11-RC11"]  # the first poll after a start
+    assert asked(refs, poll=1) == asked(refs, poll=2) == ["OP11-OP11"]
+    assert asked(refs, poll=3) == ["OP11-OP11", "RC11-RC11"]
+    assert asked(refs, poll=3, every=1) == asked(refs, poll=1, every=1) == ["OP11-OP11", "RC11-RC11"]
+    assert asked(refs, poll=0, days=0) == ["OP11-OP11"]  # 0: never
+    assert asked(refs, poll=0, days=40) == ["OP11-OP11", "RC11-RC11", "OL11-OL11"]
+
+
+def test_a_record_from_before_closed_at_counts_from_its_last_write() -> None:
+    old = RemoteRef(
+        request_id="OL11-OL11",
+        department="d",
+        service_request_id="3",
+        remote_status="closed",
+        written_at=NOW - 3 * DAY,
+    )
+    assert asked([old], poll=0) == ["OL11-OL11"]
+    assert asked([replace(old, written_at=NOW - 40 * DAY)], poll=0) == []
+
+
+def test_observed_keeps_when_it_closed_and_forgets_it_on_a_reopen() -> None:
+    closed = observed(ref(remote_status="open"), remote("closed", "Done"), NOW)
+    assert (closed.remote_status, closed.closed_at) == ("closed", NOW)
+    still = observed(closed, remote("closed", "Done, checked"), NOW + DAY)
+    assert still.closed_at == NOW  # counted from the close, not from the last look
+    reopened = observed(still, remote("open"), NOW + 2 * DAY)
+    assert (reopened.remote_status, reopened.closed_at) == ("open", None)
+    assert RemoteRef.from_json(closed.to_json()) == closed
+    legacy = RemoteRef.from_json(
+        b'{"request_id":"AB12-CD34","department":"d","remote_status":"closed","written_at":%d}' % int(NOW)
+    )
+    assert (legacy.closed_at, legacy.announced) == (None, False)
+    # Seen closed again: it keeps counting from when it was written closed, not from now.
+    assert observed(legacy, remote("closed"), NOW + DAY).closed_at == NOW
+
+
+def test_an_external_ref_has_an_id_derived_from_the_mapping_only() -> None:
+    first = ExternalRef.new("ab12 cd34", system=SOURCE, external_id="1001", at=AT)
+    again = ExternalRef.new(
+        "AB12-CD34", system=SOURCE, external_id="1001", token="tok-1", at=AT + timedelta(days=1)
+    )
+    assert first.request_id == "AB12-CD34"
+    assert first.event_id == again.event_id == external_ref_id("AB12-CD34", SOURCE, "1001")
+    assert ExternalRef.new("AB12-CD34", system=SOURCE, external_id="1002").event_id != first.event_id
+    assert (
+        ExternalRef.new("AB12-CD34", system="open311:roads/city", external_id="1001").event_id
+        != first.event_id
+    )
+    with pytest.raises(ValidationError):
+        ExternalRef.new("not a ticket", system=SOURCE, external_id="1001")
+    with pytest.raises(ValidationError):
+        ExternalRef.new("AB12-CD34", system=SOURCE, external_id="")
+
+
 # --- the sink against the fake endpoint -----------------------------------------------------------
 
 
@@ -383,6 +470,9 @@ class Bench:
     def changes(self) -> list[StatusChange]:
         return [StatusChange.model_validate_json(o.value) for o in self.published if o.topic == "t.status"]
 
+    def external(self) -> list[ExternalRef]:
+        return [ExternalRef.model_validate_json(o.value) for o in self.published if o.topic == "t.external"]
+
     async def deliver(self, r: ServiceRequest) -> None:
         await self.sink.deliver(r, department="public-works", delivery_id=f"d-{r.event_id}")
 
@@ -395,7 +485,11 @@ async def client() -> AsyncIterator[tuple[GeoReportFake, httpx.AsyncClient]]:
 
 
 def bench_for(
-    fake: GeoReportFake, http: httpx.AsyncClient, ids: MemoryRemoteIds | None = None, **values: Any
+    fake: GeoReportFake,
+    http: httpx.AsyncClient,
+    ids: MemoryRemoteIds | None = None,
+    lease: Any = None,
+    **values: Any,
 ) -> Bench:
     sink = config(**{"poll_interval_s": 0, **values}).build(
         SinkContext(data_dir=Path("unused"), http_client=http)
@@ -405,7 +499,15 @@ def bench_for(
     async def publish(records: Sequence[Outgoing]) -> None:
         bench.published.extend(records)
 
-    sink.use(bench.ids, publish, department="public-works", status_topic="t.status", now=lambda: fake.clock)
+    sink.use(
+        bench.ids,
+        publish,
+        department="public-works",
+        status_topic="t.status",
+        now=lambda: fake.clock,
+        external_topic="t.external",
+        lease=lease,
+    )
     return bench
 
 
@@ -581,9 +683,10 @@ async def test_status_comes_back_once_even_after_a_restart(
     restarted = bench_for(fake, http, ids=bench.ids, format=fmt)
     assert await restarted.sink.poller.poll_once() == []  # type: ignore[union-attr]
     assert [c.state for c in bench.changes()] == [State.ACKNOWLEDGED, State.CLOSED]
+    never = bench_for(fake, http, ids=bench.ids, format=fmt, repoll_closed_days=0)
     fake.calls.clear()
-    assert await bench.sink.poller.poll_once() == []
-    assert fake.calls == []  # a closed request is not asked about again
+    assert await never.sink.poller.poll_once() == []  # type: ignore[union-attr]
+    assert fake.calls == []  # repoll_closed_days 0: a closed request is not asked about again
 
 
 async def test_a_crash_before_the_map_is_updated_repeats_the_same_change_ids(
@@ -662,7 +765,7 @@ async def test_a_failed_poll_is_logged_and_tried_again(
     fake.down = True
     with pytest.raises(DeliveryError):
         await bench.sink.poller.poll_once()  # type: ignore[union-attr]
-    assert bench.published == []
+    assert bench.changes() == []
     fake.down = False
     assert len(await bench.sink.poller.poll_once()) == 1  # type: ignore[union-attr]
 
@@ -704,6 +807,190 @@ async def test_start_runs_the_poller_and_close_stops_it(
     idle = bench_for(fake, http)  # poll_interval_s 0: no poller task
     await idle.sink.start()
     assert idle.sink._poll_task is None
+
+
+# --- a reopen by the city, the remote id told to the case store, one poller -------------------
+
+
+async def test_a_reopen_by_the_city_is_published_once(
+    client: tuple[GeoReportFake, httpx.AsyncClient],
+) -> None:
+    fake, http = client
+    bench = bench_for(fake, http, repoll_closed_every=3)
+    r = request()
+    await bench.deliver(r)
+    poller = bench.sink.poller
+    assert poller is not None
+    assert [c.state for c in await poller.poll_once()] == [State.ACKNOWLEDGED]  # poll 0
+    fake.close("1001", "Filled the hole")
+    assert [c.state for c in await poller.poll_once()] == [State.CLOSED]  # poll 1: open when asked
+    fake.reopen("1001", "Sunk again")
+    fake.calls.clear()
+    assert await poller.poll_once() == []  # poll 2: closed requests wait for every 3rd poll
+    assert fake.calls == []
+    reopened = await poller.poll_once()  # poll 3
+    assert [(c.request_id, c.state, c.notes) for c in reopened] == [(r.request_id, State.NEW, "Sunk again")]
+    assert await poller.poll_once() == [] and await poller.poll_once() == []  # open again: every poll
+    assert len([q for m, q in fake.calls if m == "GET"]) == 3
+    assert [c.state for c in bench.changes()] == [State.ACKNOWLEDGED, State.CLOSED, State.NEW]
+
+
+async def test_a_request_closed_longer_than_repoll_closed_days_is_left_alone(
+    client: tuple[GeoReportFake, httpx.AsyncClient],
+) -> None:
+    fake, http = client
+    bench = bench_for(fake, http, repoll_closed_days=30, repoll_closed_every=1)
+    await bench.deliver(request())
+    fake.close("1001", "Done")
+    poller = bench.sink.poller
+    assert poller is not None
+    assert [c.state for c in await poller.poll_once()] == [State.CLOSED]
+    fake.tick(29 * 86400)
+    fake.calls.clear()
+    assert await poller.poll_once() == []
+    assert len(fake.calls) == 1  # 29 days after: still asked
+    fake.tick(2 * 86400)
+    fake.reopen("1001", "Too late to hear of")
+    fake.calls.clear()
+    assert await poller.poll_once() == []
+    assert fake.calls == []  # 31 days after it closed: not asked any more
+
+
+async def test_the_remote_id_is_announced_once_with_a_derived_id(
+    client: tuple[GeoReportFake, httpx.AsyncClient],
+) -> None:
+    fake, http = client
+    bench = bench_for(fake, http)
+    r = request()
+    await bench.deliver(r)
+    (announced,) = bench.external()
+    assert (announced.request_id, announced.system, announced.external_id) == (
+        r.request_id,
+        "open311:public-works/city",
+        "1001",
+    )
+    assert announced.event_id == external_ref_id(r.request_id, "open311:public-works/city", "1001")
+    assert bench.ids.get(r.request_id).announced  # type: ignore[union-attr]
+    await bench.deliver(r)
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    assert len(bench.external()) == 1 and fake.posts == 1
+
+
+async def test_a_token_is_announced_when_it_resolves(client: tuple[GeoReportFake, httpx.AsyncClient]) -> None:
+    fake, http = client
+    fake.mode = "token"
+    bench = bench_for(fake, http)
+    await bench.deliver(request())
+    assert bench.external() == []  # a token is no id yet
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    assert bench.external() == []
+    fake.resolve_tokens()
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    (announced,) = bench.external()
+    assert (announced.external_id, announced.token) == ("1001", "tok-1")
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    assert len(bench.external()) == 1
+
+
+async def test_a_map_from_before_announcing_is_backfilled_by_the_poller_in_slices(
+    client: tuple[GeoReportFake, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sinks.open311
+
+    fake, http = client
+    bench = bench_for(fake, http)
+    legacy = [
+        RemoteRef(request_id=t, department="public-works", service_request_id=str(i))
+        for i, t in enumerate(["AA11-AA11", "BB22-BB22", "CC33-CC33"])
+    ]
+    await bench.ids.put(legacy)
+    monkeypatch.setattr(sinks.open311, "ANNOUNCE_PER_POLL", 2)
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    assert len(bench.external()) == 2
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    await bench.sink.poller.poll_once()  # type: ignore[union-attr]
+    assert sorted(e.request_id for e in bench.external()) == ["AA11-AA11", "BB22-BB22", "CC33-CC33"]
+    assert all(r.announced for r in bench.ids.all())
+
+
+async def test_a_failed_announcement_holds_the_request_and_its_redelivery_announces_it(
+    client: tuple[GeoReportFake, httpx.AsyncClient],
+) -> None:
+    fake, http = client
+    bench = bench_for(fake, http)
+    down = True
+
+    async def publish(records: Sequence[Outgoing]) -> None:
+        if down and any(o.topic == "t.external" for o in records):
+            raise ConnectionError("broker down (test)")
+        bench.published.extend(records)
+
+    bench.sink._publish = publish
+    r = request()
+    with pytest.raises(DeliveryError, match="cannot announce") as caught:
+        await bench.deliver(r)
+    assert caught.value.retryable is True
+    assert bench.ids.get(r.request_id).service_request_id == "1001"  # type: ignore[union-attr]
+    down = False
+    await bench.deliver(r)  # the redelivery: no second work order, the announcement made
+    assert fake.posts == 1 and [e.external_id for e in bench.external()] == ["1001"]
+
+
+class Lease:
+    """A lease the test hands over by hand."""
+
+    def __init__(self, held: bool) -> None:
+        self.held = held
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        self.held = False
+
+
+async def test_only_the_lease_holder_polls_and_a_new_holder_starts_with_the_closed_ones(
+    client: tuple[GeoReportFake, httpx.AsyncClient],
+) -> None:
+    fake, http = client
+    lease = Lease(held=False)
+    bench = bench_for(fake, http, lease=lease, poll_interval_s=30, repoll_closed_every=100)
+    await bench.deliver(request())
+    poller = bench.sink.poller
+    assert poller is not None
+    # (the lease as each sleep ends, what the city does meanwhile)
+    turns: list[tuple[bool, Any]] = [
+        (False, None),
+        (False, None),
+        (True, None),  # taken: acknowledged
+        (True, lambda: fake.close("1001", "Done")),  # closed
+        (True, lambda: fake.reopen("1001", "Open again")),  # closed ones wait for the 100th poll
+        (False, None),  # handed over to another host
+        (True, None),  # taken again: the first poll asks about closed ones too
+    ]
+
+    async def sleep(seconds: float) -> None:
+        if not turns:
+            raise asyncio.CancelledError
+        lease.held, city_does = turns.pop(0)
+        if city_does is not None:
+            city_does()
+
+    poller.sleep = sleep
+    with pytest.raises(asyncio.CancelledError):
+        await poller.run()
+    assert poller.polls_done == 4  # only while held
+    assert [c.state for c in bench.changes()] == [State.ACKNOWLEDGED, State.CLOSED, State.NEW]
+
+
+async def test_close_gives_the_lease_up(client: tuple[GeoReportFake, httpx.AsyncClient]) -> None:
+    fake, http = client
+    lease = Lease(held=True)
+    bench = bench_for(fake, http, lease=lease, poll_interval_s=30)
+    await bench.sink.start()
+    assert bench.sink._lease_task is not None and not bench.sink._lease_task.done()
+    await bench.sink.close()
+    assert lease.held is False and bench.sink._lease_task is None
 
 
 # --- against another GeoReport v2 server: our own web channel, as a second city's endpoint ------
