@@ -45,6 +45,7 @@ from schemas.ids import is_slug, parse_ticket
 from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 from schemas.status import State, StatusChange, parse_state
 from schemas.taxonomy import Taxonomy
+from sinks.answers import answer_lines
 from sinks.console.auth import COOKIE, Identity, Sessions, authenticate, csrf_ok
 from sinks.console.svg import MapPoint, bar_chart, district_map, line_chart, load_boundaries
 from sinks.postgres.store import Case, CaseStore
@@ -287,11 +288,14 @@ def console_app(console: Console) -> FastAPI:
         if isinstance(found, Response):
             return found
         events = await console.store.events(found.request_id)
+        service = console.taxonomy.get(found.service_code)
         return page(
             "request.html",
             request,
             who,
             case=found,
+            # The resident's answers to the service's questions, labelled as Slack and email show them.
+            answers=answer_lines(service.attributes if service else (), found.attributes),
             events=events,
             services=services,
             departments=console.departments,

@@ -18,7 +18,7 @@ from schemas.contact import ReplyVia, Sender, SenderKind
 from schemas.outbound import MessageKind, OutboundMessage
 from schemas.request import Priority, ServiceRequest, Status
 from schemas.status import State, StatusChange
-from schemas.taxonomy import Service, Taxonomy
+from schemas.taxonomy import Service, Taxonomy, load_taxonomy
 from schemas.topics import Topics
 from sinks.postgres import CaseStore, load_migrations
 from sinks.postgres.store import EVENT_KINDS, CaseEvent
@@ -369,7 +369,9 @@ async def test_the_status_stage_records_external_ids_tells_nobody_and_dead_lette
     assert [e.kind for e in await store.events(rid)] == ["received", "external"]
 
 
-async def test_the_request_page_shows_where_it_is_in_the_citys_system(store: CaseStore) -> None:
+async def test_the_request_page_shows_the_answers_and_where_it_is_in_the_citys_system(
+    store: CaseStore,
+) -> None:
     from html import unescape
 
     import httpx
@@ -390,7 +392,7 @@ async def test_the_request_page_shows_where_it_is_in_the_citys_system(store: Cas
         settings=settings,
         broker=make_broker(settings.kafka, ["127.0.0.1:1"]),  # never started: the page publishes nothing
         store=store,
-        taxonomy=TAXONOMY,
+        taxonomy=load_taxonomy(),  # the packaged one: a pothole asks "Is it in a bike lane?"
         departments=["public-works"],
         bootstrap=[],
         configured_channels=frozenset({"sms"}),
@@ -398,7 +400,7 @@ async def test_the_request_page_shows_where_it_is_in_the_citys_system(store: Cas
     app = FastAPI()
     app.mount(PREFIX, console_app(console))
     rid = "EXTC-0002"
-    await store.upsert_requests([make_request(rid)], "public-works")
+    await store.upsert_requests([make_request(rid, attributes={"bike-lane": "yes"})], "public-works")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as web:
         login = await web.post(f"{PREFIX}/login", data={"name": "public-works", "password": token})
         assert login.status_code == 303, login.text
@@ -410,3 +412,4 @@ async def test_the_request_page_shows_where_it_is_in_the_citys_system(store: Cas
     text = unescape(page.text)
     assert f"In the city's system: {SYSTEM} #1001" in text
     assert "<td>in the city's system</td>" in text  # the history row
+    assert "Is it in a bike lane? Yes" in text  # labelled by the taxonomy, not "bike-lane: yes"
