@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from intake311.bus import Outgoing, ensure_topics, kafka_producer, make_broker, publish_all
+from intake311.bus import BusWatch, Outgoing, ensure_topics, kafka_producer, make_broker, publish_all
 from intake311.pipeline import process_metrics
 from intake311.settings import Settings
 
@@ -98,3 +98,23 @@ async def broker_partitions(broker: object, topic: str) -> set[int]:
     producer = kafka_producer(broker)
     assert producer is not None
     return set(await producer.partitions_for(topic))
+
+
+async def test_the_check_after_an_ack_finds_the_epoch_and_never_creates_a_missing_one(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``BusWatch.confirm`` asks for the epoch marker by name: on the real broker it is found
+    while it exists, and a missing one is reported missing and stays missing (an auto-created
+    marker would hide a broker that came back empty)."""
+    settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": [kafka_bootstrap]})
+    run = uuid.uuid4().hex[:8]
+    watch = BusWatch(settings.kafka, [kafka_bootstrap], [f"chk-{run}.contacts"], prefix=f"chk-{run}")
+    await watch.establish()
+    try:
+        assert watch.epoch is not None and await watch.confirm()
+        watch.epoch = f"chk-{run}.epoch.gone"  # what a broker that lost its topics no longer has
+        assert not await watch.confirm()
+        assert not await watch.confirm()
+        assert watch.epoch not in await watch._markers()
+    finally:
+        await watch.stop()

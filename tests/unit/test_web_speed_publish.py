@@ -125,3 +125,17 @@ def test_the_count_is_logged_once_per_interval() -> None:
     assert len(lines) == 1
     assert lines[0]["event"] == "contacts accepted" and lines[0]["accepted"] == 6
     assert lines[0]["by_channel"] == {"open311": 5, "web": 1}
+
+
+async def test_at_debug_each_accepted_contact_is_still_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("channels.web.accept.ACCEPTED_LOG", AcceptedCount())
+    out = io.StringIO()
+    configure_logging("DEBUG", "json", stream=out)
+    try:
+        contact = make_contact(provider_id="seen")
+        assert await accept(contact, FakePublisher(), None, None) is Outcome.ACCEPTED  # type: ignore[arg-type]
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        accepted = [line for line in lines if line["event"] == "contact accepted"]
+        assert len(accepted) == 1 and accepted[0]["request_id"] == contact.request_id
+    finally:
+        configure_logging("INFO", "json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -113,6 +114,26 @@ def test_the_window_still_expires(tmp_path: Path) -> None:
     assert asyncio.run(recent.contact_id("f", "open311:a")) == "open311:a"
     time.sleep(0.1)
     assert asyncio.run(recent.contact_id("f", "open311:b")) == "open311:b"
+    recent.close()
+
+
+def test_a_row_past_the_window_counts_as_absent_before_it_is_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "recent.sqlite3"
+    recent = RecentSubmissions(path, window=timedelta(seconds=0.05))
+    assert asyncio.run(recent.contact_id("f", "open311:a")) == "open311:a"  # the first claim prunes
+    time.sleep(0.1)
+    # Past the window, still in the table (the next prune is a minute away): a new submission.
+    assert asyncio.run(recent.contact_id("f", "open311:b")) == "open311:b"
+    assert asyncio.run(recent.contact_id("f", "open311:c")) == "open311:b"  # and the window slides
+    with contextlib.closing(connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM recent").fetchone()[0] == 1
+        db.execute("INSERT INTO recent VALUES ('old', 'open311:old', 0)")  # long past the window
+    monkeypatch.setattr("channels.web.accept.PRUNE_EVERY_S", 0.0)
+    assert asyncio.run(recent.contact_id("g", "open311:g")) == "open311:g"
+    with contextlib.closing(connect(path)) as db:  # pruned: only the rows within the window are left
+        assert {r[0] for r in db.execute("SELECT fingerprint FROM recent")} == {"f", "g"}
     recent.close()
 
 
