@@ -396,8 +396,14 @@ class OutcomeUnknown(PublishError):
     """
 
 
-async def publish_all(broker: KafkaBroker, records: Sequence[Outgoing]) -> None:
+async def publish_all(broker: KafkaBroker, records: Sequence[Outgoing], *, prompt: bool = False) -> None:
     """Send every record, then wait for all acknowledgements.
+
+    ``prompt``: the records are all there is to send now (a stage's batch, whose acknowledgement
+    the stage waits for before its next one), so they go as closed record batches at once
+    rather than waiting ``kafka.linger_ms`` for more to join them (``_send_batches``). Without
+    it (the web stage's one contact per request, many requests at once) records join the
+    partition's open batch, and the linger lets concurrent requests share a produce request.
 
     Pipelining is what makes batches fast: one publish round trip per batch instead of per
     record. Raises ``PublishError`` if any record was not acknowledged; callers retry the whole
@@ -415,7 +421,7 @@ async def publish_all(broker: KafkaBroker, records: Sequence[Outgoing]) -> None:
     try:
         producer = kafka_producer(broker)
         if producer is not None:
-            futures = await _send_grouped(broker, producer, records)
+            futures = await _send_grouped(broker, producer, records, prompt=prompt)
         else:
             futures = [
                 await broker.publish(
@@ -468,14 +474,15 @@ def _groups(records: Sequence[Outgoing]) -> list[list[Outgoing]]:
 
 
 async def _send_grouped(
-    broker: KafkaBroker, producer: AIOKafkaProducer, records: Sequence[Outgoing]
+    broker: KafkaBroker, producer: AIOKafkaProducer, records: Sequence[Outgoing], *, prompt: bool = False
 ) -> list[asyncio.Future[Any]]:
     """Hand every record to ``producer``; the broker's middlewares see one batch per group.
 
     Each group is one FastStream batch publish command (what ``broker.publish_batch`` builds) run
     through the middleware chain the way FastStream 0.7.8's ``_basic_publish_batch`` does, except
     that the innermost call sends each record on its key's partition (``_send_batches`` from
-    ``BATCHED_FROM`` records, else ``producer.send``) instead of one partition's batch.
+    ``BATCHED_FROM`` records or when ``prompt``, else ``producer.send``) instead of one
+    partition's batch.
     Headers are encoded once per group: Prometheus counts every record under its topic, tracing
     injects one ``traceparent`` for the group, and every record gets ``content-type``, one
     correlation id for its group, and its own ``Outgoing.headers``.
@@ -500,7 +507,7 @@ async def _send_grouped(
             headers = [(k, (v or "").encode()) for k, v in sent.items()]
             started = time.perf_counter()
             try:
-                await _send_group(producer, group, headers, futures)
+                await _send_group(producer, group, headers, futures, prompt=prompt)
             except Exception as exc:
                 for count in counts:
                     count.failed(first.topic, len(group), time.perf_counter() - started, exc)
@@ -515,7 +522,7 @@ async def _send_grouped(
                 **KafkaPublishCommand.from_cmd(cmd).headers_to_publish(),
             }
             headers = [(k, (v or "").encode()) for k, v in sent.items()]
-            await _send_group(producer, group, headers, futures)
+            await _send_group(producer, group, headers, futures, prompt=prompt)
 
         cmd = KafkaPublishCommand(
             *(r.value for r in group),
@@ -537,9 +544,11 @@ async def _send_group(
     group: list[Outgoing],
     headers: list[tuple[str, bytes]],
     futures: list[asyncio.Future[Any]],
+    *,
+    prompt: bool = False,
 ) -> None:
     """One group's records to ``producer`` with ``headers``; their acknowledgements to ``futures``."""
-    if len(group) >= BATCHED_FROM:
+    if prompt or len(group) >= BATCHED_FROM:
         futures.extend(await _send_batches(producer, group, headers))
         return
     for r in group:
@@ -634,7 +643,9 @@ async def _send_batches(
     ``_partition`` with the configured partitioner: a key's records stay on its partition
     whoever produces them), records keep their order within each partition, and a batch is
     acknowledged, or fails, as a whole. A record bigger than a batch goes through ``send``,
-    which checks it against the request size limit as before.
+    which checks it against the request size limit as before. Each batch is closed when handed
+    over: it is complete, so the sender takes it at once instead of holding it ``linger_ms``
+    for records that will never join it (a stage then waited the linger on every hop).
     """
     topic = records[0].topic
     await producer.partitions_for(topic)  # the metadata ``send`` waits for
@@ -647,16 +658,24 @@ async def _send_batches(
         if len(r.value) >= MAX_BATCH_BYTES:
             if batch is not None:  # what came before it on its partition goes first
                 futures.append(
-                    await producer.send_batch(open_batches.pop(partition), topic, partition=partition)
+                    await _closed(producer, open_batches.pop(partition), topic, partition)
                 )
             futures.append(await producer.send(topic, r.value, key=key, partition=partition, headers=headers))
             continue
         if batch is None:
             batch = open_batches[partition] = producer.create_batch()
         if batch.append(key=key, value=r.value, timestamp=None, headers=headers) is None:  # full
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            futures.append(await _closed(producer, batch, topic, partition))
             batch = open_batches[partition] = producer.create_batch()
             batch.append(key=key, value=r.value, timestamp=None, headers=headers)  # the first always fits
     for partition, batch in open_batches.items():
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures.append(await _closed(producer, batch, topic, partition))
     return futures
+
+
+async def _closed(
+    producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int
+) -> asyncio.Future[Any]:
+    """Send ``batch`` complete: closed, aiokafka's sender does not linger on it."""
+    batch.close()
+    return await producer.send_batch(batch, topic, partition=partition)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -118,3 +119,42 @@ async def test_the_check_after_an_ack_finds_the_epoch_and_never_creates_a_missin
         assert watch.epoch not in await watch._markers()
     finally:
         await watch.stop()
+
+
+async def test_a_prompt_publish_hands_over_closed_batches_and_a_plain_one_lingers(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``prompt`` (a stage's batch): every record, even a lone one, goes in a closed record batch,
+    which aiokafka's sender takes at once; a closed batch is ready whatever ``linger_ms`` says.
+    Without it a lone record (the web stage's contact) goes through ``send`` into the partition's
+    open batch, where concurrent requests join it for the linger."""
+    settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": [kafka_bootstrap], "linger_ms": 50})
+    topic = f"pub-{uuid.uuid4().hex[:8]}.prompt"
+    await ensure_topics(settings.kafka, [kafka_bootstrap], [topic])
+    broker = make_broker(settings.kafka, [kafka_bootstrap])
+    await broker.start()
+    try:
+        producer = kafka_producer(broker)
+        assert producer is not None
+        handed: list[tuple[str, bool]] = []
+        send, send_batch = producer.send, producer.send_batch
+
+        async def spy_send(*args: Any, **kwargs: Any) -> Any:
+            handed.append(("send", False))
+            return await send(*args, **kwargs)
+
+        async def spy_send_batch(batch: Any, *args: Any, **kwargs: Any) -> Any:
+            handed.append(("batch", batch.closed()))
+            return await send_batch(batch, *args, **kwargs)
+
+        producer.send, producer.send_batch = spy_send, spy_send_batch  # type: ignore[method-assign]
+        await publish_all(broker, [Outgoing(topic, b'{"n":1}', key="a")], prompt=True)
+        assert handed == [("batch", True)]
+        handed.clear()
+        await publish_all(broker, [Outgoing(topic, b'{"n":2}', key="a")])
+        assert handed == [("send", False)]
+        handed.clear()
+        await publish_all(broker, [Outgoing(topic, b'{"n":%d}' % i, key=str(i)) for i in range(40)])
+        assert handed and all(kind == "batch" and closed for kind, closed in handed)  # 32 or more
+    finally:
+        await broker.stop()
