@@ -175,9 +175,10 @@ MAX_FIELDS = 100  # the web form has six, GeoReport v2 about twenty
 URLENCODED = "application/x-www-form-urlencoded"
 
 
-async def read_form(request: Request) -> Form | str:
+async def read_form(request: Request, max_fields: int = MAX_FIELDS) -> Form | str:
     """The submitted text fields, or a reason to refuse the body (malformed, files); the caller
-    has capped its size already (``intake311.http.read_body``).
+    has capped its size already (``intake311.http.read_body``). ``max_fields``: the resident
+    form passes more (``form_field_limit``), as it carries every service's questions.
 
     A url-encoded body (what every Open311 client and the resident form send) is parsed here
     from the bytes already read (``parse_urlencoded``); only multipart goes through Starlette's
@@ -185,9 +186,9 @@ async def read_form(request: Request) -> Form | str:
     """
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == URLENCODED:
-        return parse_urlencoded(await request.body())
+        return parse_urlencoded(await request.body(), max_fields)
     try:
-        form = await request.form(max_files=0, max_fields=MAX_FIELDS, max_part_size=MAX_BODY_BYTES)
+        form = await request.form(max_files=0, max_fields=max_fields, max_part_size=MAX_BODY_BYTES)
     except Exception as exc:  # starlette turns multipart problems into HTTPException(400)
         return f"the form could not be read: {getattr(exc, 'detail', None) or exc}"
     return Form((key, value) for key, value in form.multi_items() if isinstance(value, str))

@@ -19,6 +19,7 @@ from starlette.types import Scope
 from channels.base import ContactPublisher
 from channels.web.accept import (
     MAX_BODY_BYTES,
+    MAX_FIELDS,
     Outcome,
     accept,
     now,
@@ -27,7 +28,14 @@ from channels.web.accept import (
     submission_id,
 )
 from channels.web.admission import AcceptGate
-from channels.web.form import asyncapi_page, confirmation_page, form_answers_for, form_page, given_answers
+from channels.web.form import (
+    asyncapi_page,
+    confirmation_page,
+    form_answers_for,
+    form_field_limit,
+    form_page,
+    given_answers,
+)
 from channels.web.formats import errors
 from channels.web.lookup import RequestLookup, accepted_requests
 from channels.web.open311 import PREFIX, discovery_router, open311_http_errors, open311_router
@@ -155,6 +163,7 @@ def create_app(
     app.router.routes[:0] = _direct_routes(open311)
     emergencies = rules_for(settings.emergency_rules_file)
     recent = recent_submissions(settings.data_dir)
+    field_limit = form_field_limit(taxonomy, MAX_FIELDS)
 
     def page_language(request: Request) -> str:
         # The browser's preference among the city's languages (settings.languages).
@@ -187,7 +196,7 @@ def create_app(
         except BodyTooLarge as exc:
             notice = (render("web.form.unreadable", language), str(exc))
             return form_page(taxonomy, status=413, notice=notice, language=language)
-        form = await read_form(request)
+        form = await read_form(request, field_limit)
         if isinstance(form, str):
             notice = (render("web.form.unreadable", language), form)
             return form_page(taxonomy, status=400, notice=notice, language=language)

@@ -98,6 +98,16 @@ def answer_id(service: str, attribute: ServiceAttribute) -> str:
     return f"q-{service}-{attribute.code}"
 
 
+def form_field_limit(taxonomy: Taxonomy, base: int) -> int:
+    """How many fields the resident form may send: ``base`` plus one per question control of
+    every service (one per value of a multivaluelist). Without JavaScript every service's
+    questions are on the page and a browser sends each text input even when empty, so a city
+    with many questions would otherwise see its residents' reports refused as too many fields."""
+    return base + sum(
+        max(1, len(attribute.values)) for service in taxonomy.services for attribute in service.attributes
+    )
+
+
 def given_answers(service: str, pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     """What the form sent for ``service``'s questions, code -> values (``form_answers`` on the
     fields of its fieldset); every other field, another service's answers too, is left out."""

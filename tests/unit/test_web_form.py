@@ -609,3 +609,35 @@ async def test_a_changed_answer_is_a_new_report_the_same_one_a_retry(
 async def test_a_page_without_questions_has_no_script(client: httpx.AsyncClient) -> None:
     html = (await client.get("/")).text
     assert "data-service" not in html and "<script" not in html
+
+
+async def test_a_city_with_many_questions_still_gets_reports_sent_without_javascript(
+    tmp_path: Path, publisher: FakePublisher, lookup: AcceptedRequests
+) -> None:
+    """Without JavaScript a browser sends every text question of every service, empty ones too:
+    the form's field limit counts them (``form_field_limit``), the Open311 API's does not move."""
+    many = Taxonomy.model_validate(
+        {
+            "services": [
+                {
+                    "code": f"service-{n}",
+                    "name": f"Service {n}",
+                    "department": "311",
+                    "attributes": [
+                        {"code": f"q{q}", "datatype": "string", "order": q, "description": f"Question {q}?"}
+                        for q in range(12)
+                    ],
+                }
+                for n in range(10)
+            ]
+            + [{"code": "other", "name": "Something else", "department": "311"}]
+        }
+    )
+    app = create_app(Settings(data_dir=tmp_path), publisher, many, lookup=lookup)
+    data = report(service_code="service-3")
+    data.update({f"service-{n}.attribute[q{q}]": "" for n in range(10) for q in range(12)})
+    data["service-3.attribute[q0]"] = "by the school"
+    async with asgi_client(app, "http://test") as web:
+        response = await web.post("/", data=data)
+    assert response.status_code == 200, response.text
+    assert publisher.contacts[-1].attributes == {"q0": "by the school"}
