@@ -40,6 +40,8 @@ import yaml
 
 from normalizer.classify import (
     DEFAULT_LANGUAGE,
+    SEEN_MAX,
+    SEEN_MAX_CHARS,
     Classification,
     Classifier,
     language_key,
@@ -376,9 +378,23 @@ class BlendedClassifier:
         self._fallback = self.taxonomy.fallback_code
         self._known = frozenset(model.codes)
         self._model_index = {c: i for i, c in enumerate(model.codes)}
+        self._seen: dict[tuple[str, str], Classification] = {}  # see ``classify``
 
     def classify(self, text: str, language: str = DEFAULT_LANGUAGE) -> Classification:
+        """The blend for ``text`` (a short text seen before: the answer it got, as ``Classifier``)."""
         text = text or ""
+        if len(text) > SEEN_MAX_CHARS:
+            return self._classify(text, language)
+        key = (text, language)
+        found = self._seen.get(key)
+        if found is None:
+            found = self._classify(text, language)
+            if len(self._seen) >= SEEN_MAX:
+                self._seen.clear()
+            self._seen[key] = found
+        return found
+
+    def _classify(self, text: str, language: str) -> Classification:
         cold = self.cold.classify(text, language)
         model = self.model
         if language_key(language) != model.language:

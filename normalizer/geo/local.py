@@ -40,6 +40,7 @@ from normalizer.geo.streets import (
     SUFFIXES,
     TOKEN_MAP,
     display_name,
+    drop_marks,
     key_tokens,
     raw_tokens,
     split_suffix,
@@ -773,7 +774,6 @@ def _usable_bare_name(name: tuple[str, ...]) -> bool:
 
 
 _CASED_TOKEN = re.compile(r"[A-Za-z0-9]+|[&/@-]")
-_DROP = str.maketrans("", "", "'\u2019`.")
 
 
 class _Cased:
@@ -789,6 +789,6 @@ class _Cased:
     def capital(self, i: int) -> bool:
         tokens = self._tokens
         if tokens is None:
-            tokens = self._tokens = _CASED_TOKEN.findall(self._text.translate(_DROP))
+            tokens = self._tokens = _CASED_TOKEN.findall(drop_marks(self._text))
         # Lowercasing can change length for a few non-ASCII letters; then trust nothing.
         return len(tokens) == self._n and tokens[i][0].isupper()
