@@ -251,9 +251,16 @@ class _Tokenizer:
         return out
 
 
-def _ngrams(tokens: list[str], max_n: int, prefixes: frozenset[str] | None = None) -> set[str]:
-    """Tokens and their 2..max_n-word phrases; with ``prefixes``, only phrases that extend one."""
-    feats = set(tokens)
+def _ngrams(tokens: list[str], max_n: int, prefixes: frozenset[str] | None = None) -> list[str]:
+    """Tokens and their 2..max_n-word phrases, each once; with ``prefixes``, only phrases that
+    extend one.
+
+    In the order they occur, not a set's: ``Classifier.scores`` adds the features' weights in
+    this order, and float addition is not associative, so a set's order (which follows the
+    process's hash seed) made an exact tie between two services fall differently in another
+    process: a replay could classify the same report as another service.
+    """
+    feats = dict.fromkeys(tokens)
     n_tokens = len(tokens)
     # With prefixes, a phrase can only start at a token that begins an indexed phrase.
     starts = range(n_tokens) if prefixes is None else [i for i, t in enumerate(tokens) if t in prefixes]
@@ -263,8 +270,8 @@ def _ngrams(tokens: list[str], max_n: int, prefixes: frozenset[str] | None = Non
             if prefixes is not None and phrase not in prefixes:
                 break  # no indexed phrase starts this way: longer ones cannot match either
             phrase = f"{phrase} {tokens[j]}"
-            feats.add(phrase)
-    return feats
+            feats[phrase] = None
+    return list(feats)
 
 
 def _examples(service: Service, language: str) -> tuple[str, ...]:
