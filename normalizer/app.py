@@ -82,16 +82,13 @@ def decide(
     topics: Topics,
 ) -> list[Outgoing]:
     """The stateful half, under the lock: follow-ups, incidents, splits; in record order."""
+    areas = [(p.request, a) for p in prepared.values() if p.request and (a := desk.areas_for(p.request))]
     snap.prefetch(
         request_ids=[p.contact.request_id for p in prepared.values()],
-        areas=merge_areas(a for p in prepared.values() if p.request and (a := desk.areas_for(p.request))),
+        areas=merge_areas(a for _, a in areas),
     )
     # The first requests of the incidents each report could join: one query, not one per report.
-    snap.prefetch(
-        request_ids=[
-            i.incident_id for p in prepared.values() if p.request for i in desk.near(p.request, snap)
-        ]
-    )
+    snap.prefetch(request_ids=[i.incident_id for r, a in areas for i in desk.near(r, snap, area=a)])
     index = {id(r): i for i, r in enumerate(records)}
     chosen = [r for i, r in enumerate(records) if i in prepared]
 
@@ -115,9 +112,20 @@ def status_batch(
     records: Sequence[Record], desk: IncidentDesk, snap: Snapshot, topics: Topics
 ) -> list[Outgoing]:
     """Status changes -> request and incident state; an incident's close closes its reports."""
+    # Parsed once up front so the batch's requests, incidents and their reports are loaded in
+    # a few queries, not three per change; a record that does not parse is parsed again in
+    # ``handle`` and dead-lettered there, in its place, as before.
+    changes: dict[int, StatusChange] = {}
+    for i, record in enumerate(records):
+        with contextlib.suppress(Exception):
+            changes[i] = StatusChange.model_validate_json(record.value)
+    ids = [c.request_id for c in changes.values()]
+    snap.prefetch(request_ids=ids, incident_ids=ids)
+    snap.prefetch(request_ids=[m for i in ids if (x := snap.incident(i)) is not None for m in x.members])
+    index = {id(r): i for i, r in enumerate(records)}
 
     def handle(record: Record) -> list[Outgoing]:
-        change = StatusChange.model_validate_json(record.value)
+        change = changes.get(index[id(record)]) or StatusChange.model_validate_json(record.value)
         return outgoing(desk.handle_status(change, snap), topics, snap.json_of)
 
     out, _ = process_batch(records, handle, stage=STAGE, deadletter_topic=topics.deadletter)
@@ -193,6 +201,8 @@ def build_normalizer(settings: Settings, *, locate: bool = True) -> Normalizer:
 
 def build_desk(settings: Settings) -> IncidentDesk:
     return IncidentDesk(build_normalizer(settings), reply_channels=frozenset(settings.channels))
+
+
 
 
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

@@ -275,9 +275,11 @@ class IncidentDesk:
         since = _epoch(request.requested_datetime) - horizon
         return area_around(request.service_code, request.lat, request.long, rule.radius_m, since)
 
-    def near(self, request: ServiceRequest, snap: Snapshot) -> list[Incident]:
-        """Incidents of the request's service within its radius (any state)."""
-        area = self.areas_for(request)
+    def near(self, request: ServiceRequest, snap: Snapshot, *, area: Area | None = None) -> list[Incident]:
+        """Incidents of the request's service within its radius (any state).
+
+        ``area``: ``areas_for(request)`` when the caller has it already."""
+        area = area or self.areas_for(request)
         if area is None or request.lat is None or request.long is None:
             return []
         radius = self.rule(request.service_code).radius_m
@@ -382,9 +384,11 @@ class IncidentDesk:
         if area is None:
             own = versioned(request)
             return self._emit(snap, replace(stored, request=own))
+        # Within the radius first (``match`` looks at nothing further), so the first requests of
+        # incidents in the box's corners are neither loaded nor compared.
         candidates = [
             i
-            for i in snap.incidents_in(area)
+            for i in self.near(request, snap, area=area)
             if (head := snap.request(i.incident_id)) is None
             or distinct_problems(request, head.request) is None
         ]

@@ -212,14 +212,16 @@ class Snapshot:
     _incidents: dict[str, Incident | None] = field(default_factory=dict)
     _cells: dict[tuple[str, int, int], set[str]] = field(default_factory=dict)  # where each incident is
     _members: dict[str, str | None] = field(default_factory=dict)
-    _areas: list[Area] = field(default_factory=list)
+    _areas: dict[str, list[Area]] = field(default_factory=dict)  # loaded already, by service
     _json: dict[int, tuple[ServiceRequest, bytes]] = field(default_factory=dict)
     dirty_requests: set[str] = field(default_factory=set)
     dirty_incidents: set[str] = field(default_factory=set)
     dirty_members: set[str] = field(default_factory=set)
 
     # -- reads --------------------------------------------------------------------------------
-    def prefetch(self, request_ids: Iterable[str] = (), areas: Iterable[Area] = ()) -> None:
+    def prefetch(
+        self, request_ids: Iterable[str] = (), areas: Iterable[Area] = (), incident_ids: Iterable[str] = ()
+    ) -> None:
         """Load what a batch will need in a few queries instead of one per record."""
         ids = [i for i in dict.fromkeys(request_ids) if i not in self._requests]
         if ids:
@@ -229,12 +231,26 @@ class Snapshot:
             members = self.loader.memberships(ids)
             for i in ids:
                 self._members.setdefault(i, members.get(i))
-        wanted = [a for a in areas if not any(_covers(known, a) for known in self._areas)]
+        wanted_ids = [i for i in dict.fromkeys(incident_ids) if i not in self._incidents]
+        if wanted_ids:
+            incidents = self.loader.incidents(wanted_ids)
+            for i in wanted_ids:
+                incident = incidents.get(i)
+                if incident is None:
+                    self._incidents[i] = None
+                else:
+                    self._remember(incident)
+        self._load_areas(areas)
+
+    def _load_areas(self, areas: Iterable[Area]) -> None:
+        known = self._areas
+        wanted = [a for a in areas if not any(_covers(k, a) for k in known.get(a.service_code, ()))]
         if wanted:
             for incident_id, incident in self.loader.incidents_in(wanted).items():
                 if incident_id not in self._incidents:
                     self._remember(incident)
-            self._areas.extend(wanted)
+            for a in wanted:
+                known.setdefault(a.service_code, []).append(a)
 
     def request(self, request_id: str) -> StoredRequest | None:
         if request_id not in self._requests:
@@ -268,16 +284,16 @@ class Snapshot:
 
     def incidents_in(self, area: Area) -> list[Incident]:
         """Incidents of ``area``'s service inside its box, active since ``area.since``."""
-        self.prefetch(areas=[area])
+        self._load_areas((area,))
         _, lat0, long0 = _cell(area.service_code, area.min_lat, area.min_long)
         _, lat1, long1 = _cell(area.service_code, area.max_lat, area.max_long)
-        ids = [
-            incident_id
+        code, cells, incidents = area.service_code, self._cells, self._incidents
+        found = [
+            incidents.get(incident_id)
             for y in range(lat0, lat1 + 1)
             for x in range(long0, long1 + 1)
-            for incident_id in self._cells.get((area.service_code, y, x), ())
+            for incident_id in cells.get((code, y, x), ())
         ]
-        found = (self._incidents.get(i) for i in ids)
         return [
             i
             for i in found
@@ -316,7 +332,9 @@ class Snapshot:
         return requests, incidents, members
 
 
-CELL_DEG = 0.005  # ~550 m of latitude: a few cells cover any incident radius
+# ~110 m of latitude (~85 m of longitude at 41° N): a box around an incident radius (10-150 m)
+# spans a few cells, so a report looks at the incidents near it, not at every one within 500 m.
+CELL_DEG = 0.001
 
 
 def _cell(service_code: str, lat: float, long: float) -> tuple[str, int, int]:
@@ -354,6 +372,13 @@ def merge_areas(areas: Iterable[Area]) -> list[Area]:
     return list(by_service.values())
 
 
+_STATES = {s.value: s for s in State}  # ``State(value)`` goes through the enum machinery: slow
+
+
+def _state(value: str) -> State:
+    return _STATES.get(value) or State(value)  # an unknown value fails as ``State`` fails
+
+
 # -- the SQL, one dialect for both backends ("?" placeholders; PostgreSQL gets "%s") -----------
 
 
@@ -387,9 +412,8 @@ class _Sql:
         out = {}
         for body, state, state_at, absorbed in rows:
             request = ServiceRequest.model_validate_json(body)
-            out[request.request_id] = StoredRequest(
-                request, State(state), float(state_at), tuple(json.loads(absorbed))
-            )
+            absorbed_ids = () if absorbed == "[]" else tuple(json.loads(absorbed))
+            out[request.request_id] = StoredRequest(request, _state(state), float(state_at), absorbed_ids)
         return out
 
     _INCIDENT_COLS = (
@@ -404,7 +428,7 @@ class _Sql:
             code,
             float(lat),
             float(long),
-            State(state),
+            _state(state),
             float(opened),
             float(last),
             None if closed is None else float(closed),
@@ -454,7 +478,7 @@ class _Sql:
                         snapshot.json_of(s.request).decode(),
                         s.state.value,
                         s.state_at,
-                        json.dumps(list(s.absorbed)),
+                        json.dumps(list(s.absorbed)) if s.absorbed else "[]",
                         self.now,
                     )
                     for s in requests
