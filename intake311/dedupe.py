@@ -12,15 +12,29 @@ marked (``settings.retention.state_days``).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from intake311.logging import get_logger
 from intake311.sqlite import connect, transaction
 
 log = get_logger(__name__)
+
+_ANY_MARK = "SELECT 1 FROM seen WHERE ns = ? LIMIT 1"
+_MARK_ROWS = 100
+"""Rows per ``INSERT`` of ``mark``. Why not ``executemany``: it runs a statement per row, and the
+sqlite3 module lets go of the GIL around each; a ``mark`` in a worker thread then waited for
+the GIL 500 times per batch while the event loop was busy (every other consumer's work) and the
+loop thread was made to give it up as often. A hundred rows (300 parameters, under the 999 of
+old SQLite builds) per statement: five hand-overs for a default batch."""
+
+
+@functools.lru_cache(maxsize=_MARK_ROWS)
+def _mark_sql(rows: int) -> str:
+    return "INSERT OR IGNORE INTO seen (ns, key, at) VALUES " + ",".join(["(?, ?, ?)"] * rows)
 
 
 class SeenStore:
@@ -50,12 +64,40 @@ class SeenStore:
 
     def unseen(self, namespace: str, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` not yet marked in ``namespace``."""
-        wanted = set(keys)
-        if not wanted:
-            return set()
+        return self.unseen_many({namespace: keys})[namespace]
+
+    def unseen_many(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+        """``unseen`` for several namespaces at once (one lock, one thread hop for the caller)."""
         with self._lock:
+            return self._unseen_many(wanted)
+
+    def try_unseen_many(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, set[str]] | None:
+        """``unseen_many`` on the caller's thread if nobody holds the store, else None.
+
+        For the event loop: a lookup only reads, and a read never checkpoints the WAL (only a
+        commit does, and that fsyncs), so it cannot stall the loop on the disk; what could stall
+        it is waiting for the lock while another thread's ``mark`` commits, hence None then
+        (the caller hops to a thread). Saves a thread hop, and the GIL hand-overs around it,
+        per batch.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._unseen_many(wanted)
+        finally:
+            self._lock.release()
+
+    def _unseen_many(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for namespace, keys in wanted.items():
+            want = set(keys)
+            out[namespace] = want
+            # A namespace with no marks at all (the dead letters of a sink that never refused
+            # anything): one index probe instead of looking up every key.
+            if not want or self._db.execute(_ANY_MARK, (namespace,)).fetchone() is None:
+                continue
             found: set[str] = set()
-            items = list(wanted)
+            items = list(want)
             for start in range(0, len(items), 500):
                 chunk = items[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -63,21 +105,30 @@ class SeenStore:
                     f"SELECT key FROM seen WHERE ns = ? AND key IN ({marks})", (namespace, *chunk)
                 )
                 found.update(row[0] for row in rows)
-        return wanted - found
+            want -= found
+        return out
 
     def mark(self, namespace: str, keys: Iterable[str]) -> None:
         """Remember ``keys`` in ``namespace``: one transaction for all of them (none if empty,
         which is most batches' dead letters)."""
         now = self.clock()
-        rows = [(namespace, key, now) for key in keys]
-        if rows:
+        items = list(keys)
+        if items:
             with self._lock, transaction(self._db):
-                self._db.executemany("INSERT OR IGNORE INTO seen (ns, key, at) VALUES (?, ?, ?)", rows)
+                for start in range(0, len(items), _MARK_ROWS):
+                    chunk = items[start : start + _MARK_ROWS]
+                    self._db.execute(
+                        _mark_sql(len(chunk)), [v for key in chunk for v in (namespace, key, now)]
+                    )
         if self.retention_s is not None and now - self._last_prune >= self.prune_every_s:
             try:
                 self.prune()
             except Exception:  # the marks are committed: a failed prune is retried next interval
                 log.warning("seen-id prune failed", exc_info=True)
+
+    def prune_due(self) -> bool:
+        """Whether the next ``mark`` prunes (so a caller with nothing to mark still calls it)."""
+        return self.retention_s is not None and self.clock() - self._last_prune >= self.prune_every_s
 
     def prune(self) -> int:
         """Drop up to ``prune_batch`` marks older than ``retention_s``; how many went."""

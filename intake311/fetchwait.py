@@ -45,7 +45,7 @@ class FetchPace:
     The consumer starts with ``idle_ms`` (it is created with it) and ``busy()`` is called for
     every batch the handler gets: it sets ``busy_ms`` and arms one timer that sets ``idle_ms``
     back once ``idle_after_s`` passed without another batch. Nothing runs while a consumer
-    stays idle, and nothing at all when the two waits are equal (a cluster's default).
+    stays idle, and nothing at all when the two waits are equal (both set to one value).
     """
 
     def __init__(

@@ -37,6 +37,7 @@ from intake311.logging import get_logger
 from intake311.metrics import Metrics
 from intake311.metrics import installed as installed_metrics
 from intake311.settings import Settings
+from intake311.stage import settle_gc
 from intake311.tracing import configure_tracing, instrument_app, instrument_broker
 from intake311.tracing import shutdown as shutdown_tracing
 
@@ -262,6 +263,7 @@ async def running(
             watch.names = sorted(set(topics))
             stack.push_async_callback(watch.stop)
             await watch.establish_patiently()  # ensure_topics, then the epoch marker; waits for the broker
+            settle_gc()  # what every stage built is kept for good: out of the collector's passes
             await broker.start()
             # Stop consuming before the stages' resources close (the stack unwinds last-in first).
             stack.push_async_callback(broker.stop)

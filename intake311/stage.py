@@ -13,9 +13,9 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import gc
 import gzip
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord
@@ -32,27 +32,72 @@ from schemas.deadletter import DeadLetter
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
 class Record:
-    """One consumed record, detached from aiokafka so pure code and tests can build it."""
+    """One consumed record, detached from aiokafka so pure code and tests can build it.
 
-    value: bytes
-    topic: str = ""
-    partition: int | None = None
-    offset: int | None = None
-    key: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    Not a dataclass: a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) and
+    decoding every header up front cost ~4 µs a record, a sixth of the router's own work, and
+    the headers are only read for a dead letter. ``of`` keeps aiokafka's header pairs and
+    ``headers`` decodes them on first use (``text_headers``: never fails). Treat it as read-only.
+    """
+
+    __slots__ = ("_headers", "_raw_headers", "key", "offset", "partition", "topic", "value")
+
+    def __init__(
+        self,
+        value: bytes,
+        topic: str = "",
+        partition: int | None = None,
+        offset: int | None = None,
+        key: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.value = value
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self._headers: dict[str, str] | None = headers if headers is not None else {}
+        self._raw_headers: Sequence[tuple[str, bytes | None]] | None = None
 
     @classmethod
     def of(cls, raw: ConsumerRecord[Any, Any]) -> Record:
-        return cls(
-            value=raw.value or b"",
-            topic=raw.topic,
-            partition=raw.partition,
-            offset=raw.offset,
-            key=raw.key,
-            headers=text_headers(raw.headers),
+        record = cls.__new__(cls)
+        record.value = raw.value or b""
+        record.topic = raw.topic
+        record.partition = raw.partition
+        record.offset = raw.offset
+        record.key = raw.key
+        record._headers = None  # decoded from _raw_headers on first use
+        record._raw_headers = raw.headers
+        return record
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header values as text (``text_headers``), decoded once, when first asked for."""
+        if self._headers is None:
+            self._headers = text_headers(self._raw_headers)
+        return self._headers
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(topic={self.topic!r}, partition={self.partition!r}, offset={self.offset!r}, "
+            f"key={self.key!r}, value={self.value[:60]!r})"
         )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.value, self.topic, self.partition, self.offset, self.key, self.headers) == (
+            other.value,
+            other.topic,
+            other.partition,
+            other.offset,
+            other.key,
+            other.headers,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and mutable in principle
 
 
 def text_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
@@ -164,11 +209,13 @@ async def publish_with_retry(
     """Publish, retrying the whole batch with exponential backoff; re-raise after the last try.
 
     Re-raising makes FastStream rewind the offsets (NACK), so nothing is committed that was not
-    published; the backoff keeps a broker outage from becoming a tight redelivery loop.
+    published; the backoff keeps a broker outage from becoming a tight redelivery loop. The
+    records are a whole batch's output, waited for before the next batch: ``prompt``, so no
+    producer linger on any hop.
     """
     for attempt in range(1, attempts + 1):
         try:
-            await publish_all(broker, records)
+            await publish_all(broker, records, prompt=True)
             return
         except PublishError as exc:
             if attempt == attempts:
@@ -219,7 +266,9 @@ else:
 
 def _utf8_headers(raw: ConsumerRecord[Any, Any]) -> ConsumerRecord[Any, Any]:
     """``raw`` with header values FastStream can decode (a copy only when one could not be)."""
-    headers = tuple(raw.headers or ())
+    headers = raw.headers
+    if not headers:
+        return raw
     try:
         for _, value in headers:
             value.decode()
@@ -258,6 +307,40 @@ async def _raw_bodies(message: Any) -> Any:
     return message.body
 
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation (CPython's default: 700).
+
+Why: every record of a batch leaves a dozen container objects behind (the validated model, its
+dicts and tuples, the outgoing record), so with the default the collector ran every ~60 records
+and its older generations every few hundred, over every object the process had built at start
+(taxonomy, classifier, FastStream's schemas). In ``bench/pipeline_bench.py`` (20 000 records, a
+loaded 2-core VM) the collector's pauses were about a third of the sinks stage's time and a
+sixth of the router's, ~350 and ~130 collections that found about 100 objects in all: a
+record's objects are freed by reference counting as soon as its batch is done."""
+
+_gc_settled = False
+
+
+def settle_gc() -> None:
+    """Tune the cyclic garbage collector for a consuming process, once per process.
+
+    What the process built so far (imports, settings, taxonomy, models: what it keeps until it
+    exits) is collected once and then frozen (``gc.freeze``: never traversed again), and the
+    youngest generation waits ``GC_YOUNG_THRESHOLD`` allocations instead of 700. Reference
+    counting still frees everything at once; only cycles wait longer, a few thousand objects.
+    Called by ``intake311.pipeline.running`` once every stage of the process has registered
+    (so what each built is frozen too) and before anything is consumed.
+    """
+    global _gc_settled
+    if _gc_settled:
+        return
+    _gc_settled = True
+    gc.collect()
+    gc.freeze()
+    young, *older = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
+
+
 def batch_subscriber(
     broker: KafkaBroker,
     *topics: str,
@@ -287,7 +370,7 @@ def batch_subscriber(
         batch_timeout_ms=50,
         # The embedded broker spends the whole wait on every empty fetch, so it is each hop's
         # latency: the consumer starts with the idle wait and FetchPace shortens it while
-        # records flow (intake311/fetchwait.py says why; a cluster's default changes nothing).
+        # records flow (intake311/fetchwait.py says why; on a cluster too: kafka.fetch_max_wait_ms).
         fetch_max_wait_ms=settings.kafka.consumer_idle_fetch_max_wait_ms,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(300, session_ms // 4),

@@ -32,6 +32,21 @@ debug = logging.getLogger(__name__)  # the stdlib logger behind ``log``: its lev
 GROUP = "router"  # consumer group: Topics.group(GROUP)
 
 
+_HEADERS: dict[str, dict[str, str]] = {}
+
+
+def _department_header(department: str) -> dict[str, str]:
+    """The ``x-department`` header of a copy, one dict per department (read-only: the bus copies
+    headers before sending), not a new one per record. Bounded: ``assigned_department`` can be
+    any slug."""
+    headers = _HEADERS.get(department)
+    if headers is None:
+        headers = {"x-department": department}
+        if len(_HEADERS) < 1024:
+            _HEADERS[department] = headers
+    return headers
+
+
 def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str) -> list[Outgoing]:
     """One ``Outgoing`` per (request, department), keyed by request; bad records dead-lettered.
 
@@ -43,7 +58,7 @@ def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str
         request = ServiceRequest.model_validate_json(record.value)
         key = request.request_id
         return [
-            Outgoing(topic, value, key=key, headers={"x-department": department})
+            Outgoing(topic, value, key=key, headers=_department_header(department))
             for department, topic, value in router.route_json(record.value, request)
         ]
 

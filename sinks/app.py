@@ -102,8 +102,25 @@ async def _fresh_records(records: Sequence[Record], seen: SeenStore, namespace: 
     positions = {p for r in records if (p := _position(r)) is not None}
     if not positions:
         return list(records)
-    done = positions - await asyncio.to_thread(seen.unseen, _dead_namespace(namespace), positions)
+    dead = _dead_namespace(namespace)
+    done = positions - (await _unseen(seen, {dead: positions}))[dead]
     return [r for r in records if _position(r) not in done]
+
+
+async def _unseen(seen: SeenStore, wanted: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``seen.unseen_many``: on the loop when the store is free (a read never fsyncs), else in
+    a thread, so another consumer's ``mark`` committing cannot stall the loop."""
+    found = seen.try_unseen_many(wanted)
+    if found is None:
+        found = await asyncio.to_thread(seen.unseen_many, wanted)
+    return found
+
+
+async def _mark(seen: SeenStore, namespace: str, keys: Sequence[str]) -> None:
+    """``seen.mark`` in a thread (a commit may checkpoint the WAL: an fsync), and no thread hop
+    for nothing (most batches dead-letter nothing) unless it is the prune's turn."""
+    if keys or seen.prune_due():
+        await asyncio.to_thread(seen.mark, namespace, keys)
 
 
 async def deliver_batch(
@@ -127,22 +144,36 @@ async def deliver_batch(
     dead-lettering it, until ``retry_timeout_s`` of outage (None: forever).
     """
     namespace = f"{department}/{sink_name}"
+    dead_namespace = _dead_namespace(namespace)
     deadletter_topic = settings.topics.deadletter
     outage = outage if outage is not None else Outage(namespace)
     result = BatchResult()
-    pending: dict[str, tuple[Record, Delivery]] = {}
-    for record in await _fresh_records(records, seen, namespace):
+    # Each record read first, so one look-up answers both questions for the batch: which
+    # records this consumer dead-lettered already (a rewound batch comes again: skipped whole,
+    # valid or not) and which deliveries it made already.
+    read: list[tuple[Record, str | None, Delivery | ValueError]] = []
+    for record in records:
         try:
             request = ServiceRequest.model_validate_json(record.value)
         except ValueError as exc:
-            letter = dead_letter(record, STAGE, deadletter_topic, explain(exc), type(exc).__name__)
-            result.dead_letter(record, letter)
+            read.append((record, _position(record), exc))
             continue
         delivery_id = delivery_id_for(request.event_id, department, sink_name)
-        pending.setdefault(delivery_id, (record, Delivery(request, department, delivery_id)))
-    # The seen store is SQLite: off the event loop, where a WAL checkpoint's fsync would stop
-    # every other consumer of the process (other sinks, the other stages) for its duration.
-    fresh = await asyncio.to_thread(seen.unseen, namespace, pending)
+        read.append((record, _position(record), Delivery(request, department, delivery_id)))
+    positions = {p for _, p, _ in read if p is not None}
+    ids = {d.delivery_id for _, _, d in read if isinstance(d, Delivery)}
+    unseen = await _unseen(seen, {dead_namespace: positions, namespace: ids})
+    fresh, not_dead = unseen[namespace], unseen[dead_namespace]
+    pending: dict[str, tuple[Record, Delivery]] = {}
+    for record, position, read_as in read:
+        if position is not None and position not in not_dead:
+            continue  # dead-lettered by this consumer before the batch was rewound
+        if isinstance(read_as, ValueError):
+            reason, error = explain(read_as), type(read_as).__name__
+            letter = dead_letter(record, STAGE, deadletter_topic, reason, error)
+            result.dead_letter(record, letter)
+            continue
+        pending.setdefault(read_as.delivery_id, (record, read_as))
     todo = [pending[d] for d in pending if d in fresh]
     outcomes = await deliver_all(
         sink,
@@ -183,7 +214,7 @@ async def deliver_batch(
         result.dead_letter(record, letter)
     if metrics is not None:
         metrics.delivery_batch(department, sink_name, counts, requested)
-    await asyncio.to_thread(seen.mark, namespace, delivered)
+    await _mark(seen, namespace, delivered)
     return result
 
 
@@ -204,7 +235,7 @@ async def finish_batch(
     await publish_with_retry(
         broker, result.letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
     )
-    await asyncio.to_thread(seen.mark, _dead_namespace(namespace), result.dead)
+    await _mark(seen, _dead_namespace(namespace), result.dead)
     if metrics is not None:
         metrics.dead_lettered(result.letters, settings.topics.deadletter)
     if result.held is not None:

@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from intake311.pipeline import Runtime, running, web_app
+from normalizer.app import STATUS_GROUP
 from schemas import make_contact_id, ticket_for
 from sinks.postgres.store import CaseStore
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import committed_to_end, wait_for
 from tests.support import DepartmentFiles, asgi_client, free_port, pipeline_settings, throwaway_database
 from tests.unit.test_email_support import MAILBOX, Relay, fake_relay, make_message
 from tests.unit.test_sms_support import (
@@ -215,7 +216,15 @@ async def test_one_pothole_three_channels_one_incident(city: City) -> None:
         lambda: [m for m in city.mails_to(WEB_EMAIL) if first in m and "closed" in m], what="web notice"
     )
 
-    # 5. "Thank you!" texted after the close changes nothing.
+    # 5. "Thank you!" texted after the close changes nothing. Once the normalizer has the close
+    # (its own consumer of the status topic): before that, a text continues an open request.
+    settings = city.runtime.settings
+    await wait_for(
+        lambda: committed_to_end(
+            city.runtime.servers[0], settings.topics.group(STATUS_GROUP), settings.topics.status
+        ),
+        what="the close in the normalizer's state",
+    )
     lines_before = len(city.lines("public-works"))
     texts_before = len(city.texts_to(PHONE))
     thanks = await post_signed(city.web, "/channels/sms/inbound", sms_params("Thank you!", sender=PHONE))

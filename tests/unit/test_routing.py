@@ -5,6 +5,7 @@ from normalizer.normalize import Normalizer
 from router.app import route_batch
 from router.routing import Router, RoutingTable, load_routing
 from schemas import ServiceRequest
+from schemas.request import Priority
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import TOPICS
 from tests.conftest import make_contact
@@ -379,3 +380,81 @@ def _types_in(annotation: object) -> list[object]:
 
     args = typing.get_args(annotation)
     return [annotation] if not args else [t for a in args for t in _types_in(a)]
+
+
+def _variants() -> list[ServiceRequest]:
+    """Requests that differ in one routing field each, asked in an order that would reuse a wrongly
+    keyed decision: the same service on another channel, priority, district or assignment."""
+    base = located("street-light", ward="Ward 7")
+    return [
+        base,
+        base.model_copy(update={"channel": "sms"}),
+        base.model_copy(update={"priority": Priority.HIGH}),
+        base.model_copy(update={"priority": Priority.EMERGENCY}),
+        base.model_copy(update={"districts": {"ward": "Ward 8"}}),
+        base.model_copy(update={"districts": {}}),
+        base.model_copy(update={"assigned_department": "parks"}),
+        base.model_copy(update={"triage": True}),
+        base.model_copy(update={"service_code": "pothole"}),
+        base,
+    ]
+
+
+def test_remembered_routing_decisions_are_the_decisions(taxonomy) -> None:
+    """``route_json`` remembers a decision per routing key: every field a rule or subscription
+    can read without a box must be in it, or a request would get another one's departments."""
+    from router.routing import Interest
+
+    table = RoutingTable.model_validate(
+        {
+            "rules": [
+                {"name": "texted", "channels": ["sms"], "departments": ["sms-desk"]},
+                {"name": "urgent", "priority": ["high"], "departments": ["hotline"]},
+                {"name": "east", "districts": {"ward": "Ward 7"}, "departments": ["east-lighting"]},
+            ]
+        }
+    )
+    interests = {"ward-8-office": Interest(districts={"ward": ["Ward 8"]})}
+    router = Router(table, taxonomy, TOPICS, interests)
+    for request in _variants():
+        raw = request.model_dump_json().encode()
+        for _ in range(2):  # decided, then remembered
+            copies = router.route_json(raw, request)
+            assert [d for d, _, _ in copies] == router.departments_for(request)
+            assert [t for _, t, _ in copies] == [
+                TOPICS.department(d) for d in router.departments_for(request)
+            ]
+
+
+def test_a_box_rule_decides_every_request_afresh(taxonomy) -> None:
+    table = RoutingTable.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "downtown",
+                    "within": {"min_lat": 41.30, "max_lat": 41.33, "min_long": -72.94, "max_long": -72.90},
+                    "departments": ["downtown-district"],
+                }
+            ]
+        }
+    )
+    router = Router(table, taxonomy, TOPICS)
+    inside = located()
+    outside = inside.model_copy(update={"lat": 41.40})
+    for request, owner in (
+        (inside, "downtown-district"),
+        (outside, "transportation"),
+        (inside, "downtown-district"),
+    ):
+        [(department, _, _)] = router.route_json(request.model_dump_json().encode(), request)
+        assert department == owner
+
+
+def test_an_assignment_that_is_not_a_slug_is_dead_lettered_every_time(taxonomy) -> None:
+    router = Router(load_routing(), taxonomy, TOPICS)
+    bad = located().model_copy(update={"assigned_department": "../etc"})
+    records = [
+        Record(value=bad.model_dump_json().encode(), topic=TOPICS.requests, offset=i) for i in range(2)
+    ]
+    out = route_batch(records, router, TOPICS.deadletter)
+    assert [r.topic for r in out] == [TOPICS.deadletter, TOPICS.deadletter]

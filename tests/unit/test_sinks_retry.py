@@ -492,3 +492,42 @@ async def test_status_changes_wait_for_a_down_sink_and_refusals_are_dead_lettere
     assert back.letters == [] and back.held is None
     assert sink.shown == ["ev1", "ev2"]
     seen.close()
+
+
+async def test_a_rewound_batch_skips_its_dead_letters_and_its_deliveries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One look-up answers both for the batch: what this consumer dead-lettered (an unreadable
+    record is read again, and skipped) and what it delivered before the rewind."""
+    settings = Settings(data_dir=tmp_path, retry_attempts=1, retry_backoff_s=0)
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+    sink = ScriptedBatchSink()
+    records = records_for(3)
+    records.insert(1, Record(b"{not json", topic="t.department.roads", partition=0, offset=7))
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func: object, *args: object) -> object:
+        hops.append(getattr(func, "__name__", "?"))
+        return await to_thread(func, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.asyncio, "to_thread", counted)
+    monkeypatch.setattr(app, "publish_with_retry", lambda *_, **__: asyncio.sleep(0))
+    first = await deliver_batch(
+        records, sink, department="roads", sink_name="file", seen=seen, settings=settings
+    )
+    assert first.dead == ["t.department.roads:0:7"] and len(first.letters) == 1 and first.held is None
+    await finish_batch(None, first, seen=seen, namespace="roads/file", settings=settings)  # type: ignore[arg-type]
+    assert len(sink.batches) == 1 and len(sink.batches[0]) == 3
+    # The look-ups ran on the loop (the store was free); only the two marks went to a thread.
+    assert hops == ["mark", "mark"]
+
+    hops.clear()
+    again = await deliver_batch(
+        records, sink, department="roads", sink_name="file", seen=seen, settings=settings
+    )
+    assert again.letters == [] and again.dead == [] and again.held is None
+    assert len(sink.batches) == 1 and sink.calls == []  # nothing delivered twice
+    await finish_batch(None, again, seen=seen, namespace="roads/file", settings=settings)  # type: ignore[arg-type]
+    assert hops == []  # nothing to mark: no thread hop at all
+    seen.close()

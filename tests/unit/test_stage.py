@@ -127,3 +127,22 @@ def test_a_record_that_cannot_fit_even_gzipped_says_where_it_is() -> None:
     letter = DeadLetter.model_validate_json(out.value)
     assert letter.original_encoding == "omitted" and letter.original == b""
     assert "in partition 2 offset 9" in letter.reason and letter.reason.startswith("bad")
+
+
+def test_a_consumed_record_reads_its_headers_only_when_asked_and_never_fails_on_them() -> None:
+    raw = consumed(2, [("x-trace", b"\xff\xfe"), ("x-null", None), ("content-type", b"application/json")])
+    record = Record.of(raw)
+    assert (record.value, record.topic, record.partition, record.offset) == (
+        b'{"x": 1}',
+        "intake311.contacts.web",
+        0,
+        2,
+    )
+    assert record.headers == {"x-trace": "\ufffd\ufffd", "x-null": "", "content-type": "application/json"}
+    assert record.headers is record.headers  # decoded once
+    by_hand = Record(
+        b'{"x": 1}', topic="intake311.contacts.web", partition=0, offset=2, headers=dict(record.headers)
+    )
+    assert by_hand == record and by_hand != Record(b"other")
+    assert Record.of(consumed(3, [])).value == b"" and Record.of(consumed(3, [])).headers == {}
+    assert Record(b"x").headers == {}
