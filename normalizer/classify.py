@@ -26,6 +26,7 @@ from functools import lru_cache
 
 import snowballstemmer
 
+from schemas.memo import ShortTextMemo
 from schemas.stopwords import stopwords as _stopword_list
 from schemas.taxonomy import Service, Taxonomy
 
@@ -352,10 +353,6 @@ class _Index:
         self.prefixes = frozenset(prefixes)
 
 
-# Short texts whose classification a ``Classifier`` keeps: how long, how many.
-SEEN_MAX_CHARS = 120
-SEEN_MAX = 4096
-
 
 class Classifier:
     """Scores text against every service in a taxonomy; build once, call ``classify`` per contact."""
@@ -367,7 +364,7 @@ class Classifier:
         self._threshold = taxonomy.triage_threshold
         # English is indexed now; another language the first time a text in it arrives.
         self._indexes: dict[str, _Index] = {DEFAULT_LANGUAGE: _Index(taxonomy, DEFAULT_LANGUAGE)}
-        self._seen: dict[tuple[str, str], Classification] = {}  # see ``classify``
+        self._seen: ShortTextMemo[Classification] = ShortTextMemo()  # see ``classify``
 
     def _index(self, language: str) -> _Index:
         lang = language_key(language)
@@ -399,16 +396,7 @@ class Classifier:
         is a pure function of the two, and short texts repeat: "Tree Trimming", "stump").
         """
         text = text or ""
-        if len(text) > SEEN_MAX_CHARS:
-            return self._classify(text, language)
-        key = (text, language)
-        found = self._seen.get(key)
-        if found is None:
-            found = self._classify(text, language)
-            if len(self._seen) >= SEEN_MAX:
-                self._seen.clear()  # a long-running process: start over rather than grow
-            self._seen[key] = found
-        return found
+        return self._seen.get(text, (text, language), lambda: self._classify(text, language))
 
     def _classify(self, text: str, language: str) -> Classification:
         scores = self.scores(text, language)

@@ -40,8 +40,6 @@ import yaml
 
 from normalizer.classify import (
     DEFAULT_LANGUAGE,
-    SEEN_MAX,
-    SEEN_MAX_CHARS,
     Classification,
     Classifier,
     language_key,
@@ -49,6 +47,7 @@ from normalizer.classify import (
     stem_words,
     words,
 )
+from schemas.memo import ShortTextMemo
 from schemas.taxonomy import Taxonomy, load_taxonomy
 
 FORMAT = "intake311-learned-classifier"
@@ -378,21 +377,12 @@ class BlendedClassifier:
         self._fallback = self.taxonomy.fallback_code
         self._known = frozenset(model.codes)
         self._model_index = {c: i for i, c in enumerate(model.codes)}
-        self._seen: dict[tuple[str, str], Classification] = {}  # see ``classify``
+        self._seen: ShortTextMemo[Classification] = ShortTextMemo()  # see ``classify``
 
     def classify(self, text: str, language: str = DEFAULT_LANGUAGE) -> Classification:
         """The blend for ``text`` (a short text seen before: the answer it got, as ``Classifier``)."""
         text = text or ""
-        if len(text) > SEEN_MAX_CHARS:
-            return self._classify(text, language)
-        key = (text, language)
-        found = self._seen.get(key)
-        if found is None:
-            found = self._classify(text, language)
-            if len(self._seen) >= SEEN_MAX:
-                self._seen.clear()
-            self._seen[key] = found
-        return found
+        return self._seen.get(text, (text, language), lambda: self._classify(text, language))
 
     def _classify(self, text: str, language: str) -> Classification:
         cold = self.cold.classify(text, language)

@@ -9,7 +9,7 @@ from typing import Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.attributes import Answers
-from schemas.ids import digest, is_slug, make_contact_id, parse_ticket
+from schemas.ids import digest, is_slug, make_contact_id, parse_ticket, require_ticket
 
 CONTACT_SCHEMA_VERSION: Final = 1
 
@@ -126,13 +126,7 @@ class RawContact(_Model):
             raise ValueError("channel must be a lowercase slug")
         return value
 
-    @field_validator("request_id")
-    @classmethod
-    def _ticket(cls, value: str) -> str:
-        ticket = parse_ticket(value)
-        if ticket is None:
-            raise ValueError(f"not a ticket number: {value!r}")
-        return ticket
+    _ticket = field_validator("request_id")(require_ticket)
 
 
 def split_command(ticket: str, *, incident_id: str | None, now: datetime, by: str) -> RawContact:
@@ -161,9 +155,7 @@ def _command(
     nonce (the same contact, applied once), while asking for the same thing again later (A -> B
     -> A) sends a new one, so it is a new contact and a new version.
     """
-    parsed = parse_ticket(ticket)
-    if parsed is None:
-        raise ValueError(f"not a ticket number: {ticket!r}")
+    parsed = require_ticket(ticket)
     if not by.strip():
         raise ValueError("by must say who gave the command (e.g. 'console:alice')")
     if not nonce.strip() or len(nonce) > 200:
@@ -204,9 +196,7 @@ def reroute_command(ticket: str, *, department: str, now: datetime, by: str, non
 
 def merge_command(ticket: str, *, into: str, now: datetime, by: str, nonce: str) -> RawContact:
     """An operator's "this is the same problem as ``into``": ``ticket`` joins ``into``'s incident."""
-    target = parse_ticket(into)
-    if target is None:
-        raise ValueError(f"not a ticket number: {into!r}")
+    target = require_ticket(into)
     if target == parse_ticket(ticket):
         raise ValueError(f"cannot merge {target} into itself")
     return _command(ticket, ACTION_MERGE, target_key="into", target=target, now=now, by=by, nonce=nonce)

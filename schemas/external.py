@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from schemas.ids import digest, parse_ticket
+from schemas.ids import digest, parse_ticket, require_ticket
 
 
 def external_ref_id(request_id: str, system: str, external_id: str) -> str:
@@ -46,13 +46,7 @@ class ExternalRef(BaseModel):
     )
     at: AwareDatetime = Field(description="when the id became known")
 
-    @field_validator("request_id")
-    @classmethod
-    def _ticket(cls, value: str) -> str:
-        ticket = parse_ticket(value)
-        if ticket is None:
-            raise ValueError(f"not a ticket number: {value!r}")
-        return ticket
+    _ticket = field_validator("request_id")(require_ticket)
 
     @classmethod
     def new(

@@ -64,6 +64,15 @@ def parse_ticket(text: str) -> str | None:
     return ticket if _TICKET_RE.match(ticket) else None
 
 
+def require_ticket(text: str) -> str:
+    """``parse_ticket`` for a field that must hold one: the ticket, or ``ValueError`` saying what
+    came instead (the validator of every model's ``request_id``, and the operator commands)."""
+    ticket = parse_ticket(text)
+    if ticket is None:
+        raise ValueError(f"not a ticket number: {text!r}")
+    return ticket
+
+
 def find_ticket(text: str) -> str | None:
     """The first well-formed ticket inside free text (an email subject, an SMS), if any."""
     for match in _TICKET_IN_TEXT.finditer(text):

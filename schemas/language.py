@@ -28,6 +28,7 @@ from functools import lru_cache
 from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 from lingua import LanguageDetector as _Lingua
 
+from schemas.memo import ShortTextMemo
 from schemas.stopwords import stopwords
 
 DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "es")
@@ -62,10 +63,6 @@ _ADDRESS_WORDS = frozenset(_ADDRESS_PARTS.split())
 # Only an abbreviation (or a number) marks a text as holding an address: "Street Lamp Out" is prose.
 _ABBREVIATIONS = "st ave av rd blvd dr ln ct pl hwy pkwy ter sq cir apt ste"
 _ADDRESS_ABBREVIATIONS = frozenset(_ABBREVIATIONS.split())
-# Short texts whose answer ``LanguageDetector`` keeps (see ``_seen``): how long, how many.
-_SEEN_MAX_CHARS = 120
-_SEEN_MAX = 4096
-_UNSEEN = object()
 # Marks that only one configured language writes, counted like one function word (presence).
 # Both cases spelled out rather than IGNORECASE: the same characters match (checked over every
 # code point in tests/unit/test_normalizer_speed_geo.py), and the scan runs on every text.
@@ -201,7 +198,7 @@ class LanguageDetector:
         # Answers for short texts already seen: ``_from_text`` is a pure function of the text, and
         # short texts repeat ("Tree Trimming" is 8% of New Haven's reports, "stump" 2%); lingua
         # costs 30 µs on those. Long texts rarely repeat, so they are not kept.
-        self._seen: dict[str, str | None] = {}
+        self._seen: ShortTextMemo[str | None] = ShortTextMemo()
 
     def __repr__(self) -> str:
         return f"LanguageDetector({self.languages!r})"
@@ -271,16 +268,9 @@ class LanguageDetector:
     def _remembered(self, text: str, settle: str | None = None) -> str | None:
         """``_from_text``, answered from ``_seen`` for a short text seen before (only long texts
         settle: a settled answer is not what the text says, so it must not be remembered)."""
-        if len(text) > _SEEN_MAX_CHARS:
+        if not self._seen.is_short(text):
             return self._from_text(text, settle)
-        seen = self._seen
-        found = seen.get(text, _UNSEEN)
-        if found is _UNSEEN:
-            found = self._from_text(text)
-            if len(seen) >= _SEEN_MAX:
-                seen.clear()  # a long-running process: start over rather than grow
-            seen[text] = found
-        return found  # type: ignore[return-value]
+        return self._seen.get(text, text, lambda: self._from_text(text))
 
     def _from_text(self, text: str, settle: str | None = None) -> str | None:
         """What the text says (None: nothing), or, with ``settle``, possibly ``settle`` when the

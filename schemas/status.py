@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from schemas.ids import digest, parse_ticket
+from schemas.ids import digest, require_ticket
 from schemas.request import Status
 
 
@@ -61,13 +61,7 @@ class StatusChange(BaseModel):
     source: str = Field(description='who: "slack:U123", "api:public-works", "open311:public-works"')
     department: str | None = None
 
-    @field_validator("request_id")
-    @classmethod
-    def _ticket(cls, value: str) -> str:
-        ticket = parse_ticket(value)
-        if ticket is None:
-            raise ValueError(f"not a ticket number: {value!r}")
-        return ticket
+    _ticket = field_validator("request_id")(require_ticket)
 
     @classmethod
     def new(

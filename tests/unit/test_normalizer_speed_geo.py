@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from normalizer.classify import SEEN_MAX, Classifier
+from normalizer.classify import Classifier
 from normalizer.geo.streets import drop_marks, raw_tokens
 from schemas import language
 from schemas.taxonomy import load_taxonomy
@@ -76,8 +76,8 @@ def test_remembered_languages_are_what_the_text_says(monkeypatch: pytest.MonkeyP
 
 
 def test_remembered_languages_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(language, "_SEEN_MAX", 3)
     detector = language.LanguageDetector(("en", "es"))
+    detector._seen.max_items = 3
     for i in range(10):
         detector.detect(f"pothole number {i}")
     assert len(detector._seen) <= 3
@@ -93,7 +93,7 @@ def test_remembered_classifications_are_fresh_ones() -> None:
     # The language is part of what is remembered.
     assert classifier.classify("bache", "es") == classifier._classify("bache", "es")
     assert classifier.classify("bache", "en") == classifier._classify("bache", "en")
-    assert len(classifier._seen) <= SEEN_MAX
+    assert len(classifier._seen) <= classifier._seen.max_items
 
 
 def test_split_compounds_are_still_joined_for_new_pairs() -> None:
