@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from intake311.sqlite import connect
+from schemas.contact import ANSWERS_LOCATION, ANSWERS_QUESTION
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -50,8 +51,8 @@ def address_key(channel: str, address: str) -> str:
     return hashlib.sha256(f"intake311\x1f{channel}\x1f{normalised}".encode()).hexdigest()[:40]
 
 
-LOCATION = "location"
-QUESTION = "question"
+LOCATION = ANSWERS_LOCATION  # Conversation.awaiting: what we asked, what the next text answers
+QUESTION = ANSWERS_QUESTION
 
 
 @dataclass(frozen=True)

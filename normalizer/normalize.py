@@ -17,7 +17,7 @@ from normalizer.geo.geo import Place
 from normalizer.location import extract_address
 from normalizer.priority import PriorityRules, priority_of, raise_to
 from schemas.attributes import Answers, answers_from_text, unanswered
-from schemas.contact import Media, RawContact
+from schemas.contact import ANSWERS, ANSWERS_QUESTION, Media, RawContact
 from schemas.emergency import EmergencyRules, default_rules
 from schemas.ids import digest, event_id_for
 from schemas.language import LanguageDetector, detector
@@ -241,11 +241,14 @@ class Normalizer:
         """A follow-up (an answer to "where is it?", a reply email): add, never overwrite.
 
         A service the resident picked, or one an operator decided (``decided_by``), is kept: the
-        follow-up's words do not classify the request again.
+        follow-up's words do not classify the request again. Nor do the words of an answer to
+        the service's own question (``ANSWERS_QUESTION``): "Garbage" answers which collection
+        was missed; it does not say the problem is another one.
         """
         text = contact.text.strip()
         description = "\n".join(p for p in (previous.description, text) if p)[:MAX_DESCRIPTION]
-        if previous.confidence >= 1.0 or previous.decided_by is not None:
+        answering = contact.metadata.get(ANSWERS) == ANSWERS_QUESTION
+        if previous.confidence >= 1.0 or previous.decided_by is not None or answering:
             result = Classification(previous.service_code, previous.confidence)
         else:
             result = self.classify(contact, description)

@@ -22,6 +22,11 @@ ACTION_RECLASSIFY = "reclassify"  # metadata["service_code"]: the service it rea
 ACTION_REROUTE = "reroute"  # metadata["department"]: the department responsible for it
 ACTION_MERGE = "merge"  # metadata["into"]: a ticket whose incident this request is part of
 OPERATOR_ACTIONS: Final = frozenset({ACTION_SPLIT, ACTION_RECLASSIFY, ACTION_REROUTE, ACTION_MERGE})
+# ``RawContact.metadata["answers"]`` of a follow-up that replies to what we asked the resident:
+# "where is it?" (the text is the place) or a service's question (the text answers it).
+ANSWERS = "answers"
+ANSWERS_LOCATION = "location"
+ANSWERS_QUESTION = "question"
 
 
 class _Model(BaseModel):

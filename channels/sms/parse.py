@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from channels.conversation import LOCATION
 from channels.sms.location import find_location
-from schemas.contact import Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
+from schemas.contact import ANSWERS, Location, Media, MetadataValue, RawContact, ReplyVia, Sender, SenderKind
 from schemas.ids import make_contact_id, ticket_for
 from schemas.language import DEFAULT_LANGUAGES, detector
 
@@ -144,7 +144,7 @@ def parse_sms(
         if form.get(field):
             metadata[key] = form[field]
     if answers:
-        metadata["answers"] = answers
+        metadata[ANSWERS] = answers
     return RawContact(
         contact_id=contact_id,
         request_id=ticket,

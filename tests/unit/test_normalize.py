@@ -9,6 +9,7 @@ from normalizer.location import extract_address
 from normalizer.normalize import Normalizer
 from normalizer.state import Snapshot, StateStore, StoredRequest
 from schemas import DeadLetter, Location, Media, RawContact
+from schemas.contact import ANSWERS, ANSWERS_QUESTION
 from schemas.taxonomy import load_taxonomy
 from schemas.topics import TOPICS
 from tests.conftest import make_contact
@@ -88,6 +89,33 @@ def test_followup_adds_location_to_the_same_request(normalizer: Normalizer) -> N
     assert merged.updated_datetime == answer.received_at
     assert merged.event_id != opened.event_id
     assert normalizer.normalize(answer, merged) == merged  # replay of the answer
+
+
+def test_an_answer_to_the_services_question_does_not_classify_the_request_again(
+    normalizer: Normalizer,
+) -> None:
+    """The reply to "which collection was missed?" answers it; its words ("a fallen tree limb
+    and leaves") are not evidence about which problem it is, as an ordinary follow-up's are."""
+    first = make_contact("missed pickup at 200 Orange St", provider_id="q1", channel="sms")
+    opened = normalizer.normalize(first)
+
+    def follow_up(metadata: dict[str, str]) -> RawContact:
+        return RawContact.model_validate(
+            {
+                **make_contact("a fallen tree limb and leaves", provider_id="q2", channel="sms").model_dump(),
+                "request_id": first.request_id,
+                "continues": True,
+                "received_at": first.received_at + timedelta(minutes=2),
+                "metadata": metadata,
+            }
+        )
+
+    answered = normalizer.normalize(follow_up({ANSWERS: ANSWERS_QUESTION}), opened)
+    assert (answered.service_code, answered.confidence) == (opened.service_code, opened.confidence)
+    assert answered.attributes == {"stream": "yard-waste"}
+    assert "a fallen tree limb" in answered.description
+    plain = normalizer.normalize(follow_up({}), opened)  # not an answer: classified again
+    assert plain.confidence != opened.confidence
 
 
 def test_batch_dead_letters_bad_records_and_keeps_going(normalizer: Normalizer, tmp_path) -> None:
