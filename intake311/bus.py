@@ -121,13 +121,20 @@ async def ensure_topics(kafka: KafkaSettings, bootstrap: Sequence[str], names: I
 
 
 async def _create_missing(admin: AIOKafkaAdminClient, kafka: KafkaSettings, names: Iterable[str]) -> None:
+    partitions, replicas = kafka.topic_partitions, kafka.replication_factor
+    await create_missing(admin, [NewTopic(n, partitions, replicas) for n in set(names)])
+
+
+async def create_missing(admin: AIOKafkaAdminClient, topics: Sequence[NewTopic]) -> list[str]:
+    """Create those of ``topics`` the cluster lacks (each with its own partitions and configs);
+    the names created. The one way topics are made, the stages' and a sink's own (open311)."""
     existing = set(await admin.list_topics())
-    missing = sorted(set(names) - existing)
+    missing = sorted((t for t in topics if t.name not in existing), key=lambda t: t.name)
     if missing:
-        topics = [NewTopic(n, kafka.topic_partitions, kafka.replication_factor) for n in missing]
         with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
-            await admin.create_topics(topics)
-        log.info("topics created", topics=missing)
+            await admin.create_topics(missing)
+        log.info("topics created", topics=[t.name for t in missing])
+    return [t.name for t in missing]
 
 
 class BusWatch:

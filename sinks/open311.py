@@ -547,19 +547,17 @@ async def ensure_topic(
     replication_factor: int,
     configs: Mapping[str, str] | None = None,
 ) -> None:
-    """Create topic ``name`` when missing (the sink's own topics: its map, its lease)."""
+    """Create topic ``name`` when missing (the sink's own topics: its map, its lease), with its
+    own partitions and configs, through the runtime's ``create_missing``."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+
+    from intake311.bus import create_missing
 
     admin = AIOKafkaAdminClient(bootstrap_servers=list(bootstrap), **client_options)
     await admin.start()
     try:
-        if name in set(await admin.list_topics()):
-            return
         topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(configs or {}))
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([topic])
-        log.info("open311 topic created", topic=name)
+        await create_missing(admin, [topic])
     finally:
         await admin.close()
 
