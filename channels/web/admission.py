@@ -163,7 +163,11 @@ class AcceptGate:
 
 
 def gate_of(app: Any) -> AcceptGate | None:
-    """The ``AcceptGate`` in a built Starlette/FastAPI middleware stack, if any (tests, metrics)."""
+    """The ``AcceptGate`` of the web app (``WebApp.gate``) or of a built Starlette/FastAPI
+    middleware stack, if any (tests, metrics)."""
+    gate = getattr(app, "gate", None)
+    if isinstance(gate, AcceptGate):
+        return gate
     layer = getattr(app, "middleware_stack", None)
     while layer is not None:
         if isinstance(layer, AcceptGate):

@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from channels.base import ContactPublisher
 from channels.web.accept import (
@@ -36,11 +36,12 @@ from channels.web.form import (
     form_page,
     given_answers,
 )
-from channels.web.formats import errors
+from channels.web.formats import Format, errors
 from channels.web.lookup import RequestLookup, accepted_requests
 from channels.web.open311 import PREFIX, discovery_router, open311_http_errors, open311_router
 from channels.web.parse import WEB_CHANNEL, FormFields, FormInvalid, parse_web_form, web_form_key
 from intake311.http import BodyTooLarge, read_body
+from intake311.logging import get_logger
 from intake311.settings import Settings
 from schemas.attributes import Answers
 from schemas.contact import RawContact
@@ -50,11 +51,93 @@ from schemas.messages import render
 from schemas.taxonomy import Taxonomy
 
 _SUBMISSIONS = (f"{PREFIX}/requests.json", f"{PREFIX}/requests.xml", "/")
+log = get_logger("channels.web")
 
 
 def _is_submission(path: str) -> bool:
     """The paths that publish a contact: Open311 ``POST requests`` and the resident form."""
     return path in _SUBMISSIONS
+
+
+class WebApp(FastAPI):
+    """FastAPI, with Open311 ``POST requests`` answered in front of Starlette's middleware stack.
+
+    Why: between uvicorn and the endpoint a POST went through eight layers (Starlette's server
+    error and exception middlewares, FastAPI's telemetry, body-limit and exit-stack middlewares,
+    the router's match of every route, a wrapped ``send`` per layer for each response message),
+    none of which this endpoint uses: it reads its own body with a cap, answers every problem
+    itself in the spec's format and has no dependencies. ``direct`` maps its two paths to the
+    endpoint. Every submission (these two and the resident form's POST) first passes the one
+    ``AcceptGate`` (``gate``), outside everything else, so the limit counts them together as
+    before and a refusal costs no more than it did.
+
+    The short way is taken only while no middleware was added to the app (``user_middleware``):
+    tracing's ASGI middleware, or any an operator adds, must see every request, so then every
+    request goes the long way. An endpoint that raises gets what Starlette would give it: the
+    error logged with its traceback and a 500, in the path's format, if nothing was sent yet.
+    (With tracing on, a submission the gate refuses has no span: the gate is outside it.)
+    """
+
+    direct: dict[str, tuple[Format, Callable[..., Any]]]  # both set by ``create_app``
+    gate: AcceptGate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and _is_submission(scope["path"]):
+            scope["app"] = self
+            await self.gate(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def behind_gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A submission the gate let in: Open311's straight to its endpoint, the resident form's
+        (and every one once middleware was added) the long way."""
+        direct = self.direct.get(scope["path"])
+        if direct is None or self.user_middleware:
+            await super().__call__(scope, receive, send)
+            return
+        fmt, endpoint = direct
+        scope["path_params"] = {"fmt": fmt}
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            response: Response = await endpoint(fmt, Request(scope, receive))
+            await response(scope, receive, sending)
+        except ClientDisconnect:
+            return  # nobody is left to answer; nothing was published (the body never arrived)
+        except Exception:
+            log.error("submission failed", path=scope["path"], exc_info=True)
+            if not started:
+                reason = "internal error; a retry of the same request never creates a second one"
+                await errors(fmt, 500, reason)(scope, receive, send)
+
+
+def _open311_post(router: APIRouter) -> Callable[..., Any] | None:
+    """The Open311 ``POST requests.{fmt}`` endpoint of ``router`` when it takes exactly
+    ``(fmt, request)``; None otherwise (one that grows a dependency is left to FastAPI, where it
+    is resolved as declared)."""
+    for route in router.routes:
+        if (
+            isinstance(route, APIRoute)
+            and route.methods == {"POST"}
+            and route.path == f"{PREFIX}/requests.{{fmt}}"
+            and list(signature(route.endpoint).parameters) == ["fmt", "request"]
+        ):
+            return route.endpoint
+    return None
+
+
+def _direct_endpoints(router: APIRouter) -> dict[str, tuple[Format, Callable[..., Any]]]:
+    """``WebApp.direct``: each path of Open311 ``POST requests`` with its format and endpoint."""
+    endpoint = _open311_post(router)
+    if endpoint is None:
+        return {}
+    formats: tuple[Format, ...] = ("json", "xml")
+    return {f"{PREFIX}/requests.{fmt}": (fmt, endpoint) for fmt in formats}
 
 
 def _direct_routes(router: APIRouter) -> list[Route]:
@@ -63,26 +146,17 @@ def _direct_routes(router: APIRouter) -> list[Route]:
     Why: FastAPI's per-request work for an endpoint that takes only ``(fmt, request)`` (resolving
     dependencies it does not have, matching through included routers) was ~8% of a POST's CPU.
     FastAPI's route stays behind this one for the OpenAPI document and serves nothing it can
-    reach. Only an endpoint of exactly that signature is taken over: one that grows a
-    dependency is left to FastAPI, where it is resolved as declared.
+    reach. This is the way in when ``WebApp`` takes the long way (middleware added).
     """
-    routes = []
-    for route in router.routes:
-        if not (
-            isinstance(route, APIRoute)
-            and route.methods == {"POST"}
-            and route.path == f"{PREFIX}/requests.{{fmt}}"
-            and list(signature(route.endpoint).parameters) == ["fmt", "request"]
-        ):
-            continue
-        endpoint = route.endpoint
+    endpoint = _open311_post(router)
+    if endpoint is None:
+        return []
 
-        async def direct(request: Request, endpoint: Callable[..., Any] = endpoint) -> Response:
-            response: Response = await endpoint(request.path_params["fmt"], request)
-            return response
+    async def direct(request: Request) -> Response:
+        response: Response = await endpoint(request.path_params["fmt"], request)
+        return response
 
-        routes.append(Route(route.path, direct, methods=["POST"], include_in_schema=False))
-    return routes
+    return [Route(f"{PREFIX}/requests.{{fmt}}", direct, methods=["POST"], include_in_schema=False)]
 
 
 def _bus_down(language: str) -> tuple[str, str]:
@@ -150,7 +224,7 @@ def create_app(
     caller starts the broker there). FastAPI's own /docs are off: they load assets from a CDN.
     """
     lookup = lookup if lookup is not None else accepted_requests(settings)
-    app = FastAPI(
+    app = WebApp(
         title="intake311 web channel",
         summary="Open311 GeoReport v2 and a resident form, publishing raw contacts to Kafka",
         docs_url=None,
@@ -160,7 +234,8 @@ def create_app(
     app.state.lookup = lookup
     open311 = open311_router(settings, publisher, taxonomy, lookup)
     app.include_router(open311)
-    app.router.routes[:0] = _direct_routes(open311)
+    app.router.routes[:0] = _direct_routes(open311)  # the long way, once middleware is added
+    app.direct = _direct_endpoints(open311)
     emergencies = rules_for(settings.emergency_rules_file)
     recent = recent_submissions(settings.data_dir)
     field_limit = form_field_limit(taxonomy, MAX_FIELDS)
@@ -175,8 +250,8 @@ def create_app(
             return form_page(taxonomy, status=503, notice=_bus_down(language), language=language)
         return errors("xml" if scope["path"].endswith(".xml") else "json", 503, reason)
 
-    app.add_middleware(
-        AcceptGate,
+    app.gate = AcceptGate(
+        app.behind_gate,
         limit=settings.web.max_accepting,
         max_wait_s=settings.web.accept_wait_ms / 1000,
         gated=_is_submission,
