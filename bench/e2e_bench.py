@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -41,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -102,9 +104,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 # Sub-process roles: the trivial endpoint, and the Python load generators
 
 
-def serve_trivial(port: int) -> None:
+def serve_trivial(port: int, *, reuse_port: bool = False) -> None:
     """The HTTP ceiling: FastAPI parsing the same form, answering 201 with a ticket, nothing else.
-    Same uvicorn options as the web stage (intake311.pipeline.serve)."""
+    Same uvicorn options as the web stage (intake311.pipeline.serve). ``reuse_port``: one of
+    several such processes on the port (``SO_REUSEPORT``), as the web stage's workers are."""
     import itertools
 
     import uvicorn
@@ -130,7 +133,16 @@ def serve_trivial(port: int) -> None:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    sockets = None
+    if reuse_port:
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sockets = [sock]
+    asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
 
 
 def ticket_of(body: bytes) -> str | None:
@@ -304,6 +316,9 @@ def stage_env(bootstrap: str, prefix: str, data_dir: Path, **extra: str) -> dict
         # The broker is the embedded Tansu, reached by address like a cluster: say so, or the
         # stages take a cluster's 500 ms fetch wait, which Tansu holds on every empty fetch.
         "INTAKE311_KAFKA__FETCH_MAX_WAIT_MS": os.environ.get("INTAKE311_KAFKA__FETCH_MAX_WAIT_MS", "20"),
+        # ... and a Tansu group coordinator: a cluster's 10 s session would make every join and
+        # crash on it cost 1.5-2 times that (docs/operations.md). Ignored by a tree without it.
+        "INTAKE311_KAFKA__GROUP_COORDINATOR": os.environ.get("INTAKE311_KAFKA__GROUP_COORDINATOR", "tansu"),
         **extra,
     }
 
@@ -679,10 +694,11 @@ class Stalls:
 
 async def _steady_load(
     bootstrap: str, records: list[Any], rate: float, sent_at: dict[bytes, float], marks: dict[str, float],
-    events: list[tuple[float, Callable[[], None]]],
+    events: list[tuple[float, Callable[[], bool]]], until: Callable[[], bool] = lambda: False,
 ) -> None:  # fmt: skip
-    """Sends ``records`` at ``rate``/s (acks=all, one at a time in order), running each
-    (seconds-from-start, action) of ``events`` when its time comes."""
+    """Sends ``records`` at ``rate``/s (acks=all, one at a time in order) until ``until()``, running
+    each (seconds-from-start, action) of ``events`` in turn once its time has come and the one
+    before it has run; an action that returns False is not done yet and is asked again."""
     from bench.pipeline_bench import producer
 
     prod = producer(bootstrap)
@@ -691,9 +707,11 @@ async def _steady_load(
     try:
         start = time.monotonic()
         for i, (topic, key, value) in enumerate(records):
+            if until():
+                break
             due = start + i / rate
-            while pending and time.monotonic() - start >= pending[0][0]:
-                pending.pop(0)[1]()
+            if pending and time.monotonic() - start >= pending[0][0] and pending[0][1]():
+                pending.pop(0)
             if (wait := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             sent_at[key] = time.monotonic()
@@ -703,8 +721,11 @@ async def _steady_load(
         await prod.stop()
 
 
-async def _arrivals(bootstrap: str, topic: str, wanted: int, timeout: float) -> dict[bytes, list[float]]:
-    """When each key arrived on ``topic`` (every arrival: a second one is a duplicate)."""
+async def _arrivals(
+    bootstrap: str, topic: str, wanted: Callable[[], float], timeout: float
+) -> dict[bytes, list[float]]:
+    """When each key arrived on ``topic`` (every arrival: a second one is a duplicate), until
+    ``wanted()`` keys have (it may grow while this runs) or ``timeout``."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -715,7 +736,7 @@ async def _arrivals(bootstrap: str, topic: str, wanted: int, timeout: float) -> 
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(seen) < wanted:
+        while time.monotonic() < deadline and len(seen) < wanted():
             batches = await consumer.getmany(timeout_ms=20, max_records=2000)
             now_ = time.monotonic()
             for records in batches.values():
@@ -746,9 +767,12 @@ def membership_stalls(
     prefix = f"e2e{stamp}members"
     data_dir = scratch / "members"
     settings = Settings(data_dir=data_dir, kafka=KafkaSettings(topic_prefix=prefix))
-    steady_s, join_s, kill_s = 6.0, 22.0, 12.0
+    # The kill comes once the second member has been ready settle_s (so the join's rebalance is
+    # over and its stall is the join's alone), at least join_s after the join, at most
+    # max_join_s; kill_s more of load follow it.
+    steady_s, join_s, settle_s, max_join_s, kill_s = 6.0, 22.0, 10.0, 45.0, 12.0
     records = contact_records(
-        settings, make_contacts(int(rate * (steady_s + join_s + kill_s)), f"{prefix}-load")
+        settings, make_contacts(int(rate * (steady_s + max_join_s + kill_s + 2)), f"{prefix}-load")
     )
     ports = [free_port(), free_port()]
     names = ["members-normalizer0", "members-normalizer1"]
@@ -766,21 +790,43 @@ def membership_stalls(
     marks: dict[str, float] = {}
     sent_at: dict[bytes, float] = {}
 
-    def join() -> None:
+    def watch_ready() -> None:  # in a thread: the load generator must not wait on HTTP
+        url = f"http://127.0.0.1:{ports[1]}/health/ready"
+        while "kill" not in marks and procs.children.get(names[1]) is not None:
+            if http_status(url, timeout=1.0) == 200:
+                marks["ready"] = time.monotonic()
+                return
+            time.sleep(0.2)
+
+    def join() -> bool:
         marks["join"] = time.monotonic()
         start(1)
+        threading.Thread(target=watch_ready, daemon=True).start()
+        return True
 
-    def kill() -> None:
-        marks["kill"] = time.monotonic()
+    def kill() -> bool:
+        now = time.monotonic()
+        ready = marks.get("ready")
+        if (ready is None or now < ready + settle_s) and now < marks["join"] + max_join_s:
+            return False
+        if ready is None:
+            progress(f"  the second normalizer was not ready {max_join_s:g}s after its start: killing anyway")
+        marks["kill"] = now
         proc = procs.children.pop(names[0])
         proc.kill()
         proc.wait(5)
+        return True
+
+    def done() -> bool:
+        return "kill" in marks and time.monotonic() >= marks["kill"] + kill_s
 
     async def both() -> dict[bytes, list[float]]:
-        arrivals = asyncio.ensure_future(_arrivals(bootstrap, f"{prefix}.requests", len(records) + 12, 120))
+        wanted = {"n": math.inf}  # known once the load has stopped: what it sent, and the warm-up
+        arrivals = asyncio.ensure_future(_arrivals(bootstrap, f"{prefix}.requests", lambda: wanted["n"], 180))
         await _steady_load(
-            bootstrap, records, rate, sent_at, marks, [(steady_s, join), (steady_s + join_s, kill)]
+            bootstrap, records, rate, sent_at, marks, [(steady_s, join), (steady_s + join_s, kill)], done
         )
+        wanted["n"] = len(sent_at) + 12
         return await arrivals
 
     try:
@@ -874,6 +920,9 @@ def run(args: argparse.Namespace) -> int:
     from intake311.settings import KafkaSettings
 
     quick = args.quick
+    from intake311.settings import Settings
+
+    web_workers = Settings().web.workers  # INTAKE311_WEB__WORKERS reaches the web stage too
     edge_s = 6.0 if quick else 12.0  # per endpoint, split into EDGE_ROUNDS rounds
     latency_s = 8.0 if quick else 15.0
     scale_n = args.messages or (5000 if quick else 10000)
@@ -935,11 +984,13 @@ def run(args: argparse.Namespace) -> int:
 
             # Edge throughput: the web stage and the trivial endpoint in alternating rounds, so a
             # change in the machine's load (other jobs) hits both alike.
+            # As many trivial processes on one port as the web stage has workers (web.workers).
             trivial_port = free_port()
-            procs.start(
-                "trivial",
-                [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(trivial_port)],
-            )
+            trivials = ["trivial"] + [f"trivial-{k + 1}" for k in range(1, web_workers)]
+            for name in trivials:
+                reuse = ["--reuse-port"] if web_workers > 1 else []
+                argv = [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(trivial_port)]
+                procs.start(name, argv + reuse)
             wait_ready(procs, "trivial", f"http://127.0.0.1:{trivial_port}/health/ready", 30)
             edges: list[Edge] = []
             ceilings: list[Edge] = []
@@ -959,15 +1010,17 @@ def run(args: argparse.Namespace) -> int:
                     f"  {len(ceiling.tickets)} accepted in {ceiling.seconds:.1f}s = {ceiling.rate:.0f}/s"
                 )
                 ceilings.append(ceiling)
-            procs.stop("trivial")
+            for name in trivials:
+                procs.stop(name)
             edge, ceiling = combined("web stage", edges), combined("trivial", ceilings)
             edge_lost, edge_dup = delivery_counts(tail, edge.tickets)
             progress(
                 f"  edge: {edge.rate:.0f}/s vs {ceiling.rate:.0f}/s; lost {edge_lost}, duplicated {edge_dup}"
             )
+            workers_note = f", {web_workers} web workers and trivial processes" if web_workers > 1 else ""
             rows.append((
                 f"accepted Open311 POSTs/s at the edge ({edge.tool}, {connections} conns, "
-                f"{EDGE_ROUNDS}x{round_s:g}s alternating)",
+                f"{EDGE_ROUNDS}x{round_s:g}s alternating{workers_note})",
                 f"{edge.rate:,.0f}/s ({edge.failed} not 201)",
                 f"trivial FastAPI form endpoint {ceiling.rate:,.0f}/s",
                 f"{edge.rate / ceiling.rate:.2f}" if ceiling.rate else "-",
@@ -1026,7 +1079,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{two.extra} / {one.extra}",
             ))  # fmt: skip
             progress(
-                "membership: one normalizer at 100/s; a second joins at 6 s; the first is killed at 28 s"
+                "membership: one normalizer at 100/s; a second joins at 6 s; the first is killed once the"
+                " second has been ready 10 s (22-45 s after its start)"
             )
             stalls = membership_stalls(procs, bootstrap, stamp, scratch)
             progress(
@@ -1087,10 +1141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-stage-bench", action="store_true", help="leave out pipeline_bench.py")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy every process's log here")
     parser.add_argument("--serve-trivial", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_trivial:
-        serve_trivial(args.serve_trivial)
+        serve_trivial(args.serve_trivial, reuse_port=args.reuse_port)
         return 0
     if args.client:
         kind, url, *rest = args.client

@@ -128,7 +128,7 @@ class EmbeddedKafka:
             raise EmbeddedBrokerError(
                 f"another intake311 runs the embedded broker in {self.data_dir}; use another data "
                 "directory, or point INTAKE311_KAFKA__BOOTSTRAP_SERVERS at that broker "
-                "(its address is in run/embedded.bootstrap)"
+                "(its address is in run/embedded.bootstrap) with INTAKE311_KAFKA__GROUP_COORDINATOR=tansu"
             ) from None
         self._lock = fd
 

@@ -67,7 +67,19 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int | None = Field(
         default=None,
         ge=1000,
-        description="consumer group session timeout; None: 10000 on a cluster, 2000 embedded",
+        description="consumer group session timeout: how long a crashed (SIGKILLed) member keeps "
+        "its partitions; on Tansu also how long every rebalance takes (group_coordinator). None: "
+        "2000 where the group coordinator is Tansu, 10000 otherwise",
+    )
+    group_coordinator: Literal["kafka", "tansu"] | None = Field(
+        default=None,
+        description="whose consumer-group coordinator the brokers run, for the session timeout's "
+        "default. Tansu holds every JoinGroup for half the session timeout and a member's SyncGroup "
+        "up to 8/10 of it, and evicts a crashed member only after a whole one, so there the session "
+        "timeout is what a member joining or crashing costs: with 10000 a second normalizer joining "
+        "stalled the first's contacts up to 8.7 s and a SIGKILL up to 21 s, with 2000 about 3 s "
+        "and 4 s. None: tansu for the embedded broker, kafka otherwise; set tansu for a Tansu reached "
+        "by address (another process's embedded broker, bench/e2e_bench.py)",
     )
     fetch_max_wait_ms: int | None = Field(
         default=None,
@@ -133,10 +145,19 @@ class KafkaSettings(BaseModel):
         return max(500, self.consumer_fetch_max_wait_ms)
 
     @property
+    def tansu_coordinator(self) -> bool:
+        """Whether the consumer groups are coordinated by Tansu (``group_coordinator``)."""
+        if self.group_coordinator is not None:
+            return self.group_coordinator == "tansu"
+        return self.embedded
+
+    @property
     def consumer_session_timeout_ms(self) -> int:
-        # A group's first join waits about half the session timeout; the embedded broker runs
-        # on one machine with no GC-pause risk worth a 5 s wait per consumer group.
-        return self.session_timeout_ms or (2000 if self.embedded else 10000)
+        # Tansu waits half the session timeout in every JoinGroup (a group's first join and every
+        # rebalance) and a whole one before it evicts a crashed member; it runs on one machine
+        # with no GC-pause risk worth those waits. What a stage does to one batch on the event
+        # loop holds its heartbeats too, so that must stay well under it (max_batch).
+        return self.session_timeout_ms or (2000 if self.tansu_coordinator else 10000)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.security_protocol not in ("SSL", "SASL_SSL"):

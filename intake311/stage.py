@@ -341,6 +341,33 @@ def settle_gc() -> None:
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
 
 
+def group_options(settings: Settings) -> dict[str, Any]:
+    """Consumer-group timing for every stage's consumer: what a member joining or crashing costs.
+
+    The session timeout is the whole of it (``kafka.session_timeout_ms``, ``kafka.group_coordinator``:
+    2 s on Tansu, 10 s on Kafka). Measured on Tansu 0.6.0 (one normalizer at 100/s, a second
+    joining, then one of the two SIGKILLed; docs/operations.md) and left as they are:
+
+    * The heartbeat, a quarter of the session (at least 300 ms): a member already in the group
+      learns of a rebalance only from a heartbeat's answer, but 150 ms instead of 500 (2 s
+      session) or 1 s instead of 2.5 s (10 s) moved no stall beyond the runs' noise; Tansu's waits
+      (half a session in each JoinGroup, a whole one before an eviction) are the rest.
+    * No ``group_instance_id`` (static membership): Tansu then pauses every JoinGroup and
+      SyncGroup 3 s and never evicts a dead member on a static member's request; a join stalled
+      contacts 23 s, a SIGKILL 14 s, and 613 were published twice.
+    * FastStream's round-robin assignor: aiokafka has no cooperative protocol, so every member
+      gives up all its partitions at each rebalance whatever the assignor.
+    * aiokafka's ``rebalance_timeout_ms`` (the session timeout; Tansu ignores it) and
+      ``max_poll_interval_ms`` (5 min) are not in play, nor is ``metadata_max_age_ms`` for the
+      pattern subscription (aiokafka refreshes the metadata before every join).
+
+    A member stopped with SIGTERM sends LeaveGroup (aiokafka, on stop), so the others need not
+    wait for its eviction: 1.6 s of stall with a 2 s session (8.8 s with 10 s).
+    """
+    session_ms = settings.kafka.consumer_session_timeout_ms
+    return {"session_timeout_ms": session_ms, "heartbeat_interval_ms": max(300, session_ms // 4)}
+
+
 def batch_subscriber(
     broker: KafkaBroker,
     *topics: str,
@@ -360,7 +387,6 @@ def batch_subscriber(
     """
     from faststream import AckPolicy
 
-    session_ms = settings.kafka.consumer_session_timeout_ms
     subscriber = broker.subscriber(
         *topics,
         pattern=pattern,
@@ -372,8 +398,7 @@ def batch_subscriber(
         # latency: the consumer starts with the idle wait and FetchPace shortens it while
         # records flow (intake311/fetchwait.py says why; on a cluster too: kafka.fetch_max_wait_ms).
         fetch_max_wait_ms=settings.kafka.consumer_idle_fetch_max_wait_ms,
-        session_timeout_ms=session_ms,
-        heartbeat_interval_ms=max(300, session_ms // 4),
+        **group_options(settings),
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=tolerant_batch_parser,

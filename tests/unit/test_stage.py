@@ -7,14 +7,18 @@ import random
 
 import pytest
 from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaAckableMessage
 from faststream.kafka.parser import AioKafkaBatchParser
 
 from intake311.bus import Outgoing
+from intake311.settings import KafkaSettings, Settings
 from intake311.stage import (
     MAX_LETTER_BYTES,
     Record,
+    batch_subscriber,
     dead_letter,
+    group_options,
     pause_on_failure,
     process_batch,
     records_from,
@@ -146,3 +150,47 @@ def test_a_consumed_record_reads_its_headers_only_when_asked_and_never_fails_on_
     assert by_hand == record and by_hand != Record(b"other")
     assert Record.of(consumed(3, [])).value == b"" and Record.of(consumed(3, [])).headers == {}
     assert Record(b"x").headers == {}
+
+
+def _kafka(**fields: object) -> Settings:
+    return Settings(kafka=KafkaSettings.model_validate(fields))
+
+
+@pytest.mark.parametrize(
+    ("fields", "session_ms", "heartbeat_ms"),
+    [
+        ({}, 2000, 500),  # the embedded broker: Tansu
+        ({"bootstrap_servers": "kafka:9092"}, 10000, 2500),
+        # Tansu reached by address: a join or a crash costs about the session timeout there
+        ({"bootstrap_servers": "127.0.0.1:9092", "group_coordinator": "tansu"}, 2000, 500),
+        ({"group_coordinator": "kafka"}, 10000, 2500),
+        ({"group_coordinator": "tansu", "session_timeout_ms": 1000}, 1000, 300),  # the floor
+        ({"bootstrap_servers": "kafka:9092", "session_timeout_ms": 6000}, 6000, 1500),
+    ],
+)
+def test_the_group_timing_follows_whose_coordinator_it_is(
+    fields: dict[str, object], session_ms: int, heartbeat_ms: int
+) -> None:
+    assert group_options(_kafka(**fields)) == {
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": heartbeat_ms,
+    }
+
+
+def test_an_unknown_group_coordinator_is_refused() -> None:
+    with pytest.raises(ValueError, match="group_coordinator"):
+        KafkaSettings.model_validate({"group_coordinator": "redpanda"})
+
+
+def test_every_stage_consumer_gets_the_group_timing_and_no_static_membership() -> None:
+    settings = _kafka(bootstrap_servers="127.0.0.1:9092", group_coordinator="tansu")
+    broker = KafkaBroker("127.0.0.1:9092")
+
+    @batch_subscriber(broker, pattern="contacts\\..+", group_id="g", settings=settings)
+    async def handle(body: list[bytes]) -> None: ...
+
+    (subscriber,) = broker.subscribers
+    consumer_args = subscriber._connection_args  # type: ignore[attr-defined]  # what aiokafka is given
+    assert consumer_args["session_timeout_ms"] == 2000
+    assert consumer_args["heartbeat_interval_ms"] == 500
+    assert consumer_args["group_instance_id"] is None
