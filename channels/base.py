@@ -74,7 +74,9 @@ class KafkaContactPublisher:
         # Once handed to the producer the record cannot be called back (it may be on the wire),
         # so every failure from here on is OutcomeUnknown, never "not created".
         try:
-            await asyncio.wait_for(publish_all(self._broker, [record]), deadline - loop.time())
+            # ``timeout_at`` rather than ``wait_for``: no task wrapped around each POST's publish.
+            async with asyncio.timeout_at(deadline):
+                await publish_all(self._broker, [record])
         except TimeoutError as exc:
             if watch is not None:
                 watch.poke()
@@ -117,7 +119,8 @@ class _SharedConfirm:
             group = self._next = loop.create_future()
             loop.call_soon(self._begin, group)
         try:
-            return await asyncio.wait_for(asyncio.shield(group), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task per waiter, unlike ``wait_for``
+                return await asyncio.shield(group)
         except TimeoutError:
             return False
 

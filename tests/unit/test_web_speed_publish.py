@@ -85,6 +85,33 @@ async def test_a_publish_acknowledged_during_a_check_waits_for_the_next_one() ->
     assert watch.checks == 2 and watch.pokes == 1
 
 
+class HungBroker(Broker):
+    """Takes every publish and never acknowledges it."""
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_publish_never_acknowledged_is_unknown_after_the_timeout() -> None:
+    broker = HungBroker()
+    watch = Watch(broker)
+    pub = KafkaContactPublisher(broker, Topics(), watch=watch, timeout_s=0.2)  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(OutcomeUnknown, match=r"did not acknowledge within 0\.2s"):
+        await pub.publish(make_contact(provider_id="hung"))
+    assert asyncio.get_running_loop().time() - started >= 0.15  # waited its timeout, not less
+    assert watch.pokes == 1 and watch.checks == 0  # no check for what was never acknowledged
+
+
+async def test_a_check_that_does_not_answer_in_time_is_unknown() -> None:
+    broker = Broker()
+    watch = Watch(broker, delay_s=5.0)  # the metadata request hangs
+    pub = KafkaContactPublisher(broker, Topics(), watch=watch, timeout_s=0.2)  # type: ignore[arg-type]
+    with pytest.raises(OutcomeUnknown, match="lost the pipeline's topics"):
+        await pub.publish(make_contact(provider_id="slow-check"))  # confirm waits at least 0.5 s
+    assert broker.published == 1 and watch.pokes == 1
+
+
 async def test_a_lone_publish_still_checks_and_a_lost_broker_is_unknown() -> None:
     broker = Broker()
     watch = Watch(broker, delay_s=0)
