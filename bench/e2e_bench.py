@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import json
 import math
 import os
@@ -77,40 +76,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-REPORTS_CSV = ROOT.parent / "shared" / "data" / "seeclickfix_newhaven_2014.csv"
-MAX_TEXT_CHARS = 500
-
-
-@functools.lru_cache(maxsize=1)
-def report_texts() -> tuple[str, ...]:
-    """The descriptions the POSTs carry: residents' own words, New Haven's held-out reports.
-
-    Why real words: the web stage detects each report's language and checks it for emergencies,
-    and what those cost depends on the words. Reports that differed only in a number (this
-    script's first sentence, "Deep pothole number N ...") were one text to every memo keyed by
-    the words, and would have measured a city where everyone writes the same sentence. The
-    held-out part of ``bench/classifier_eval.py``'s split (nothing is tuned on it), in file
-    order, cut to ``MAX_TEXT_CHARS``, without the reports the emergency rules flag (those go to
-    another department as well, and are not what the latency rows time); request *i* takes text
-    *i* mod their number, so a run of a few thousand requests repeats only what residents
-    repeated (e.g. "Tree Trimming"). Without the city's files: one synthetic sentence.
-    """
-    if not REPORTS_CSV.is_file():
-        return ("Deep pothole in the right lane, cars swerve around it",)
-    from bench.classifier_eval import load_rows
-    from schemas.emergency import rules_for, warning
-
-    rules = rules_for(None)
-    texts = [r["text"][:MAX_TEXT_CHARS].strip() for r in load_rows(REPORTS_CSV, "heldout")]
-    return tuple(t for t in texts if t and warning(t, "en", rules) is None)
-
-
 def form_body(tag: str, i: int) -> str:
     """A distinct report per request (identical content is the same report to the web channel):
-    a resident's text (``report_texts``) and an address with the request's own unit."""
+    a resident's text (``bench.texts.report_texts``) and an address with the request's own unit."""
     from urllib.parse import urlencode
 
-    texts = report_texts()
+    from bench.texts import report_texts
+
+    texts = report_texts() or ("Deep pothole in the right lane, cars swerve around it",)
     return urlencode(
         {
             "api_key": API_KEY,
@@ -122,10 +95,13 @@ def form_body(tag: str, i: int) -> str:
 
 
 def write_texts(path: Path) -> Path:
-    """``report_texts`` url-encoded, one a line, for the wrk script."""
+    """``bench.texts.report_texts`` url-encoded, one a line, for the wrk script."""
     from urllib.parse import quote_plus
 
-    path.write_text("".join(quote_plus(t) + "\n" for t in report_texts()), encoding="utf-8")
+    from bench.texts import report_texts
+
+    texts = report_texts() or ("Deep pothole in the right lane, cars swerve around it",)
+    path.write_text("".join(quote_plus(t) + "\n" for t in texts), encoding="utf-8")
     return path
 
 

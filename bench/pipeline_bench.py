@@ -115,16 +115,29 @@ class Result:
 
 
 def make_contacts(n: int, run: str) -> list[RawContact]:
-    """N distinct operator contacts; a third carry the address in its own field, like a call-taker's."""
+    """N distinct operator contacts; a third carry the address in its own field, like a call-taker's.
+
+    The words are residents' own (``bench.texts.report_texts``: New Haven's held-out reports),
+    the others' address said at their end ("... at 17 Elm Street"); without the city's files,
+    ``TEXTS`` around ``STREETS``.
+    """
+    from bench.texts import report_texts
+
+    real = report_texts()
     now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
     contacts = []
     for i, (template, street) in enumerate(zip(itertools.cycle(TEXTS), itertools.cycle(STREETS))):
         if i == n:
             break
         num = 10 + (i * 7) % 990
+        if real:
+            said = real[i % len(real)]
+            text = said if i % 3 == 0 else f"{said} at {num} {street}"
+        else:
+            text = template.format(num=num, street=street)
         contacts.append(
             operator_contact(
-                template.format(num=num, street=street),
+                text,
                 provider_id=f"{run}-{i}",
                 now=now + timedelta(seconds=i),
                 address=f"{num} {street}" if i % 3 == 0 else None,
