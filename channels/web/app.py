@@ -71,11 +71,13 @@ class WebApp(FastAPI):
     ``AcceptGate`` (``gate``), outside everything else, so the limit counts them together as
     before and a refusal costs no more than it did.
 
-    The short way is taken only while no middleware was added to the app (``user_middleware``):
-    tracing's ASGI middleware, or any an operator adds, must see every request, so then every
-    request goes the long way. An endpoint that raises gets what Starlette would give it: the
-    error logged with its traceback and a 500, in the path's format, if nothing was sent yet.
-    (With tracing on, a submission the gate refuses has no span: the gate is outside it.)
+    The short way is taken only while the app's stack is FastAPI's own: no middleware added
+    (``user_middleware``) and ``build_middleware_stack`` not replaced on the instance (what
+    OpenTelemetry's ``FastAPIInstrumentor`` does to wrap the stack in its own). Tracing, or any
+    middleware an operator adds, must see every request, so then every request goes the long
+    way. (With tracing on, a submission the gate refuses has no span: the gate is outside it.)
+    An endpoint that raises gets what Starlette would give it: the error logged with its
+    traceback and a 500, in the path's format, if nothing was sent yet.
     """
 
     direct: dict[str, tuple[Format, Callable[..., Any]]]  # both set by ``create_app``
@@ -92,7 +94,7 @@ class WebApp(FastAPI):
         """A submission the gate let in: Open311's straight to its endpoint, the resident form's
         (and every one once middleware was added) the long way."""
         direct = self.direct.get(scope["path"])
-        if direct is None or self.user_middleware:
+        if direct is None or self.user_middleware or "build_middleware_stack" in self.__dict__:
             await super().__call__(scope, receive, send)
             return
         fmt, endpoint = direct

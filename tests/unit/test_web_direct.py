@@ -116,6 +116,25 @@ async def test_short_and_long_way_answer_the_same(tmp_path: Path, fmt: str) -> N
         assert json.loads(content)[0]["service_request_id"] == short.contacts[0].request_id
 
 
+async def test_an_instrumented_app_takes_the_long_way(tmp_path: Path) -> None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = app_for(tmp_path, FakePublisher())
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)  # wraps the stack, adds no middleware
+    try:
+        status, _, _ = await post(app, f"{PREFIX}/requests.json", body(6))
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+    assert status == 201
+    assert [s.name for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+
+
 async def test_short_way_refuses_like_the_long_way(tmp_path: Path) -> None:
     app = app_for(tmp_path, FakePublisher())
     status, content, _ = await post(app, f"{PREFIX}/requests.json", body(2).replace(KEY.encode(), b"wrong"))
