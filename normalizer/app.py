@@ -230,10 +230,18 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     )
     async def normalize_contacts(records: ContactRecords, msg: KafkaMessage) -> None:
         batch = records_from(msg.raw_message)
-        prepared, letters = prepare(batch, desk.normalizer, topics)
-        out = letters + await asyncio.to_thread(
-            store.run, lambda snap: decide(batch, prepared, desk, snap, topics)
-        )
+
+        def work() -> tuple[dict[int, Prepared], list[Outgoing], list[Outgoing]]:
+            prepared, letters = prepare(batch, desk.normalizer, topics)
+            return prepared, letters, store.run(lambda snap: decide(batch, prepared, desk, snap, topics))
+
+        # Both halves off the event loop, in one thread hop: normalizing a batch of real reports
+        # is a few hundred ms of CPU (1 ms a report with geocoding), and on the loop it held
+        # the consumer's heartbeats (a 2 s session on Tansu: a slow batch on a loaded machine
+        # was a member evicted), its next fetch, and in a one-process pipeline (``intake311
+        # up``) every other stage and the web stage's residents for as long.
+        prepared, letters, decided = await asyncio.to_thread(work)
+        out = letters + decided
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
