@@ -8,7 +8,8 @@ a cell wholly inside one district stores that district's name, a cell on a borde
 few polygons it touches, a cell outside stores nothing. A lookup is a dict probe, and only on a
 border one or two prepared ``shapely.contains_xy`` tests. The city limit is gridded the same
 way. A layer's districts are assumed not to overlap (wards do not); the first that contains the
-point names it.
+point names it. Building the grids takes a fraction of a second (the polygons are prepared,
+not the cells: see ``_grid``), so a stage restart does not wait for them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ class _Grid:
 
 
 def _grid(geoms: tuple[BaseGeometry, ...]) -> _Grid:
+    """Rasterise ``geoms``: which cells each touches (intersects), and which it wholly holds.
+
+    The STRtree only pairs cells with the polygons whose bounding boxes they overlap; the exact
+    tests then run with the *polygon* prepared (``shapely.intersects``/``contains`` prepare their
+    first argument), one vectorised call per test. Asking the tree for ``predicate=...`` instead
+    prepares each small box and tests it against the whole unprepared polygon, which costs time
+    in the polygon's vertex count per cell: seconds for the city limit at start. Same cells, same
+    answers: ``box within polygon`` is ``polygon contains box``, and only a cell that intersects a
+    polygon can lie within it.
+    """
     xmin, ymin, xmax, ymax = (float(v) for v in shapely.total_bounds(np.array(geoms, dtype=object)))
     nx = int((xmax - xmin) / CELL_DEG) + 1
     ny = int((ymax - ymin) / CELL_DEG) + 1
@@ -50,11 +61,16 @@ def _grid(geoms: tuple[BaseGeometry, ...]) -> _Grid:
     boxes = shapely.box(
         xmin + ix * CELL_DEG, ymin + iy * CELL_DEG, xmin + (ix + 1) * CELL_DEG, ymin + (iy + 1) * CELL_DEG
     )
-    tree = shapely.STRtree(np.array(geoms, dtype=object))
+    polygons = np.array(geoms, dtype=object)
+    shapely.prepare(polygons)  # a no-op for the ones already prepared
+    cell_ids, geom_ids = shapely.STRtree(polygons).query(boxes)  # bounding boxes overlap
+    hit = shapely.intersects(polygons[geom_ids], boxes[cell_ids])
+    cell_ids, geom_ids = cell_ids[hit], geom_ids[hit]
+    held = shapely.contains(polygons[geom_ids], boxes[cell_ids])
     touching: dict[int, list[int]] = defaultdict(list)
-    for cell, geom in zip(*tree.query(boxes, predicate="intersects"), strict=True):
-        touching[int(cell)].append(int(geom))
-    inside = dict(zip(*(a.tolist() for a in tree.query(boxes, predicate="within")), strict=False))
+    for cell, geom in zip(cell_ids.tolist(), geom_ids.tolist(), strict=True):
+        touching[cell].append(geom)
+    inside = dict(zip(cell_ids[held].tolist(), geom_ids[held].tolist(), strict=True))
     cells: dict[tuple[int, int], int | tuple[int, ...]] = {}
     for cell, geoms_here in touching.items():
         key = (int(ix[cell]), int(iy[cell]))

@@ -201,6 +201,7 @@ class LocalGeocoder:
             self._grid[(int(x // GRID_M), int(y // GRID_M))].append(i)
         self._meets: dict[tuple[int, int], tuple[float, float, float] | None] = {}
         self.geocode = lru_cache(maxsize=cache_size)(self._geocode)  # type: ignore[method-assign]
+        self._geocode_words = lru_cache(maxsize=cache_size)(self._geocode_tokens)
         self.locate = lru_cache(maxsize=cache_size)(self._locate)  # type: ignore[method-assign]
 
     # --- construction --------------------------------------------------------------------------
@@ -326,6 +327,13 @@ class LocalGeocoder:
         toks = strip_trailer(raw_tokens(address), self._cities)
         if not toks:
             return None
+        # The answer depends on these words alone, and many addresses differ only in what they
+        # lose here (", CT" / ", Connecticut", "St." / "St", spaces): one answer for all of them.
+        return self._geocode_words(tuple(toks))
+
+    def _geocode_tokens(self, words: tuple[str, ...]) -> GeoResult | None:  # LRU-cached: _geocode_words
+        """``_geocode`` of an address's raw tokens without the city/state trailer (non-empty)."""
+        toks = list(words)
         keyed = key_tokens(toks)
         # Cheap exact path first: "45 elm st" is the common case and needs no scanning.
         if len(keyed) >= 2 and _is_number(keyed[0]):
@@ -341,23 +349,20 @@ class LocalGeocoder:
         if found is not None and found.precision is not Precision.STREET:
             return found
         # Only a street (or nothing) recognised: a misspelt second street or number may be there.
-        fuzzy = self._fuzzy_address(address)
+        fuzzy = self._fuzzy_address(toks)
         if fuzzy is not None and (found is None or fuzzy.precision is not Precision.STREET):
             return fuzzy
         return found
 
-    def _fuzzy_address(self, address: str) -> GeoResult | None:
+    def _fuzzy_address(self, toks: list[str]) -> GeoResult | None:
         """Typos ("Trumbul And Whitney", "Chaple Street"): usaddress says which words are the street.
 
         usaddress is a CRF and costs ~100+ µs, so it only runs after the exact paths missed (and
-        the result is cached with the rest of ``geocode``). It is given the address without its
-        city/state trailer, which it otherwise often mistakes for a recipient's name.
+        the result is cached with the rest of ``geocode``). It is given the address's tokens
+        without its city/state trailer, which it otherwise often mistakes for a recipient's name.
         """
         import usaddress  # imported lazily: most processes never reach this path
 
-        toks = strip_trailer(raw_tokens(address), self._cities)
-        if not toks:
-            return None
         try:
             tagged, _ = usaddress.tag(" ".join(toks))
         except usaddress.RepeatedLabelError as exc:
@@ -606,12 +611,15 @@ class LocalGeocoder:
         pair = (a, b) if a < b else (b, a)
         if pair in self._meets:
             return self._meets[pair]
+        if a == b:  # a street does not meet itself (and its distance matrix would be the largest)
+            self._meets[pair] = None
+            return None
         xa, xb = self._streets[a].xy, self._streets[b].xy
         d2 = ((xa[:, None, :] - xb[None, :, :]) ** 2).sum(axis=2)
         ia, ib = np.unravel_index(int(np.argmin(d2)), d2.shape)
         gap = math.sqrt(float(d2[ia, ib]))
         found = None
-        if gap <= MAX_GAP_M and a != b:
+        if gap <= MAX_GAP_M:
             pa, pb = xa[ia], xb[ib]
             mid = (pa + pb) / 2
             da, db = _axis(xa, pa), _axis(xb, pb)
