@@ -67,6 +67,20 @@ _ADDRESS_ABBREVIATIONS = frozenset(_ABBREVIATIONS.split())
 # Both cases spelled out rather than IGNORECASE: the same characters match (checked over every
 # code point in tests/unit/test_normalizer_speed_geo.py), and the scan runs on every text.
 _MARKS = {"es": re.compile(r"[ñÑ¿¡]")}
+# The marks an ASCII text can have (each mark is one character): none of these so far.
+_ASCII_MARKS = {code: marks for code, marks in _MARKS.items() if marks.search("".join(map(chr, range(128))))}
+# ASCII bytes -> the same byte where ``_TOKEN`` matches it (letters, digits, "'": an ASCII text
+# without "_"), a space elsewhere; ``_LOWER_TOKEN_BYTES`` lowercases the letters too.
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'")
+_TOKEN_BYTES = bytes(b if chr(b) in _TOKEN_CHARS else 32 for b in range(256))
+_LOWER_TOKEN_BYTES = bytes(ord(chr(b).lower()) if chr(b) in _TOKEN_CHARS else 32 for b in range(256))
+# What lingua reads of an ASCII text, its letter runs lowercased (``lingua_key``): ASCII bytes ->
+# the lowercase letter, a space for anything else.
+_LINGUA_BYTES = bytes(ord(chr(b).lower()) if chr(b).isalpha() and b < 128 else 32 for b in range(256))
+# Lingua's answers are kept for texts at most this long: New Haven's repeats by ``lingua_key``
+# (2% of the texts lingua is asked about; "Tree Trimming ward 7", operator templates with another
+# address) are all shorter than 200 characters, and a longer text only pays for its key.
+LINGUA_KEPT_CHARS = 300
 
 
 def normalise_tag(tag: str | None) -> str | None:
@@ -102,6 +116,21 @@ def check_languages(codes: Iterable[str]) -> tuple[str, ...]:
     if not out:
         raise ValueError("at least one language must be configured (e.g. en)")
     return tuple(out)
+
+
+def lingua_key(text: str) -> str:
+    """A key that lingua's confidences for ``text`` are a function of: texts with one key get one answer.
+
+    Lingua reads a text only as its words (lingua-rs ``split_text_into_words``: the runs of
+    ``\\p{L}`` in ``text.trim().to_lowercase()``, or of a few scripts ASCII has none of) and
+    computes every confidence from those words alone. For an ASCII text the runs are the
+    ``[a-z]+`` of the lowered text, joined here with spaces, so "Deep pothole number 12-7" and
+    "deep pothole number 13-8" are one key: numbers, punctuation and case do not reach lingua.
+    Any other text is its own key (it holds a non-ASCII character, so it is no ASCII text's key).
+    """
+    if text.isascii():
+        return " ".join(text.encode("ascii").translate(_LINGUA_BYTES).decode("ascii").split())
+    return text
 
 
 def _word(token: str) -> str:
@@ -195,10 +224,20 @@ class LanguageDetector:
             for c, words in lists.items()
         }
         self._function_words = frozenset().union(*lists.values())
+        # The own function words an evidence word can be (no address part, no digit): what
+        # ``_ascii_reading`` counts over all of a text's words gives ``_signal``'s counts.
+        self._own_evidence = {
+            c: frozenset(w for w in own if w and w not in _ADDRESS_WORDS and not _has_digit(w))
+            for c, own in self._own.items()
+        }
         # Answers for short texts already seen: ``_from_text`` is a pure function of the text, and
         # short texts repeat ("Tree Trimming" is 8% of New Haven's reports, "stump" 2%); lingua
         # costs 30 µs on those. Long texts rarely repeat, so they are not kept.
         self._seen: ShortTextMemo[str | None] = ShortTextMemo()
+        # Lingua's confidences by ``lingua_key``: texts that differ only in numbers, punctuation or
+        # case (a form's "pothole number 12-7", an operator's template with another address) ask
+        # lingua, most of the detector's time (~100 µs a short text), once.
+        self._heard: ShortTextMemo[dict[str, float]] = ShortTextMemo(short_chars=LINGUA_KEPT_CHARS)
 
     def __repr__(self) -> str:
         return f"LanguageDetector({self.languages!r})"
@@ -224,18 +263,65 @@ class LanguageDetector:
             signal[code] = count
         return signal
 
-    def _scores(self, text: str, words: list[str], signal: dict[str, int]) -> dict[str, float]:
-        assert self._lingua is not None
-        values = self._lingua.compute_language_confidence_values(text)
-        confidence = {self._code[c.language]: c.value for c in values}
+    def _ascii_reading(self, text: str) -> tuple[int, dict[str, int]]:
+        """``len(evidence_words(text))``, counted only up to 2 (all ``_from_text`` asks), and
+        ``_signal`` for those words, for an ASCII text without "_" (nearly every 311 text).
+
+        Why it is the same: the bytes translated and split are ``_TOKEN``'s tokens (one table
+        lowercases and drops "'" too: the words, less the empty ones, which no count keeps). An
+        own function word is an evidence word wherever it stands, unless it is an address part
+        or has a digit (``_own_evidence`` leaves those out): the filter that drops capitalised
+        names in a text with an address keeps function words. So the counts need no filter, and
+        only the number of evidence words does, which stops at the second one. On New Haven's
+        reports it takes about half the instructions of ``evidence_words`` and ``_signal``.
+        """
+        data = text.encode("ascii")
+        words = data.translate(_LOWER_TOKEN_BYTES, b"'").decode("ascii").split()
+        signal = {code: sum(map(own.__contains__, words)) for code, own in self._own_evidence.items()}
+        for code, marks in _ASCII_MARKS.items():
+            if code in signal and marks.search(text):
+                signal[code] += 1
+        if _DIGIT.search(text) is None and _ADDRESS_ABBREVIATIONS.isdisjoint(words):
+            return len(words) - sum(map(_ADDRESS_WORDS.__contains__, words)), signal
+        count = 0
+        function_words = self._function_words
+        for token in data.translate(_TOKEN_BYTES).decode("ascii").split():
+            word = token.lower()
+            if "'" in word:
+                word = word.replace("'", "")
+            if (
+                word
+                and (word.isalpha() or _DIGIT.search(word) is None)
+                and word not in _ADDRESS_WORDS
+                and not (token[:1].isupper() and token[1:].islower() and word not in function_words)
+            ):
+                count += 1
+                if count == 2:
+                    break
+        return count, signal
+
+    def _scores(self, text: str, words: int | list[str], signal: dict[str, int]) -> dict[str, float]:
+        """``scores`` for a text with ``words`` evidence words (a count, or the words themselves)."""
+        if self._heard.is_short(text):  # its key is no longer than the text
+            key = lingua_key(text)
+            confidence = self._heard.get(key, key, lambda: self._confidence(text))
+        else:
+            confidence = self._confidence(text)
         if not any(confidence.values()):
             return {}
-        if len(words) == 1 and max(confidence.values()) < SINGLE_WORD_CONFIDENCE and not any(signal.values()):
+        count = words if isinstance(words, int) else len(words)
+        if count == 1 and max(confidence.values()) < SINGLE_WORD_CONFIDENCE and not any(signal.values()):
             return {}  # one word, lingua unsure, no function word or mark: a tie
         return {
             code: math.log(max(confidence.get(code, 0.0), _FLOOR)) + FUNCTION_WORD_WEIGHT * signal[code]
             for code in self.languages
         }
+
+    def _confidence(self, text: str) -> dict[str, float]:
+        """Lingua's confidence per configured language (shared by ``_heard``: not to be changed)."""
+        assert self._lingua is not None
+        values = self._lingua.compute_language_confidence_values(text)
+        return {self._code[c.language]: c.value for c in values}
 
     def _decided(self, signal: dict[str, int]) -> str | None:
         """The language the function words alone decide, whatever lingua would say, or None.
@@ -283,18 +369,21 @@ class LanguageDetector:
         ``_decided``'s lead, and those texts are long (lingua's slowest): 7% of the New Haven
         reports that ask lingua.
         """
-        words = evidence_words(text, self._function_words)
+        if text.isascii() and "_" not in text:
+            count, signal = self._ascii_reading(text)
+        else:
+            words = evidence_words(text, self._function_words)
+            count, signal = len(words), self._signal(text, words)
         if len(self.languages) == 1:
-            return self.languages[0] if words else None
-        if not words or self._lingua is None:
+            return self.languages[0] if count else None
+        if not count or self._lingua is None:
             return None
-        signal = self._signal(text, words)
         decided = self._decided(signal)
         if decided is not None:
             return decided
         if settle is not None and self._settled(signal, settle):
             return settle
-        scores = self._scores(text, words, signal)
+        scores = self._scores(text, count, signal)
         if not scores:
             return None
         ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
@@ -325,8 +414,11 @@ class LanguageDetector:
     def choose(self, text: str, *, hint: str | None = None, fallback: str = "en") -> str:
         """Always a language to answer in: ``detect()``, else the hint, else ``fallback``, else
         the first configured language (each only if configured)."""
-        tag = normalise_tag(fallback)
-        default = tag if tag in self.languages else self.languages[0]
+        if fallback in self.languages:  # a configured code is its own normalised tag
+            default = fallback
+        else:
+            tag = normalise_tag(fallback)
+            default = tag if tag in self.languages else self.languages[0]
         # Without a configured hint, "the text does not say" is answered with ``default`` too, so
         # the detector may settle for it as soon as no other language can win (``_from_text``).
         settle = None if normalise_tag(hint) in self.languages else default
