@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -242,9 +243,22 @@ class Snapshot:
                     self._remember(incident)
         self._load_areas(areas)
 
+    def _covered(self, area: Area) -> bool:
+        """Whether one area loaded already contains ``area`` (asked twice for every report)."""
+        for k in self._areas.get(area.service_code, ()):
+            if (
+                k.since <= area.since
+                and k.min_lat <= area.min_lat
+                and k.max_lat >= area.max_lat
+                and k.min_long <= area.min_long
+                and k.max_long >= area.max_long
+            ):
+                return True
+        return False
+
     def _load_areas(self, areas: Iterable[Area]) -> None:
         known = self._areas
-        wanted = [a for a in areas if not any(_covers(k, a) for k in known.get(a.service_code, ()))]
+        wanted = [a for a in areas if not self._covered(a)]
         if wanted:
             for incident_id, incident in self.loader.incidents_in(wanted).items():
                 if incident_id not in self._incidents:
@@ -284,10 +298,11 @@ class Snapshot:
 
     def incidents_in(self, area: Area) -> list[Incident]:
         """Incidents of ``area``'s service inside its box, active since ``area.since``."""
-        self._load_areas((area,))
-        _, lat0, long0 = _cell(area.service_code, area.min_lat, area.min_long)
-        _, lat1, long1 = _cell(area.service_code, area.max_lat, area.max_long)
+        if not self._covered(area):
+            self._load_areas((area,))
         code, cells, incidents = area.service_code, self._cells, self._incidents
+        lat0, long0 = math.floor(area.min_lat / CELL_DEG), math.floor(area.min_long / CELL_DEG)
+        lat1, long1 = math.floor(area.max_lat / CELL_DEG), math.floor(area.max_long / CELL_DEG)
         found = [
             incidents.get(incident_id)
             for y in range(lat0, lat1 + 1)
@@ -341,17 +356,6 @@ def _cell(service_code: str, lat: float, long: float) -> tuple[str, int, int]:
     return service_code, math.floor(lat / CELL_DEG), math.floor(long / CELL_DEG)
 
 
-def _covers(known: Area, wanted: Area) -> bool:
-    return (
-        known.service_code == wanted.service_code
-        and known.since <= wanted.since
-        and known.min_lat <= wanted.min_lat
-        and known.max_lat >= wanted.max_lat
-        and known.min_long <= wanted.min_long
-        and known.max_long >= wanted.max_long
-    )
-
-
 def merge_areas(areas: Iterable[Area]) -> list[Area]:
     """One box per service around all of a batch's boxes: one query per service, not per record."""
     by_service: dict[str, Area] = {}
@@ -379,16 +383,88 @@ def _state(value: str) -> State:
     return _STATES.get(value) or State(value)  # an unknown value fails as ``State`` fails
 
 
+# Request ids as ``json.dumps`` writes them with nothing escaped: the members column is then
+# read and written by slicing and joining (``json`` was a fifth of decoding a loaded incident).
+_PLAIN_IDS = re.compile(r'[A-Za-z0-9_.:-]+(?:", "[A-Za-z0-9_.:-]+)*')
+
+
+def _members_json(members: tuple[str, ...]) -> str:
+    """``json.dumps(list(members))``, byte for byte."""
+    if not members:
+        return "[]"
+    joined = '", "'.join(members)
+    if _PLAIN_IDS.fullmatch(joined) is None or joined.count('"') != 2 * len(members) - 2:
+        return json.dumps(list(members))
+    return f'["{joined}"]'
+
+
+def _members(text: str) -> tuple[str, ...]:
+    """What ``_members_json`` wrote (or any JSON list of strings), as a tuple."""
+    if text == "[]":
+        return ()
+    if text.startswith('["') and text.endswith('"]') and _PLAIN_IDS.fullmatch(text, 2, len(text) - 2):
+        return tuple(text[2:-2].split('", "'))
+    return tuple(json.loads(text))
+
+
+_new = object.__new__
+
+
+def _make_incident(row: tuple[Any, ...]) -> Incident:
+    """An ``Incident`` from its row; its ``__dict__`` filled in one go (a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, the costly part of a row)."""
+    iid, code, lat, long, state, opened, last, closed, members = row
+    incident: Incident = _new(Incident)
+    incident.__dict__.update(
+        incident_id=iid,
+        service_code=code,
+        lat=float(lat),
+        long=float(long),
+        state=_state(state),
+        opened_at=float(opened),
+        last_report_at=float(last),
+        closed_at=None if closed is None else float(closed),
+        members=_members(members),
+    )
+    return incident
+
+
+class RowCache:
+    """Incidents as they were decoded from their rows, across batches, by incident id.
+
+    An entry is used only when the row read now is equal to the row it was decoded from, so
+    what another normalizer wrote meanwhile is decoded afresh; an ``Incident`` is immutable, so
+    one object can be shared by every snapshot. Most incidents a batch loads (those near its
+    reports) were loaded by the batch before, unchanged. Bounded: emptied when it is full.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._rows: dict[str, tuple[tuple[Any, ...], Incident]] = {}
+
+    def incident(self, row: tuple[Any, ...]) -> Incident:
+        rows = self._rows
+        hit = rows.get(row[0])
+        if hit is not None and hit[0] == row:
+            return hit[1]
+        incident = _make_incident(row)
+        if len(rows) >= self.limit:
+            rows.clear()
+        rows[row[0]] = (row, incident)
+        return incident
+
+
 # -- the SQL, one dialect for both backends ("?" placeholders; PostgreSQL gets "%s") -----------
 
 
 class _Sql:
     """Reads and writes over a DB-API connection; ``ph`` is the placeholder style."""
 
-    def __init__(self, conn: Any, ph: str, now: float = 0.0) -> None:
+    def __init__(self, conn: Any, ph: str, now: float = 0.0, cache: RowCache | None = None) -> None:
         self.conn = conn
         self.ph = ph
         self.now = now  # stamped into ``touched_at`` of every row written
+        self.cache = cache or RowCache()
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph) if self.ph != "?" else sql
@@ -420,26 +496,12 @@ class _Sql:
         "incident_id, service_code, lat, long, state, opened_at, last_report_at, closed_at, members"
     )
 
-    @staticmethod
-    def _incident(row: tuple[Any, ...]) -> Incident:
-        iid, code, lat, long, state, opened, last, closed, members = row
-        return Incident(
-            iid,
-            code,
-            float(lat),
-            float(long),
-            _state(state),
-            float(opened),
-            float(last),
-            None if closed is None else float(closed),
-            tuple(json.loads(members)),
-        )
-
     def incidents(self, ids: Sequence[str]) -> dict[str, Incident]:
         rows = self._in(
             f"SELECT {self._INCIDENT_COLS} FROM normalizer_incidents WHERE incident_id IN ({{marks}})", ids
         )
-        return {row[0]: self._incident(row) for row in rows}
+        decode = self.cache.incident
+        return {row[0]: decode(row) for row in rows}
 
     def incidents_in(self, areas: Sequence[Area]) -> dict[str, Incident]:
         out: dict[str, Incident] = {}
@@ -450,7 +512,8 @@ class _Sql:
                 " AND lat BETWEEN ? AND ? AND long BETWEEN ? AND ?",
                 (a.service_code, a.since, a.since, a.min_lat, a.max_lat, a.min_long, a.max_long),
             )
-            out.update({row[0]: self._incident(row) for row in rows})
+            decode = self.cache.incident
+            out.update({row[0]: decode(row) for row in rows})
         return out
 
     def memberships(self, request_ids: Sequence[str]) -> dict[str, str]:
@@ -504,7 +567,7 @@ class _Sql:
                         i.opened_at,
                         i.last_report_at,
                         i.closed_at,
-                        json.dumps(list(i.members)),
+                        _members_json(i.members),
                         self.now,
                     )
                     for i in incidents
@@ -619,6 +682,7 @@ class StateStore:
         self.retention = retention  # None: keep everything
         self.clock = clock
         self._last_prune = clock()  # the first pass one interval after start, not at start
+        self._rows = RowCache()
 
     @classmethod
     def sqlite(
@@ -654,7 +718,7 @@ class StateStore:
         return cls(conn, kind="postgres", lock=lock, retention=retention, clock=clock)
 
     def _sql(self) -> _Sql:
-        return _Sql(self._conn, "%s" if self.kind == "postgres" else "?", self.clock())
+        return _Sql(self._conn, "%s" if self.kind == "postgres" else "?", self.clock(), self._rows)
 
     def run(self, work: Callable[[Snapshot], T]) -> T:
         """``work`` under the lock, its writes committed with it (blocking: call in a thread).

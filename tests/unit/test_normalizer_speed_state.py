@@ -5,7 +5,13 @@
 * a report loads the first requests of the incidents within its radius only, not of every one
   in the box around it;
 * a batch of status changes is loaded in a few queries, and decides what it decided change by
-  change, a change that does not parse dead-lettered in its place.
+  change, a change that does not parse dead-lettered in its place;
+* an incident's members column is read and written without ``json`` when its ids need no
+  escaping, byte for byte what ``json`` writes and reads;
+* an incident decoded in an earlier batch is reused only while its row is unchanged: what
+  another normalizer wrote to the shared file is read afresh;
+* a report's area, remembered between planning a batch and placing the report, is the one
+  computed afresh.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from intake311.stage import Record
 from normalizer.app import status_batch
 from normalizer.incidents import IncidentDesk, area_around
 from normalizer.normalize import Normalizer
-from normalizer.state import Area, Incident, Snapshot, StateStore, StoredRequest
+from normalizer.state import Area, Incident, Snapshot, StateStore, StoredRequest, _members, _members_json
 from schemas import Location
 from schemas.request import ServiceRequest
 from schemas.status import State, StatusChange
@@ -238,3 +244,69 @@ def test_a_status_batch_is_loaded_in_a_few_queries_and_decides_as_one_by_one(
     assert all(store.request(i).state is State.CLOSED for i in heads)  # type: ignore[union-attr]
 
 
+def test_members_column_is_what_json_writes_and_reads() -> None:
+    rng = random.Random(11)
+    alphabet = 'AZ09-_.:" ,\\\u00e9\n['
+    cases: list[tuple[str, ...]] = [
+        (),
+        ("0FAJ-CVYK",),
+        ("A1B2-C3D4", "E5F6-G7H8"),
+        ("",),
+        ('x", "y',),
+        ('x", "y', "z"),
+    ]
+    for _ in range(5000):
+        cases.append(
+            tuple(
+                "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 5)))
+                for _ in range(rng.randint(0, 3))
+            )
+        )
+    for members in cases:
+        assert _members_json(members) == json.dumps(list(members)), members
+        assert _members(json.dumps(list(members))) == members, members
+
+
+def test_an_incident_changed_by_another_normalizer_is_read_afresh(desk: IncidentDesk, tmp_path: Path) -> None:
+    """Two normalizers share one file: each one's decoded incidents follow what the other wrote."""
+    path = tmp_path / "state.sqlite3"
+    one, two = StateStore.sqlite(path), StateStore.sqlite(path)
+    contacts = [
+        make_contact(
+            "Huge pothole outside 45 Elm Street",
+            provider_id=f"e{n}",
+            location=Location(lat=ELM[0], long=ELM[1]),
+            received_at=T0 + timedelta(minutes=n),
+        )
+        for n in range(3)
+    ]
+    first = one.run(lambda snap: desk.handle(contacts[0], snap)).requests[0]
+    seen = one.incident(first.request_id)
+    assert seen is not None and seen.members == (first.request_id,)
+    assert one.incident(first.request_id) is seen  # decoded once, the row unchanged
+    two.run(lambda snap: desk.handle(contacts[1], snap))  # the other normalizer: a second report
+    again = one.incident(first.request_id)
+    assert again is not None and again.reports == 2 and again == two.incident(first.request_id)
+    # ... and a report placed by the first normalizer now joins the incident as the other left it.
+    out = one.run(lambda snap: desk.handle(contacts[2], snap))
+    assert out.requests[0].incident_id == first.request_id
+    assert [r.incident_reports for r in out.requests] == [3, 3]
+    assert two.incident(first.request_id).reports == 3  # type: ignore[union-attr]
+
+
+def test_a_remembered_area_is_the_one_computed_afresh(desk: IncidentDesk) -> None:
+    requests = [
+        desk.normalizer.normalize(
+            make_contact(
+                "Huge pothole outside 45 Elm Street",
+                provider_id=f"a{n}",
+                location=Location(lat=ELM[0] + n * 1e-4, long=ELM[1]),
+                received_at=T0 + timedelta(minutes=n),
+            )
+        )
+        for n in range(5000)
+    ]
+    for request in [*requests, *requests[:10]]:  # past the bound, and asked again
+        assert desk.areas_for(request) == desk._area_for(request)
+    unplaced = desk.normalizer.normalize(make_contact("Huge pothole", provider_id="nowhere"))
+    assert desk.areas_for(unplaced) is None
