@@ -207,18 +207,25 @@ class _Tokenizer:
         # Stemming only rewrites the end of a word, so a pair can only join into a compound whose
         # first letters the first word shares: a set lookup that skips most stem() calls.
         self._heads = frozenset(c[:k] for c in compounds for k in (1, 2, 3))
+        # word -> its token: its stem, or "" for a stopword (dropped). One lookup a word instead of
+        # a stem lookup and a stopword lookup; filled from ``stem_words``' cache, so the same stems.
+        self._token_of: dict[str, str] = {}
 
     def tokens(self, text: str) -> list[str]:
         ws = words(text)
-        lang = self.language
-        stems = stem_words(ws, lang)
-        skip = self.stopwords
+        token_of = self._token_of
+        toks = list(map(token_of.get, ws))
+        if None in toks and not self._learn(ws, toks):
+            return self._reference_tokens(ws)
         heads = self._heads
         # Most texts hold no split compound: find the pairs that could join first (a set lookup
         # each), and take the per-word loop below only when one really joins.
         if heads:
             compounds = self.compounds
-            cache = _stem_caches[lang]  # stem_words made it
+            lang = self.language
+            cache = _stem_caches.get(lang)
+            if cache is None:
+                cache = _stem_caches[lang] = {}
             for joined in [ws[i] + ws[i + 1] for i in range(len(ws) - 1) if ws[i][:3] in heads]:
                 found = cache.get(joined)
                 if found is None:  # a pair not seen before (most pairs of a new report): as stem_words
@@ -226,11 +233,49 @@ class _Tokenizer:
                         cache.clear()
                     found = cache[joined] = _stem(joined, lang)
                 if found in compounds:
+                    return self._joined(ws, toks)  # type: ignore[arg-type]
+        return [t for t in toks if t]  # type: ignore[misc]
+
+    def _learn(self, ws: tuple[str, ...], toks: list[str | None]) -> bool:
+        """Fill the words of ``ws`` that ``_token_of`` does not know yet (in ``toks`` too).
+
+        False when a word cannot be kept there: a word whose stem is empty would read as a
+        stopword (no Snowball stemmer makes one; ``_reference_tokens`` then answers instead).
+        """
+        token_of = self._token_of
+        if len(token_of) > _STEM_CACHE_MAX:
+            token_of.clear()
+        skip = self.stopwords
+        missing = [w for w, t in zip(ws, toks, strict=True) if t is None]
+        learned: dict[str, str] = {}  # read back from here, not from the cache another thread may clear
+        for w, st in zip(missing, stem_words(missing, self.language), strict=True):
+            if w in skip:
+                st = ""
+            elif not st:
+                return False
+            learned[w] = token_of[w] = st
+        for i, t in enumerate(toks):
+            if t is None:
+                toks[i] = learned[ws[i]]
+        return True
+
+    def _reference_tokens(self, ws: tuple[str, ...]) -> list[str]:
+        """``tokens`` the plain way (stems, then stopwords): what the fast path must equal."""
+        lang = self.language
+        stems = stem_words(ws, lang)
+        skip = self.stopwords
+        heads = self._heads
+        if heads:
+            for i in range(len(ws) - 1):
+                if ws[i][:3] in heads and _stem_one(ws[i] + ws[i + 1], lang) in self.compounds:
                     return self._joined(ws, stems)
         return [st for w, st in zip(ws, stems, strict=True) if w not in skip]
 
     def _joined(self, ws: tuple[str, ...], stems: list[str]) -> list[str]:
-        """``tokens`` with compounds joined, left to right ("pot hole" -> "pothol")."""
+        """``tokens`` with compounds joined, left to right ("pot hole" -> "pothol").
+
+        ``stems[i]`` is read only for a word that is not a stopword.
+        """
         lang = self.language
         out: list[str] = []
         i = 0
@@ -351,7 +396,43 @@ class _Index:
             parts = feat.split(" ")
             prefixes.update(" ".join(parts[:k]) for k in range(1, len(parts)))
         self.prefixes = frozenset(prefixes)
+        self.n_services = n_services
 
+    def score(self, tokens: list[str]) -> list[float]:
+        """Per-service sums of the weights of ``_ngrams(tokens, self.max_n, self.prefixes)``.
+
+        The features are not listed first: the tokens, each once, then each phrase the first
+        time it occurs, as ``_ngrams`` orders them, so every service's score is the same sum,
+        added in the same order, to the last bit (see ``_ngrams``). Only phrases that have
+        weights are remembered, because only they add anything.
+        """
+        scores = [0.0] * self.n_services
+        weights = self.weights
+        for hits in map(weights.get, dict.fromkeys(tokens)):
+            if hits:
+                for si, weight in hits:
+                    scores[si] += weight
+        prefixes = self.prefixes
+        starts = [i for i, t in enumerate(tokens) if t in prefixes]
+        if starts:
+            n_tokens = len(tokens)
+            max_n = self.max_n
+            seen: set[str] = set()
+            for i in starts:
+                phrase = tokens[i]
+                for j in range(i + 1, min(n_tokens, i + max_n)):
+                    phrase = f"{phrase} {tokens[j]}"
+                    hits = weights.get(phrase)
+                    if hits and phrase not in seen:
+                        seen.add(phrase)
+                        for si, weight in hits:
+                            scores[si] += weight
+                    if phrase not in prefixes:
+                        break  # no indexed phrase starts this way: longer ones cannot match either
+        return scores
+
+
+_MAX_LANGUAGE_SPELLINGS = 64  # language codes remembered as given: bounded, whatever channels send
 
 
 class Classifier:
@@ -367,10 +448,14 @@ class Classifier:
         self._seen: ShortTextMemo[Classification] = ShortTextMemo()  # see ``classify``
 
     def _index(self, language: str) -> _Index:
-        lang = language_key(language)
-        index = self._indexes.get(lang)
+        index = self._indexes.get(language)  # the code as the channel spelled it, most often "en"
         if index is None:
-            index = self._indexes[lang] = _Index(self.taxonomy, lang)
+            lang = language_key(language)
+            index = self._indexes.get(lang)
+            if index is None:
+                index = self._indexes[lang] = _Index(self.taxonomy, lang)
+            if len(self._indexes) < _MAX_LANGUAGE_SPELLINGS:
+                self._indexes[language] = index  # "es-MX" -> the "es" index, without language_key
         return index
 
     def tokens(self, text: str, language: str = DEFAULT_LANGUAGE) -> list[str]:
@@ -379,15 +464,8 @@ class Classifier:
 
     def scores(self, text: str, language: str = DEFAULT_LANGUAGE) -> list[float]:
         """Raw per-service scores in taxonomy order (for evaluation and debugging)."""
-        scores = [0.0] * len(self._codes)
         idx = self._index(language)
-        weights = idx.weights
-        for feat in _ngrams(idx.tokenizer.tokens(text), idx.max_n, idx.prefixes):
-            hits = weights.get(feat)
-            if hits:
-                for si, weight in hits:
-                    scores[si] += weight
-        return scores
+        return idx.score(idx.tokenizer.tokens(text))
 
     def classify(self, text: str, language: str = DEFAULT_LANGUAGE) -> Classification:
         """Best service for ``text``; no evidence at all gives the fallback with confidence 0.
@@ -400,13 +478,15 @@ class Classifier:
 
     def _classify(self, text: str, language: str) -> Classification:
         scores = self.scores(text, language)
-        best = second = -1
-        for i, score in enumerate(scores):  # ties keep file order
-            if best < 0 or score > scores[best]:
-                best, second = i, best
-            elif second < 0 or score > scores[second]:
-                second = i
-        top = scores[best]
+        # Ties keep file order: the first service with the top score wins, and the runner-up is
+        # the first of the others with their top score (``list.index`` finds the first).
+        top = max(scores)
+        best = scores.index(top)
+        second = -1
+        if len(scores) > 1:
+            others = scores.copy()
+            others[best] = -math.inf
+            second = others.index(max(others))
         if top <= 0.0:
             return Classification(self._fallback, 0.0, triage=True)
         runner = scores[second] if second >= 0 else 0.0
