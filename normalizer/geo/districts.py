@@ -42,6 +42,20 @@ class _Grid:
     cells: dict[tuple[int, int], int | tuple[int, ...]]
 
 
+def cell_boxes(geoms: tuple[BaseGeometry, ...]) -> tuple[float, float, Any, Any, Any]:
+    """The cells over ``geoms``' bounds: (xmin, ymin, column of each cell, row of each cell, the
+    cells as shapely boxes), one array entry a cell."""
+    xmin, ymin, xmax, ymax = (float(v) for v in shapely.total_bounds(np.array(geoms, dtype=object)))
+    nx = int((xmax - xmin) / CELL_DEG) + 1
+    ny = int((ymax - ymin) / CELL_DEG) + 1
+    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    ix, iy = gx.ravel(), gy.ravel()
+    boxes = shapely.box(
+        xmin + ix * CELL_DEG, ymin + iy * CELL_DEG, xmin + (ix + 1) * CELL_DEG, ymin + (iy + 1) * CELL_DEG
+    )
+    return xmin, ymin, ix, iy, boxes
+
+
 def _grid(geoms: tuple[BaseGeometry, ...]) -> _Grid:
     """Rasterise ``geoms``: which cells each touches (intersects), and which it wholly holds.
 
@@ -53,14 +67,7 @@ def _grid(geoms: tuple[BaseGeometry, ...]) -> _Grid:
     answers: ``box within polygon`` is ``polygon contains box``, and only a cell that intersects a
     polygon can lie within it.
     """
-    xmin, ymin, xmax, ymax = (float(v) for v in shapely.total_bounds(np.array(geoms, dtype=object)))
-    nx = int((xmax - xmin) / CELL_DEG) + 1
-    ny = int((ymax - ymin) / CELL_DEG) + 1
-    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    ix, iy = gx.ravel(), gy.ravel()
-    boxes = shapely.box(
-        xmin + ix * CELL_DEG, ymin + iy * CELL_DEG, xmin + (ix + 1) * CELL_DEG, ymin + (iy + 1) * CELL_DEG
-    )
+    xmin, ymin, ix, iy, boxes = cell_boxes(geoms)
     polygons = np.array(geoms, dtype=object)
     shapely.prepare(polygons)  # a no-op for the ones already prepared
     cell_ids, geom_ids = shapely.STRtree(polygons).query(boxes)  # bounding boxes overlap

@@ -19,21 +19,14 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from normalizer.geo import Districts, LocalGeocoder
-from normalizer.geo.districts import CELL_DEG, _grid
+from normalizer.geo.districts import CELL_DEG, _grid, cell_boxes
 from tests.support import SHARED_DATA
 from tests.unit.test_geo_support import ORIGIN, shared_file, tiny_points
 
 
 def _tree_predicate_grid(geoms: tuple[BaseGeometry, ...]) -> tuple[float, float, dict[object, object]]:
     """The grid as ``_grid`` built it before: ``STRtree.query(boxes, predicate=...)``."""
-    xmin, ymin, xmax, ymax = (float(v) for v in shapely.total_bounds(np.array(geoms, dtype=object)))
-    nx = int((xmax - xmin) / CELL_DEG) + 1
-    ny = int((ymax - ymin) / CELL_DEG) + 1
-    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    ix, iy = gx.ravel(), gy.ravel()
-    boxes = shapely.box(
-        xmin + ix * CELL_DEG, ymin + iy * CELL_DEG, xmin + (ix + 1) * CELL_DEG, ymin + (iy + 1) * CELL_DEG
-    )
+    xmin, ymin, ix, iy, boxes = cell_boxes(geoms)  # the same cells: what differs is the tests
     tree = shapely.STRtree(np.array(geoms, dtype=object))
     touching: dict[int, list[int]] = defaultdict(list)
     for cell, geom in zip(*tree.query(boxes, predicate="intersects"), strict=True):
