@@ -16,10 +16,14 @@ install: $(BIN)/intake311
 up: install          ## web form + Open311 API + every stage + embedded broker, in one process
 	$(BIN)/intake311 up
 
+# Three test processes, each a module at a time (its module-scoped pipeline stays in one process);
+# every process starts its own embedded broker. TEST_PROCESSES=0 runs them all in this one.
+TEST_PROCESSES ?= 3
+
 test: install        ## lint, type-check, then every test (integration tests start their own broker)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadscope
 
 bench: install       ## throughput figures, printed (not asserted)
 	$(BIN)/python bench/pipeline_bench.py
