@@ -152,7 +152,9 @@ def serve_trivial(port: int, *, reuse_port: bool = False) -> None:
     if reuse_port:
         import socket
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP: asyncio sets TCP_NODELAY only on connections of a socket that says it is
+        # TCP; with proto 0 every response waited for the client's delayed ACK (~44 ms each).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", port))

@@ -46,7 +46,12 @@ def listen(settings: Settings) -> list[socket.socket] | None:
     if web.port == 0:
         raise ValueError("web.workers > 1 needs a fixed web.port: workers share it (0 picks a new one each)")
     family = socket.AF_INET6 if ":" in web.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on an accepted connection only
+    # when its socket says it is TCP, and without it a response written as headers then body
+    # waits for the client's delayed ACK (40 ms on Linux) before the body goes out. Measured on
+    # the bench's trivial endpoint, two processes on one port: 1,110/s, every request ~44 ms,
+    # against 3,080/s for one process that uvicorn bound. uvloop sets it either way.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

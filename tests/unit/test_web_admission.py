@@ -334,3 +334,34 @@ def test_a_spawned_worker_uses_the_first_processs_broker() -> None:
     child = worker_settings(settings, ["127.0.0.1:40001"])
     assert child.kafka.bootstrap_servers == ["127.0.0.1:40001"] and not child.kafka.embedded
     assert child.web.workers == 3  # it shares the port (SO_REUSEPORT) and never spawns (_IS_WORKER)
+
+
+async def test_a_shared_port_answers_without_waiting_for_delayed_acks() -> None:
+    """A connection accepted on the workers' socket has TCP_NODELAY, on asyncio's own loop too
+    (uvloop sets it anyway): without it a response written in two parts waited ~40 ms for the
+    client's delayed ACK. asyncio sets it only for a socket created as IPPROTO_TCP."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shared = listen(Settings(web=WebSettings(workers=2, port=port)))
+    assert shared is not None
+    nodelay: list[int] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nodelay.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, sock=shared[0])
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.wait_for(server_saw(nodelay), 5)
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert nodelay == [1]
+
+
+async def server_saw(nodelay: list[int]) -> None:
+    while not nodelay:
+        await asyncio.sleep(0.01)
