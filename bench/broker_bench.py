@@ -9,7 +9,11 @@ embedded broker is started (durable: in a scratch data directory), then:
 * produce latency: K records one at a time, each ``send_and_wait`` with ``acks=all`` (what the
   web channel does per resident request before it answers): p50 and p99;
 * produce throughput: M records pipelined (``send`` all, then gather the acknowledgements);
-* consume throughput: a new consumer group reads all M back from the earliest offset.
+* consume throughput: a new consumer group reads all M back from the earliest offset;
+* polling cost: the Tansu process's CPU (not SeaweedFS') (% of one core) while one consumer group polls a
+  4-partition topic that gets no records, at each fetch wait of ``POLL_WAITS_MS``. Every stage's
+  consumer polls like this between records (``kafka.fetch_max_wait_ms`` while records flow,
+  ``kafka.idle_fetch_max_wait_ms`` once idle), so this is what the wait costs the embedded broker.
 
 Figures are printed, never asserted: they depend on the machine.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +38,45 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from intake311.embedded import EmbeddedKafka, Storage  # noqa: E402
 from intake311.logging import configure_logging  # noqa: E402
+
+POLL_WAITS_MS = (500, 100, 20, 5)
+POLL_S = 4.0
+
+
+def broker_cpu_s(pid: int) -> float:
+    """utime + stime of the broker process (/proc/<pid>/stat fields 14 and 15), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def polling_cost(bootstrap: str, pid: int) -> dict[int, float]:
+    """% of a core the broker spends while one group polls an empty topic, by fetch wait."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"bench.poll{w}", 4, 1) for w in POLL_WAITS_MS])
+    finally:
+        await admin.close()
+    cost = {}
+    for wait in POLL_WAITS_MS:
+        consumer = AIOKafkaConsumer(
+            f"bench.poll{wait}",
+            bootstrap_servers=bootstrap,
+            group_id=f"bench.poll{wait}",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=wait,
+        )
+        await consumer.start()
+        try:
+            await consumer.getmany(timeout_ms=1500)  # joined, partitions assigned, fetching
+            before, start = broker_cpu_s(pid), time.monotonic()
+            while time.monotonic() - start < POLL_S:
+                await consumer.getmany(timeout_ms=100)
+            cost[wait] = 100 * (broker_cpu_s(pid) - before) / (time.monotonic() - start)
+        finally:
+            await consumer.stop()
+    return cost
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,6 +154,9 @@ def run(storage: Storage, scratch: Path, args: argparse.Namespace) -> dict[str, 
     start_s = time.perf_counter() - started
     try:
         figures = asyncio.run(measure(broker.bootstrap, args.messages, args.latency_samples, args.size))
+        if broker.pid is not None:
+            for wait, pct in asyncio.run(polling_cost(broker.bootstrap, broker.pid)).items():
+                figures[f"poll_{wait}"] = pct
     finally:
         broker.stop()
     figures["start_s"] = start_s
@@ -143,6 +190,10 @@ def main() -> None:
             f"{f['produce_per_s']:>11.0f}{f['consume_per_s']:>11.0f}"
             + (f"   ({int(f['consumed'])} consumed)" if f["consumed"] < args.messages else "")
         )
+    print("broker CPU while one consumer group polls an empty 4-partition topic, % of a core, by fetch wait:")
+    print(f"{'storage':<9}" + "".join(f"{f'{w} ms':>9}" for w in POLL_WAITS_MS))
+    for storage, f in rows.items():
+        print(f"{storage:<9}" + "".join(f"{f.get(f'poll_{w}', float('nan')):>9.1f}" for w in POLL_WAITS_MS))
     if "disk_mb" in rows["durable"]:
         print(f"durable data directory after the run: {rows['durable']['disk_mb']:.1f} MB")
 

@@ -1012,18 +1012,27 @@ def run(args: argparse.Namespace) -> int:
             wait_ready(procs, "trivial", f"http://127.0.0.1:{trivial_port}/health/ready", 30)
             edges: list[Edge] = []
             ceilings: list[Edge] = []
+            # Where the CPU of an accepted POST goes: every process's CPU from the start of a web
+            # round until its last ticket reached the file, over the rounds' accepted POSTs.
+            trivial_pids = {t: procs.children[t].pid for t in trivials}
+            spent = dict.fromkeys([*pids, "trivial"], 0)
             round_s = edge_s / EDGE_ROUNDS
             for n in range(EDGE_ROUNDS):
                 progress(
                     f"edge round {n + 1}: web stage, {round_s:g}s closed loop, {connections} connections"
                 )
+                before = {name: cpu_ticks(pid) for name, pid in pids.items()}
                 edge = edge_run(procs, "web stage", base_url, round_s, connections, f"edge{n}", scratch)
                 progress(f"  {len(edge.tickets)} accepted in {edge.seconds:.1f}s = {edge.rate:.0f}/s")
                 tail.follow_until(set(edge.tickets), 120, idle_stop=20)  # drained before the next round
+                for name, pid in pids.items():
+                    spent[name] += cpu_ticks(pid) - before[name]
                 edges.append(edge)
                 progress(f"edge round {n + 1}: trivial FastAPI endpoint, {round_s:g}s")
                 url = f"http://127.0.0.1:{trivial_port}"
+                before_trivial = sum(cpu_ticks(pid) for pid in trivial_pids.values())
                 ceiling = edge_run(procs, "trivial", url, round_s, connections, f"ceiling{n}", scratch)
+                spent["trivial"] += sum(cpu_ticks(pid) for pid in trivial_pids.values()) - before_trivial
                 progress(
                     f"  {len(ceiling.tickets)} accepted in {ceiling.seconds:.1f}s = {ceiling.rate:.0f}/s"
                 )
@@ -1043,6 +1052,18 @@ def run(args: argparse.Namespace) -> int:
                 f"trivial FastAPI form endpoint {ceiling.rate:,.0f}/s",
                 f"{edge.rate / ceiling.rate:.2f}" if ceiling.rate else "-",
                 str(edge_lost), str(edge_dup),
+            ))  # fmt: skip
+            tck = os.sysconf("SC_CLK_TCK")
+            per_post = {name: ticks / tck / max(1, len(edge.tickets)) * 1e6 for name, ticks in spent.items()}
+            trivial_us = spent["trivial"] / tck / max(1, len(ceiling.tickets)) * 1e6
+            pipeline_us = sum(v for name, v in per_post.items() if name != "trivial")
+            rows.append((
+                "CPU per accepted POST at the edge, every process (until its line is in the file)",
+                ", ".join(f"{name} {v:,.0f}" for name, v in per_post.items() if name != "trivial")
+                + f" = {pipeline_us:,.0f} us",
+                f"trivial endpoint {trivial_us:,.0f} us a request",
+                f"{trivial_us / pipeline_us:.2f}" if pipeline_us else "-",
+                "-", "-",
             ))  # fmt: skip
 
             # Open-loop latency.
