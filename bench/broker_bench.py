@@ -13,7 +13,13 @@ embedded broker is started (durable: in a scratch data directory), then:
 * polling cost: the Tansu process's CPU (not SeaweedFS') (% of one core) while one consumer group polls a
   4-partition topic that gets no records, at each fetch wait of ``POLL_WAITS_MS``. Every stage's
   consumer polls like this between records (``kafka.fetch_max_wait_ms`` while records flow,
-  ``kafka.idle_fetch_max_wait_ms`` once idle), so this is what the wait costs the embedded broker.
+  ``kafka.idle_fetch_max_wait_ms`` once idle), so this is what the wait costs the embedded broker;
+* steady traffic: records produced at about ``STEADY_RATE``/s (``linger_ms=5``, acks=all, as the
+  web stage sends) while one group consumes them (fetch wait 20 ms, as a stage does under traffic),
+  in ``STEADY_WINDOWS`` windows of ``STEADY_S``: the broker's and the object store's CPU per
+  record in each window, beside the topic's length at its end. Tansu 0.6.0's memory engine
+  spends more on each fetch the longer the topic is (measured here: ~260 us a record at 4,400
+  records, ~1,000 us at 35,000); the durable engine stays flat but SeaweedFS does most of the work.
 
 Figures are printed, never asserted: they depend on the machine.
 """
@@ -79,6 +85,62 @@ async def polling_cost(bootstrap: str, pid: int) -> dict[int, float]:
     return cost
 
 
+STEADY_RATE = 900
+STEADY_S = 5.0
+STEADY_WINDOWS = 4
+
+
+async def steady_cost(bootstrap: str, pids: dict[str, int], size: int) -> list[dict[str, float]]:
+    """Per window of steady produce+consume: the topic's length and each process's CPU a record."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("bench.steady", 4, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    consumer = AIOKafkaConsumer(
+        "bench.steady",
+        bootstrap_servers=bootstrap,
+        group_id="bench.steady",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+    )
+    await producer.start()
+    await consumer.start()
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            await consumer.getmany(timeout_ms=50, max_records=500)
+
+    reader = asyncio.create_task(consume())
+    payload = b"x" * size
+    sent = 0
+    windows = []
+    try:
+        await asyncio.sleep(1.5)  # joined and fetching
+        for _ in range(STEADY_WINDOWS):
+            before = {name: broker_cpu_s(pid) for name, pid in pids.items()}
+            start, first = time.monotonic(), sent
+            while time.monotonic() - start < STEADY_S:
+                for _ in range(STEADY_RATE // 100):
+                    await producer.send("bench.steady", payload, key=str(sent).encode())
+                    sent += 1
+                await asyncio.sleep(0.01)
+            n = max(1, sent - first)
+            window = {"records": float(sent), "rate": n / (time.monotonic() - start)}
+            for name, pid in pids.items():
+                window[name] = (broker_cpu_s(pid) - before[name]) / n * 1e6
+            windows.append(window)
+    finally:
+        stop.set()
+        await reader
+        await consumer.stop()
+        await producer.stop()
+    return windows
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -141,7 +203,9 @@ async def measure(bootstrap: str, messages: int, samples: int, size: int) -> dic
     }
 
 
-def run(storage: Storage, scratch: Path, args: argparse.Namespace) -> dict[str, float]:
+def run(
+    storage: Storage, scratch: Path, args: argparse.Namespace, steady: dict[str, list[dict[str, float]]]
+) -> dict[str, float]:
     data_dir = scratch / storage / "broker"
     data_dir.mkdir(parents=True)
     broker = EmbeddedKafka(
@@ -157,6 +221,10 @@ def run(storage: Storage, scratch: Path, args: argparse.Namespace) -> dict[str, 
         if broker.pid is not None:
             for wait, pct in asyncio.run(polling_cost(broker.bootstrap, broker.pid)).items():
                 figures[f"poll_{wait}"] = pct
+            pids = {"tansu": broker.pid}
+            if broker.objectstore is not None and broker.objectstore.pid is not None:
+                pids["seaweedfs"] = broker.objectstore.pid
+            steady[storage] = asyncio.run(steady_cost(broker.bootstrap, pids, args.size))
     finally:
         broker.stop()
     figures["start_s"] = start_s
@@ -175,10 +243,11 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     rows = {}
+    steady: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="intake311-broker-bench-") as tmp:
         for storage in ("memory", "durable"):
             print(f"{storage}: starting", file=sys.stderr)
-            rows[storage] = run(storage, Path(tmp), args)
+            rows[storage] = run(storage, Path(tmp), args, steady)
     print(
         f"{args.messages} records of {args.size} B (throughput), "
         f"{args.latency_samples} one at a time (latency)"
@@ -194,6 +263,14 @@ def main() -> None:
     print(f"{'storage':<9}" + "".join(f"{f'{w} ms':>9}" for w in POLL_WAITS_MS))
     for storage, f in rows.items():
         print(f"{storage:<9}" + "".join(f"{f.get(f'poll_{w}', float('nan')):>9.1f}" for w in POLL_WAITS_MS))
+    print(
+        f"steady traffic (~{STEADY_RATE}/s produced, one group consuming): CPU per record by process,"
+        f" {STEADY_S:g} s windows"
+    )
+    for storage, windows in steady.items():
+        for w in windows:
+            each = ", ".join(f"{k} {v:,.0f} us" for k, v in w.items() if k not in ("records", "rate"))
+            print(f"{storage:<9}topic {w['records']:>7,.0f} records, {w['rate']:,.0f}/s: {each}")
     if "disk_mb" in rows["durable"]:
         print(f"durable data directory after the run: {rows['durable']['disk_mb']:.1f} MB")
 
