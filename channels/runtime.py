@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import httpx
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from channels.base import KafkaContactPublisher
 from channels.plugin import (
@@ -35,8 +34,8 @@ from intake311.stage import (
     batch_subscriber,
     dead_letter,
     explain,
+    handled_records,
     publish_with_retry,
-    records_from,
 )
 from schemas.contact import mask
 from schemas.outbound import OutboundMessage
@@ -194,8 +193,8 @@ def _subscribe_outbound(
         title=f"outbound {plugin.name}",
         description=f"Messages to residents sent through the {plugin.name} channel.",
     )
-    async def send_messages(records: MessageRecords, msg: KafkaMessage) -> None:
-        letters = await send_batch(records_from(msg.raw_message), plugin, seen, settings)
+    async def send_messages(records: MessageRecords) -> None:
+        letters = await send_batch(handled_records(broker), plugin, seen, settings)
         await publish_with_retry(
             broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )

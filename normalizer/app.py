@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
@@ -21,9 +20,9 @@ from intake311.stage import (
     RawBatch,
     Record,
     batch_subscriber,
+    handled_records,
     process_batch,
     publish_with_retry,
-    records_from,
 )
 from normalizer.incidents import IncidentDesk, Outcome
 from normalizer.normalize import Locator, Normalizer
@@ -203,8 +202,6 @@ def build_desk(settings: Settings) -> IncidentDesk:
     return IncidentDesk(build_normalizer(settings), reply_channels=frozenset(settings.channels))
 
 
-
-
 async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
     """Attach the normalizer's subscribers and its documented publishers to ``broker``."""
     topics = settings.topics
@@ -228,8 +225,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         description="Raw contacts from every channel (RawContact JSON) -> one ServiceRequest each, "
         "grouped into incidents; 'already reported' messages to residents.",
     )
-    async def normalize_contacts(records: ContactRecords, msg: KafkaMessage) -> None:
-        batch = records_from(msg.raw_message)
+    async def normalize_contacts(records: ContactRecords) -> None:
+        batch = handled_records(broker)
 
         def work() -> tuple[dict[int, Prepared], list[Outgoing], list[Outgoing]]:
             prepared, letters = prepare(batch, desk.normalizer, topics)
@@ -265,8 +262,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         description="Status changes -> the normalizer's request and incident state; closing an "
         "incident closes each of its reports (StatusChange per report).",
     )
-    async def track_status(records: StatusRecords, msg: KafkaMessage) -> None:
-        batch = records_from(msg.raw_message)
+    async def track_status(records: StatusRecords) -> None:
+        batch = handled_records(broker)
         out = await asyncio.to_thread(store.run, lambda snap: status_batch(batch, desk, snap, topics))
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
@@ -17,9 +16,9 @@ from intake311.stage import (
     RawBatch,
     Record,
     batch_subscriber,
+    handled_records,
     process_batch,
     publish_with_retry,
-    records_from,
 )
 from router.routing import Router, load_interests, load_routing
 from schemas.request import ServiceRequest
@@ -108,8 +107,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         title="router",
         description="Canonical requests -> the topic of each department the routing table names.",
     )
-    async def route_requests(records: RequestRecords, msg: KafkaMessage) -> None:
-        out = route_batch(records_from(msg.raw_message), router, topics.deadletter)
+    async def route_requests(records: RequestRecords) -> None:
+        out = route_batch(handled_records(broker), router, topics.deadletter)
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )

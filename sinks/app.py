@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
@@ -32,8 +31,8 @@ from intake311.stage import (
     batch_subscriber,
     dead_letter,
     explain,
+    handled_records,
     publish_with_retry,
-    records_from,
 )
 from schemas.ids import delivery_id_for
 from schemas.request import ServiceRequest
@@ -257,9 +256,9 @@ def _subscribe(
         title=f"sink {department}/{config.name}",
         description=f"Delivers {department}'s requests to its '{config.name}' sink ({config.type}).",
     )
-    async def deliver(records: RequestRecords, msg: KafkaMessage) -> None:
+    async def deliver(records: RequestRecords) -> None:
         result = await deliver_batch(
-            records_from(msg.raw_message),
+            handled_records(broker),
             sink,
             department=department,
             sink_name=config.name,
@@ -347,9 +346,9 @@ def _subscribe_status(
         title=f"sink {department}/{config.name} status",
         description=f"Shows status changes on {department}'s '{config.name}' sink ({config.type}).",
     )
-    async def show_status(records: StatusRecords, msg: KafkaMessage) -> None:
+    async def show_status(records: StatusRecords) -> None:
         result = await status_batch(
-            records_from(msg.raw_message),
+            handled_records(broker),
             sink,
             settings,
             seen=seen,

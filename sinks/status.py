@@ -21,7 +21,6 @@ import contextlib
 from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
@@ -33,8 +32,8 @@ from intake311.stage import (
     batch_subscriber,
     dead_letter,
     explain,
+    handled_records,
     publish_with_retry,
-    records_from,
 )
 from schemas.external import ExternalRef
 from schemas.messages import render, resolve_language, service_name
@@ -160,8 +159,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         title="case store status",
         description="Status changes -> case store history -> one message to the resident per change.",
     )
-    async def record_changes(records: StatusRecords, msg: KafkaMessage) -> None:
-        out = await apply_status_batch(records_from(msg.raw_message), store, topics)
+    async def record_changes(records: StatusRecords) -> None:
+        out = await apply_status_batch(handled_records(broker), store, topics)
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
@@ -175,8 +174,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         title="case store external ids",
         description="Ids the city's own systems gave our requests -> case store; nothing to the resident.",
     )
-    async def record_external_ids(records: ExternalRecords, msg: KafkaMessage) -> None:
-        out = await apply_external_batch(records_from(msg.raw_message), store, topics)
+    async def record_external_ids(records: ExternalRecords) -> None:
+        out = await apply_external_batch(handled_records(broker), store, topics)
         await publish_with_retry(
             broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
         )
