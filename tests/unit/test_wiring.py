@@ -62,23 +62,5 @@ async def test_stage_handlers_start_without_a_thread_hop(
         return await run_sync(func, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    settings = Settings(data_dir=tmp_path, retry_attempts=1)
-    topics = settings.topics
-    broker = KafkaBroker()
-    received: list[str] = []
-
-    @broker.subscriber(topics.department("public-works"))
-    async def department(request: ServiceRequest) -> None:
-        received.append(request.request_id)
-
-    async with contextlib.AsyncExitStack() as stack:
-        await register_normalizer(broker, settings, stack)
-        await register_router(broker, settings, stack)
-        async with TestKafkaBroker(broker) as test_broker:
-            contact = make_contact("Pothole outside 12 Elm Street")
-            await test_broker.publish(
-                contact.model_dump_json().encode(), topics.contacts("web"), key=contact.request_id.encode()
-            )
-
-    assert received == [contact.request_id]
+    await test_contact_flows_through_normalizer_and_router(tmp_path)  # a contact and a poison record
     assert hops == []
