@@ -42,8 +42,20 @@ if str(ROOT) not in sys.path:  # running as a script puts bench/ first, not the 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from intake311.bus import create_missing  # noqa: E402
 from intake311.embedded import EmbeddedKafka, Storage  # noqa: E402
 from intake311.logging import configure_logging  # noqa: E402
+
+
+async def make_topics(bootstrap: str, *topics: NewTopic) -> None:
+    """Create the bench's topics (``intake311.bus.create_missing``: the one way topics are made)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await create_missing(admin, topics)
+    finally:
+        await admin.close()
+
 
 POLL_WAITS_MS = (500, 100, 20, 5)
 POLL_S = 4.0
@@ -58,12 +70,7 @@ def broker_cpu_s(pid: int) -> float:
 
 async def polling_cost(bootstrap: str, pid: int) -> dict[int, float]:
     """% of a core the broker spends while one group polls an empty topic, by fetch wait."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(f"bench.poll{w}", 4, 1) for w in POLL_WAITS_MS])
-    finally:
-        await admin.close()
+    await make_topics(bootstrap, *(NewTopic(f"bench.poll{w}", 4, 1) for w in POLL_WAITS_MS))
     cost = {}
     for wait in POLL_WAITS_MS:
         consumer = AIOKafkaConsumer(
@@ -92,12 +99,7 @@ STEADY_WINDOWS = 4
 
 async def steady_cost(bootstrap: str, pids: dict[str, int], size: int) -> list[dict[str, float]]:
     """Per window of steady produce+consume: the topic's length and each process's CPU a record."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("bench.steady", 4, 1)])
-    finally:
-        await admin.close()
+    await make_topics(bootstrap, NewTopic("bench.steady", 4, 1))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     consumer = AIOKafkaConsumer(
         "bench.steady",
@@ -147,12 +149,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def measure(bootstrap: str, messages: int, samples: int, size: int) -> dict[str, float]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("bench.latency", 3, 1), NewTopic("bench.throughput", 3, 1)])
-    finally:
-        await admin.close()
+    await make_topics(bootstrap, NewTopic("bench.latency", 3, 1), NewTopic("bench.throughput", 3, 1))
     payload = b"x" * size
     # No linger for the one-at-a-time sends: the figure is the broker's round trip, not a wait.
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
