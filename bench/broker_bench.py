@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:  # running as a script puts bench/ first, not the 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from bench.e2e_bench import cpu_ticks  # noqa: E402
 from intake311.bus import create_missing  # noqa: E402
 from intake311.embedded import EmbeddedKafka, Storage  # noqa: E402
 from intake311.logging import configure_logging  # noqa: E402
@@ -61,11 +62,20 @@ POLL_WAITS_MS = (500, 100, 20, 5)
 POLL_S = 4.0
 
 
-def broker_cpu_s(pid: int) -> float:
-    """utime + stime of the broker process (/proc/<pid>/stat fields 14 and 15), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (``bench.e2e_bench.cpu_ticks``)."""
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
+
+
+def group_reader(bootstrap: str, topic: str, group: str, wait_ms: int = 20) -> AIOKafkaConsumer:
+    """A consumer group member reading ``topic`` from the start, as a stage does (not started)."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=wait_ms,
+    )
 
 
 async def polling_cost(bootstrap: str, pid: int) -> dict[int, float]:
@@ -73,20 +83,14 @@ async def polling_cost(bootstrap: str, pid: int) -> dict[int, float]:
     await make_topics(bootstrap, *(NewTopic(f"bench.poll{w}", 4, 1) for w in POLL_WAITS_MS))
     cost = {}
     for wait in POLL_WAITS_MS:
-        consumer = AIOKafkaConsumer(
-            f"bench.poll{wait}",
-            bootstrap_servers=bootstrap,
-            group_id=f"bench.poll{wait}",
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=wait,
-        )
+        consumer = group_reader(bootstrap, f"bench.poll{wait}", f"bench.poll{wait}", wait)
         await consumer.start()
         try:
             await consumer.getmany(timeout_ms=1500)  # joined, partitions assigned, fetching
-            before, start = broker_cpu_s(pid), time.monotonic()
+            before, start = cpu_s(pid), time.monotonic()
             while time.monotonic() - start < POLL_S:
                 await consumer.getmany(timeout_ms=100)
-            cost[wait] = 100 * (broker_cpu_s(pid) - before) / (time.monotonic() - start)
+            cost[wait] = 100 * (cpu_s(pid) - before) / (time.monotonic() - start)
         finally:
             await consumer.stop()
     return cost
@@ -101,13 +105,7 @@ async def steady_cost(bootstrap: str, pids: dict[str, int], size: int) -> list[d
     """Per window of steady produce+consume: the topic's length and each process's CPU a record."""
     await make_topics(bootstrap, NewTopic("bench.steady", 4, 1))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    consumer = AIOKafkaConsumer(
-        "bench.steady",
-        bootstrap_servers=bootstrap,
-        group_id="bench.steady",
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=20,
-    )
+    consumer = group_reader(bootstrap, "bench.steady", "bench.steady")
     await producer.start()
     await consumer.start()
     stop = asyncio.Event()
@@ -123,7 +121,7 @@ async def steady_cost(bootstrap: str, pids: dict[str, int], size: int) -> list[d
     try:
         await asyncio.sleep(1.5)  # joined and fetching
         for _ in range(STEADY_WINDOWS):
-            before = {name: broker_cpu_s(pid) for name, pid in pids.items()}
+            before = {name: cpu_s(pid) for name, pid in pids.items()}
             start, first = time.monotonic(), sent
             while time.monotonic() - start < STEADY_S:
                 for _ in range(STEADY_RATE // 100):
@@ -133,7 +131,7 @@ async def steady_cost(bootstrap: str, pids: dict[str, int], size: int) -> list[d
             n = max(1, sent - first)
             window = {"records": float(sent), "rate": n / (time.monotonic() - start)}
             for name, pid in pids.items():
-                window[name] = (broker_cpu_s(pid) - before[name]) / n * 1e6
+                window[name] = (cpu_s(pid) - before[name]) / n * 1e6
             windows.append(window)
     finally:
         stop.set()
@@ -173,13 +171,7 @@ async def measure(bootstrap: str, messages: int, samples: int, size: int) -> dic
         produce_s = time.perf_counter() - start
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        "bench.throughput",
-        bootstrap_servers=bootstrap,
-        group_id="bench.reader",
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=20,
-    )
+    consumer = group_reader(bootstrap, "bench.throughput", "bench.reader")
     await consumer.start()
     try:
         seen = 0

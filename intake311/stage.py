@@ -125,6 +125,8 @@ def handled_records(broker: KafkaBroker) -> list[Record]:
     hop (a submit, a wake-up, the way back) before its handler started: on the sinks stage under
     load the hop's frames were about a tenth of the event loop's samples. The message is the
     same object in the broker's context, which FastStream sets before it calls the handler.
+    A handler keeps its ``records: RawBatch[Model]`` parameter (unused): that is what the
+    AsyncAPI document shows for its topic.
     """
     message = broker.context.get_local("message")
     if message is None:
