@@ -160,8 +160,42 @@ class _NoLingua:
 
 def test_a_decisive_function_word_lead_skips_lingua() -> None:
     d = LanguageDetector(("en", "es"))
-    d._lingua = _NoLingua()  # type: ignore[assignment]
+    d._lingua = d._lingua_long = _NoLingua()  # type: ignore[assignment]
     assert d.detect(MIXED[1]) == "en"
     assert d.detect(MIXED[2]) == "es"
     with pytest.raises(AssertionError, match="lingua was asked"):
         d.detect("hay un bache en la calle")  # four function words: lingua still decides
+
+
+class _Asked:
+    """A lingua detector that remembers which texts it was asked about."""
+
+    def __init__(self, lingua: object) -> None:
+        self.lingua = lingua
+        self.texts: list[str] = []
+
+    def compute_language_confidence_values(self, text: str) -> object:
+        self.texts.append(text)
+        return self.lingua.compute_language_confidence_values(text)  # type: ignore[attr-defined]
+
+
+def test_long_texts_are_read_in_low_accuracy_mode_with_the_same_answers() -> None:
+    d = LanguageDetector(("en", "es"))
+    high, low = _Asked(d._lingua), _Asked(d._lingua_long)
+    d._lingua, d._lingua_long = high, low  # type: ignore[assignment]
+    short = "hay un bache en la calle"
+    long = "The streetlight on the corner has been flickering for two weeks now"
+    d.detect(short)
+    d.detect(long)
+    assert high.texts == [short]
+    assert low.texts == [long]
+    # What the low accuracy mode answers is what the high one would have, on real reports.
+    only_high = LanguageDetector(("en", "es"))
+    only_high._lingua_long = only_high._lingua
+    path = shared_file("seeclickfix_newhaven_2014.csv")
+    with path.open(newline="", encoding="utf-8") as f:
+        texts = sorted({r["Description"].strip() for r in csv.DictReader(f) if r["Description"].strip()})
+    sample = [t for t in random.Random(3).sample(texts, 600) if len(t) >= 60] + SPANISH + MIXED
+    assert [d.detect(t) for t in sample] == [only_high.detect(t) for t in sample]
+    assert [d.choose(t) for t in sample] == [only_high.choose(t) for t in sample]
+    assert len(low.texts) > 100

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
+from typing import Any
 
 import pytest
 
@@ -100,22 +101,33 @@ def test_lingua_key_is_lingua_s_letter_runs(texts: list[str]) -> None:
 def test_lingua_answers_a_text_as_its_key(texts: list[str]) -> None:
     # What makes the key exact: lingua reads only the letter runs. Its own sums vary in the last
     # bits from call to call (hash-map order), so the values are compared to 1e-9.
-    lingua = language.detector(("en", "es"))._lingua
-    assert lingua is not None
+    # In both accuracy modes (``LanguageDetector._lingua_for``).
+    detector = language.detector(("en", "es"))
     sample = [t for t in texts if t.isascii()][:: max(1, len(texts) // 600)] + EDGE_TEXTS
+    for lingua in (detector._lingua, detector._lingua_long):
+        assert lingua is not None
 
-    def confidences(text: str) -> dict[object, float]:
-        return {c.language: c.value for c in lingua.compute_language_confidence_values(text)}
+        def confidences(text: str, lingua: Any = lingua) -> dict[object, float]:
+            return {c.language: c.value for c in lingua.compute_language_confidence_values(text)}
 
-    for text in sample:
-        as_text, as_key = confidences(text), confidences(language.lingua_key(text))
-        assert as_key == pytest.approx(as_text, abs=1e-9), text
+        for text in sample:
+            as_text, as_key = confidences(text), confidences(language.lingua_key(text))
+            assert as_key == pytest.approx(as_text, abs=1e-9), text
 
 
 class _CountingLingua:
-    def __init__(self, real: object) -> None:
-        self.real = real
+    """Both of a detector's lingua instances (high and low accuracy mode), counting every question."""
+
+    def __init__(self, detector: language.LanguageDetector) -> None:
         self.asked: list[str] = []
+        detector._lingua = _Counted(detector._lingua, self.asked)  # type: ignore[assignment]
+        detector._lingua_long = _Counted(detector._lingua_long, self.asked)  # type: ignore[assignment]
+
+
+class _Counted:
+    def __init__(self, real: object, asked: list[str]) -> None:
+        self.real = real
+        self.asked = asked
 
     def compute_language_confidence_values(self, text: str) -> object:
         self.asked.append(text)
@@ -125,8 +137,7 @@ class _CountingLingua:
 def test_texts_with_one_key_ask_lingua_once() -> None:
     detector = language.LanguageDetector(("en", "es"))
     fresh = language.LanguageDetector(("en", "es"))
-    spy = _CountingLingua(detector._lingua)
-    detector._lingua = spy  # type: ignore[assignment]
+    spy = _CountingLingua(detector)
     forms = [f"Deep pothole number web-{i} in the right lane, cars swerve around it" for i in range(50)]
     assert [detector.choose(t) for t in forms] == [fresh.choose(t) for t in forms] == ["en"] * 50
     assert len(spy.asked) == 1
@@ -140,8 +151,7 @@ def test_texts_with_one_key_ask_lingua_once() -> None:
 
 def test_long_texts_are_not_kept_and_the_memo_is_bounded() -> None:
     detector = language.LanguageDetector(("en", "es"))
-    spy = _CountingLingua(detector._lingua)
-    detector._lingua = spy  # type: ignore[assignment]
+    spy = _CountingLingua(detector)
     long_text = "the streetlight near the corner store keeps flickering " * 6
     assert len(long_text) > language.LINGUA_KEPT_CHARS
     detector.scores(long_text)
