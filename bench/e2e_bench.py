@@ -944,7 +944,7 @@ def run(args: argparse.Namespace) -> int:
     edge_s = 6.0 if quick else 12.0  # per endpoint, split into EDGE_ROUNDS rounds
     latency_s = 8.0 if quick else 15.0
     scale_n = args.messages or (5000 if quick else 10000)
-    stage_n = args.messages or (5000 if quick else 10000)
+    stage_n = args.messages or (10000 if quick else 20000)
     connections = 50
     stamp = time.strftime("%Y%m%d%H%M%S")
     rows: list[tuple[str, str, str, str, str, str]] = []
@@ -1145,9 +1145,13 @@ def run(args: argparse.Namespace) -> int:
             for r in stage_rows:
                 if r["name"] == "raw passthrough":
                     continue
+                spread = re.search(r"ratios ([\d.]+-[\d.]+) over (\d+) rounds", r["note"])
+                rounds = (
+                    f" (ratio {spread.group(1)} in {spread.group(2)} rounds, median shown)" if spread else ""
+                )
                 rows.append((
                     f"bench: {r['name']} ({r['messages']} msgs, in process)",
-                    f"{int(r['rate']):,} msgs/s",
+                    f"{int(r['rate']):,} msgs/s{rounds}",
                     f"raw passthrough {int(raw['rate']):,} msgs/s" if raw else "-",
                     r["ratio"], str(int(r["messages"]) - r["done"]), "not checked",
                 ))  # fmt: skip

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import statistics
 import sys
 import tempfile
 import time
@@ -235,6 +236,12 @@ class Progress:
         return self._done.is_set()
 
 
+# The counting consumer's fetch wait: Tansu holds a fetch with nothing new for the whole wait,
+# even when records arrive meanwhile, so the last records of a row were seen up to this long
+# after they were written (100 ms until 2026-12-02: a third of a 5 000-record router row).
+READER_FETCH_WAIT_MS = 5
+
+
 async def count_topics(
     bootstrap: str, topics: Sequence[str], tally: Progress, *, distinct_keys: bool = False
 ) -> None:
@@ -251,7 +258,7 @@ async def count_topics(
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=READER_FETCH_WAIT_MS,
         max_poll_records=2000,
     )
     await consumer.start()
@@ -411,6 +418,11 @@ async def bench_raw(run: Run) -> list[Result]:
 async def raw_passthrough(run: Run, name: str, *, fetch_max_wait_ms: int) -> Result:
     """Copy bytes topic -> topic with a plain group consumer, pipelined sends and a commit per batch.
 
+    Its clock stops as a stage row's does: when ``count_topics``, reading the output topic in
+    this process, has seen every record. Both sides pay for that reader and its fetch wait
+    (until 2026-12-02 this row stopped at its last acknowledged send, and every stage row paid
+    for its reader alone).
+
     Why the fetch wait matters: aiokafka keeps one fetch per broker in flight and leaves out
     partitions that still have buffered records; when that fetch names only caught-up partitions,
     the broker holds it for ``fetch_max_wait_ms`` while the buffered ones drain and then wait.
@@ -438,23 +450,26 @@ async def raw_passthrough(run: Run, name: str, *, fetch_max_wait_ms: int) -> Res
     join_s = time.perf_counter() - joining
     started: float | None = None
     done = 0
+    tally = Progress(run.messages)
     deadline = time.perf_counter() + run.timeout
     try:
-        while done < run.messages and time.perf_counter() < deadline:
-            batches = await consumer.getmany(timeout_ms=50, max_records=BATCH)
-            records = [r for batch in batches.values() for r in batch]
-            if not records:
-                continue
-            if started is None:
-                started = time.perf_counter()
-            futures = [await prod.send(target, r.value, key=r.key) for r in records]
-            await asyncio.gather(*futures)
-            await consumer.commit()
-            done += len(records)
-        ended = time.perf_counter()
+        async with background(count_topics(run.bootstrap, [target], tally)):
+            while done < run.messages and time.perf_counter() < deadline:
+                batches = await consumer.getmany(timeout_ms=50, max_records=BATCH)
+                records = [r for batch in batches.values() for r in batch]
+                if not records:
+                    continue
+                if started is None:
+                    started = time.perf_counter()
+                futures = [await prod.send(target, r.value, key=r.key) for r in records]
+                await asyncio.gather(*futures)
+                await consumer.commit()
+                done += len(records)
+            await tally.wait(max(0.0, deadline - time.perf_counter()))
+        ended = tally.finished_at or time.perf_counter()
     finally:
         await asyncio.gather(consumer.stop(), prod.stop())
-    return Result(name, run.messages, ended - (started or ended), done, join_s)
+    return Result(name, run.messages, ended - (started or ended), min(tally.count, run.messages), join_s)
 
 
 async def measure_stage(
@@ -701,34 +716,59 @@ def pure_rates(n: int, scratch: Path) -> list[tuple[str, int, float]]:
 # Main
 
 
-def print_table(results: Sequence[Result], pure: Sequence[tuple[str, int, float]]) -> None:
-    raw = next((r.rate for r in results if r.name == "raw passthrough"), None)
+def print_table(rounds: Sequence[Sequence[Result]], pure: Sequence[tuple[str, int, float]]) -> None:
+    """One row per scenario: the median round's figures, and the median of its per-round ratios.
+
+    Each ratio divides a round's stage rate by the raw passthrough of the same round: a stage
+    row takes a second or two, and this VM's speed moves by a third between such runs, so a
+    ratio to a baseline measured minutes earlier said as much about the machine as the stage.
+    """
     print(f"\n{'stage':<20} {'messages':>9} {'seconds':>8} {'msgs/s':>9} {'vs raw':>7} {'join s':>7}")
-    for r in results:
-        ratio = f"{r.rate / raw:.2f}" if raw else "-"
-        note = "" if r.done >= r.messages else f"  (TIMEOUT: {r.done} done)"
-        print(
-            f"{r.name:<20} {r.messages:>9} {r.seconds:>8.2f} {r.rate:>9.0f} {ratio:>7} {r.join_s:>7.1f}{note}"
-        )
+    names = list(dict.fromkeys(r.name for results in rounds for r in results))
+    for name in names:
+        mine = [(r, raw) for results in rounds for r, raw in _with_raw(results) if r.name == name]
+        ratios = sorted(r.rate / raw for r, raw in mine if raw)
+        row = sorted((r for r, _ in mine), key=lambda r: r.rate)[len(mine) // 2]  # the median round
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+        notes = []
+        if len(ratios) > 1 and name != "raw passthrough":
+            notes.append(f"ratios {ratios[0]:.2f}-{ratios[-1]:.2f} over {len(ratios)} rounds")
+        short = [r.done for r, _ in mine if r.done < r.messages]
+        if short:
+            notes.append(f"TIMEOUT: {min(short)} done")
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        figures = f"{row.messages:>9} {row.seconds:>8.2f} {row.rate:>9.0f} {ratio:>7} {row.join_s:>7.1f}"
+        print(f"{name:<20} {figures}{note}")
     if pure:
         print(f"\n{'pure function (no Kafka)':<44} {'records':>8} {'seconds':>8} {'per s':>9}")
         for label, n, seconds in pure:
             print(f"{label:<44} {n:>8} {seconds:>8.2f} {n / seconds if seconds else 0:>9.0f}")
 
 
-async def run_all(args: argparse.Namespace, bootstrap: str, scratch: Path) -> list[Result]:
-    run = Run(bootstrap, args.messages, scratch, time.strftime("%Y%m%d%H%M%S"), bool(args.bootstrap))
-    results = []
-    for name in args.only:
-        progress(f"{name}: {args.messages} messages")
-        try:
-            for result in await BENCHES[name](run):
-                progress(f"  {result.name}: {result.done} in {result.seconds:.2f}s = {result.rate:.0f}/s")
-                results.append(result)
-        finally:
-            if run.external:
-                await drop_topics(bootstrap, run.run_prefix)
-    return results
+def _with_raw(results: Sequence[Result]) -> list[tuple[Result, float | None]]:
+    """Each result of one round with that round's raw passthrough rate (None: not measured)."""
+    raw = next((r.rate for r in results if r.name == "raw passthrough"), None)
+    return [(r, raw) for r in results]
+
+
+async def run_all(args: argparse.Namespace, bootstrap: str, scratch: Path) -> list[list[Result]]:
+    """``args.rounds`` rounds of every scenario in ``args.only``, the raw passthrough in each."""
+    rounds: list[list[Result]] = []
+    for k in range(args.rounds):
+        stamp = time.strftime("%Y%m%d%H%M%S") + f"r{k}"
+        run = Run(bootstrap, args.messages, scratch / f"round{k}", stamp, bool(args.bootstrap))
+        results = []
+        for name in args.only:
+            progress(f"round {k + 1}/{args.rounds}, {name}: {args.messages} messages")
+            try:
+                for result in await BENCHES[name](run):
+                    progress(f"  {result.name}: {result.done} in {result.seconds:.2f}s = {result.rate:.0f}/s")
+                    results.append(result)
+            finally:
+                if run.external:
+                    await drop_topics(bootstrap, run.run_prefix)
+        rounds.append(results)
+    return rounds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -742,6 +782,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
         default=list(SCENARIOS),
         help=f"comma-separated scenarios ({','.join(SCENARIOS)}); the pure-function table always runs",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every scenario; a ratio is the median of its rounds'",
     )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(SCENARIOS)
