@@ -20,7 +20,7 @@ from intake311.stage import (
     process_batch,
     publish_with_retry,
 )
-from router.routing import Router, load_interests, load_routing
+from router.routing import Router, RoutingFields, load_interests, load_routing
 from schemas.request import ServiceRequest
 from schemas.taxonomy import load_taxonomy
 
@@ -49,12 +49,12 @@ def _department_header(department: str) -> dict[str, str]:
 def route_batch(records: Sequence[Record], router: Router, deadletter_topic: str) -> list[Outgoing]:
     """One ``Outgoing`` per (request, department), keyed by request; bad records dead-lettered.
 
-    Each request is validated once and its routed JSON made once for all its copies
-    (``Router.route_json``).
+    Each request's routing fields are validated once (``RoutingFields``: the sinks validate the
+    whole request) and its routed JSON made once for all its copies (``Router.route_json``).
     """
 
     def handle(record: Record) -> list[Outgoing]:
-        request = ServiceRequest.model_validate_json(record.value)
+        request = RoutingFields.model_validate_json(record.value)
         key = request.request_id
         return [
             Outgoing(topic, value, key=key, headers=_department_header(department))

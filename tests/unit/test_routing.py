@@ -458,3 +458,59 @@ def test_an_assignment_that_is_not_a_slug_is_dead_lettered_every_time(taxonomy) 
     ]
     out = route_batch(records, router, TOPICS.deadletter)
     assert [r.topic for r in out] == [TOPICS.deadletter, TOPICS.deadletter]
+
+
+def test_routing_fields_are_the_request_s_own_and_all_that_routing_reads() -> None:
+    """``RoutingFields`` validates each field it reads as ``ServiceRequest`` does, and reads every
+    field the ``Routable`` protocol (what rules, routes and subscriptions look at) names."""
+    from router.routing import Routable, RoutingFields
+
+    read = {name for name in vars(Routable) if not name.startswith("_")}
+    assert read == set(RoutingFields.model_fields)
+    for name, field in RoutingFields.model_fields.items():
+        own = ServiceRequest.model_fields[name]
+        assert field.annotation == own.annotation, name
+        assert field.is_required() == own.is_required(), name
+        if not own.is_required():
+            assert field.get_default(call_default_factory=True) == own.get_default(call_default_factory=True)
+
+
+async def test_a_record_that_is_no_request_but_routes_is_dead_lettered_by_the_sinks(
+    taxonomy, tmp_path
+) -> None:
+    """The router reads only the fields it routes on; the sinks validate the whole request
+    before delivering, so a record that is not one still ends as a dead letter with its reason."""
+    import json
+
+    from intake311.dedupe import SeenStore
+    from intake311.settings import Settings
+    from sinks.app import deliver_batch
+    from sinks.base import SinkContext
+    from sinks.jsonl import JsonlSinkConfig
+
+    router = Router(load_routing(), taxonomy, TOPICS)
+    request = request_for("pothole outside 12 Elm Street")
+    broken = json.loads(request.model_dump_json())
+    del broken["event_id"]
+    raw = json.dumps(broken, separators=(",", ":")).encode()
+    (copy,) = route_batch(
+        [Record(value=raw, topic=TOPICS.requests, partition=0, offset=3)], router, TOPICS.deadletter
+    )
+    assert copy.topic == TOPICS.department("public-works")
+    assert (
+        route_batch([Record(value=b'{"request_id": "x"}')], router, TOPICS.deadletter)[0].topic
+        == TOPICS.deadletter
+    )
+
+    settings = Settings(data_dir=tmp_path)
+    sink = JsonlSinkConfig(name="file", type="jsonl").build(SinkContext.from_settings(settings))
+    seen = SeenStore(tmp_path / "seen.sqlite3")
+    record = Record(value=copy.value, topic=copy.topic, partition=0, offset=0)
+    result = await deliver_batch(
+        [record], sink, department="public-works", sink_name="file", seen=seen, settings=settings
+    )
+    seen.close()
+    (letter,) = result.letters
+    assert letter.topic == TOPICS.deadletter
+    assert b"event_id" in letter.value
+    assert not list(tmp_path.rglob("*.jsonl"))
