@@ -356,8 +356,8 @@ def instrumented(prefix: str, gate: asyncio.Event) -> Iterator[None]:
     """
     with contextlib.ExitStack() as stack:
         for module, name in (
-            (normalizer_app, "publish_with_retry"),
-            (router_app, "publish_with_retry"),
+            (normalizer_app, "publish_output"),
+            (router_app, "publish_output"),
             (sinks_app, "deliver_batch"),
         ):
             stack.enter_context(patched(module, name, gated(getattr(module, name), gate)))

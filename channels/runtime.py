@@ -35,7 +35,7 @@ from intake311.stage import (
     dead_letter,
     explain,
     handled_records,
-    publish_with_retry,
+    publish_output,
 )
 from schemas.contact import mask
 from schemas.outbound import OutboundMessage
@@ -195,7 +195,4 @@ def _subscribe_outbound(
     )
     async def send_messages(records: MessageRecords) -> None:
         letters = await send_batch(handled_records(broker), plugin, seen, settings)
-        await publish_with_retry(
-            broker, letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
-        metrics.dead_lettered(letters, settings.topics.deadletter)
+        await publish_output(broker, letters, settings, metrics)

@@ -29,6 +29,9 @@ from intake311.logging import get_logger
 from intake311.settings import Settings
 from schemas.deadletter import DeadLetter
 
+if TYPE_CHECKING:
+    from intake311.metrics import Metrics
+
 log = get_logger(__name__)
 
 
@@ -241,6 +244,18 @@ async def publish_with_retry(
             delay = backoff_s * 2 ** (attempt - 1)
             log.warning("publish failed, retrying", attempt=attempt, delay_s=delay, error=str(exc)[:200])
             await asyncio.sleep(delay)
+
+
+async def publish_output(
+    broker: KafkaBroker, records: Sequence[Outgoing], settings: Settings, metrics: Metrics | None = None
+) -> None:
+    """A batch's output published under the settings' retry policy (``publish_with_retry``),
+    then, with ``metrics``, its dead letters counted: what every stage does with its output."""
+    await publish_with_retry(
+        broker, records, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
+    )
+    if metrics is not None:
+        metrics.dead_lettered(records, settings.topics.deadletter)
 
 
 class _DocumentedAs:

@@ -22,7 +22,7 @@ from intake311.stage import (
     batch_subscriber,
     handled_records,
     process_batch,
-    publish_with_retry,
+    publish_output,
 )
 from normalizer.incidents import IncidentDesk, Outcome
 from normalizer.normalize import Locator, Normalizer
@@ -239,14 +239,11 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         # up``) every other stage and the web stage's residents for as long.
         prepared, letters, decided = await asyncio.to_thread(work)
         out = letters + decided
-        await publish_with_retry(
-            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
+        await publish_output(broker, out, settings, metrics)
         for item in prepared.values():  # counted once published (a rewound batch counts again)
             metrics.contact(item.contact.channel)
             if item.request is not None:
                 metrics.request_opened(item.request)
-        metrics.dead_lettered(out, topics.deadletter)
         requests = sum(1 for o in out if o.topic == topics.requests)
         log.info("batch normalized", contacts=len(batch), requests=requests, dead_lettered=len(letters))
         for o in out:
@@ -265,7 +262,4 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     async def track_status(records: StatusRecords) -> None:
         batch = handled_records(broker)
         out = await asyncio.to_thread(store.run, lambda snap: status_batch(batch, desk, snap, topics))
-        await publish_with_retry(
-            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
-        metrics.dead_lettered(out, topics.deadletter)
+        await publish_output(broker, out, settings, metrics)

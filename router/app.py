@@ -18,7 +18,7 @@ from intake311.stage import (
     batch_subscriber,
     handled_records,
     process_batch,
-    publish_with_retry,
+    publish_output,
 )
 from router.routing import Router, RoutingFields, load_interests, load_routing
 from schemas.request import ServiceRequest
@@ -109,10 +109,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     )
     async def route_requests(records: RequestRecords) -> None:
         out = route_batch(handled_records(broker), router, topics.deadletter)
-        await publish_with_retry(
-            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
-        metrics.dead_lettered(out, topics.deadletter)
+        await publish_output(broker, out, settings, metrics)
         routed = [r for r in out if "x-department" in r.headers]
         log.info("batch routed", deliveries=len(routed), dead_lettered=len(out) - len(routed))
         if debug.isEnabledFor(logging.DEBUG):  # checked once: a disabled line still cost 3 µs

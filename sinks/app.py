@@ -32,7 +32,7 @@ from intake311.stage import (
     dead_letter,
     explain,
     handled_records,
-    publish_with_retry,
+    publish_output,
 )
 from schemas.ids import delivery_id_for
 from schemas.request import ServiceRequest
@@ -231,12 +231,8 @@ async def finish_batch(
     Raising ``SinkUnavailable`` leaves the held requests on the topic: the batch is not
     committed, and ``pause_on_failure`` waits (doubling, capped) before the redelivery probes.
     """
-    await publish_with_retry(
-        broker, result.letters, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-    )
+    await publish_output(broker, result.letters, settings, metrics)
     await _mark(seen, _dead_namespace(namespace), result.dead)
-    if metrics is not None:
-        metrics.dead_lettered(result.letters, settings.topics.deadletter)
     if result.held is not None:
         raise SinkUnavailable(f"sink {namespace} is down; its requests wait on the topic: {result.held}")
 

@@ -1150,7 +1150,7 @@ class Open311Sink:
         ``ExternalRef`` topic and the poller lease (``Topics.open311_lease``)."""
         from intake311.embedded import embedded_bootstrap_file
         from intake311.ops import client_options
-        from intake311.stage import publish_with_retry
+        from intake311.stage import publish_output
 
         bootstrap = list(settings.kafka.bootstrap_servers)
         if not bootstrap:
@@ -1158,9 +1158,7 @@ class Open311Sink:
             bootstrap = [announced.read_text().strip()] if announced.exists() else []
 
         async def publish(records: Sequence[Outgoing]) -> None:
-            await publish_with_retry(
-                broker, records, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-            )
+            await publish_output(broker, records, settings)
 
         topics, options = settings.topics, client_options(settings.kafka)
         ids = KafkaRemoteIds(

@@ -33,7 +33,7 @@ from intake311.stage import (
     dead_letter,
     explain,
     handled_records,
-    publish_with_retry,
+    publish_output,
 )
 from schemas.external import ExternalRef
 from schemas.messages import render, resolve_language, service_name
@@ -161,10 +161,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     )
     async def record_changes(records: StatusRecords) -> None:
         out = await apply_status_batch(handled_records(broker), store, topics)
-        await publish_with_retry(
-            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
-        metrics.dead_lettered(out, topics.deadletter)
+        await publish_output(broker, out, settings, metrics)
 
     @batch_subscriber(
         broker,
@@ -176,7 +173,4 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     )
     async def record_external_ids(records: ExternalRecords) -> None:
         out = await apply_external_batch(handled_records(broker), store, topics)
-        await publish_with_retry(
-            broker, out, attempts=settings.retry_attempts, backoff_s=settings.retry_backoff_s
-        )
-        metrics.dead_lettered(out, topics.deadletter)
+        await publish_output(broker, out, settings, metrics)

@@ -408,10 +408,10 @@ async def test_deliver_batch_dead_letters_refusals_and_holds_the_rest(
 
     published: list[object] = []
 
-    async def publish(broker: object, letters: list[object], **_: object) -> None:
+    async def publish(broker: object, letters: list[object], *_: object) -> None:
         published.extend(letters)
 
-    monkeypatch.setattr(app, "publish_with_retry", publish)
+    monkeypatch.setattr(app, "publish_output", publish)
     with pytest.raises(SinkUnavailable):
         await finish_batch(None, result, seen=seen, namespace="roads/hook", settings=settings)  # type: ignore[arg-type]
     assert len(published) == 1
@@ -512,7 +512,7 @@ async def test_a_rewound_batch_skips_its_dead_letters_and_its_deliveries(
         return await to_thread(func, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(app.asyncio, "to_thread", counted)
-    monkeypatch.setattr(app, "publish_with_retry", lambda *_, **__: asyncio.sleep(0))
+    monkeypatch.setattr(app, "publish_output", lambda *_, **__: asyncio.sleep(0))
     first = await deliver_batch(
         records, sink, department="roads", sink_name="file", seen=seen, settings=settings
     )
