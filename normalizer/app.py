@@ -14,7 +14,7 @@ from faststream.kafka import KafkaBroker
 
 from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
-from intake311.logging import get_logger
+from intake311.logging import Tally, get_logger
 from intake311.settings import Settings
 from intake311.stage import (
     RawBatch,
@@ -207,6 +207,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     topics = settings.topics
     metrics = process_metrics.current()
     desk = build_desk(settings)
+    normalized = Tally(log, "contacts normalized")  # an info line a minute at most, while contacts flow
     store = open_state(settings)
     stack.callback(store.close)
     broker.publisher(
@@ -245,7 +246,8 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
             if item.request is not None:
                 metrics.request_opened(item.request)
         requests = sum(1 for o in out if o.topic == topics.requests)
-        log.info("batch normalized", contacts=len(batch), requests=requests, dead_lettered=len(letters))
+        log.debug("batch normalized", contacts=len(batch), requests=requests, dead_lettered=len(letters))
+        normalized.add(contacts=len(batch), requests=requests, dead_lettered=len(letters))
         for o in out:
             # The audit trail from contact to ticket, ids only (debug: one line per event).
             log.debug("event published", topic=o.topic, key=o.key)

@@ -10,7 +10,7 @@ from faststream.kafka import KafkaBroker
 
 from intake311 import metrics as process_metrics
 from intake311.bus import Outgoing
-from intake311.logging import get_logger
+from intake311.logging import Tally, get_logger
 from intake311.settings import Settings
 from intake311.stage import (
     RawBatch,
@@ -91,6 +91,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     router = build_router(settings)
     topics = settings.topics
     metrics = process_metrics.current()
+    routed_count = Tally(log, "requests routed")  # an info line a minute at most, while requests flow
     for department in router.all_departments():
         broker.publisher(
             topics.department(department),
@@ -108,10 +109,12 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
         description="Canonical requests -> the topic of each department the routing table names.",
     )
     async def route_requests(records: RequestRecords) -> None:
-        out = route_batch(handled_records(broker), router, topics.deadletter)
+        batch = handled_records(broker)
+        out = route_batch(batch, router, topics.deadletter)
         await publish_output(broker, out, settings, metrics)
         routed = [r for r in out if "x-department" in r.headers]
-        log.info("batch routed", deliveries=len(routed), dead_lettered=len(out) - len(routed))
+        log.debug("batch routed", deliveries=len(routed), dead_lettered=len(out) - len(routed))
+        routed_count.add(requests=len(batch), deliveries=len(routed), dead_lettered=len(out) - len(routed))
         if debug.isEnabledFor(logging.DEBUG):  # checked once: a disabled line still cost 3 µs
             for record in routed:
                 log.debug("request routed", request_id=record.key, department=record.headers["x-department"])

@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from channels.base import ContactPublisher
 from channels.web.lookup import RequestLookup
 from channels.web.parse import Form
 from intake311.bus import OutcomeUnknown
-from intake311.logging import get_logger
+from intake311.logging import Tally, get_logger
 from intake311.sqlite import KeptConnection
 from schemas.contact import RawContact
 from schemas.ids import make_contact_id
@@ -261,7 +261,7 @@ async def accept(
             sender_kind=contact.sender.kind,
             service_code=contact.service_code,
         )
-    ACCEPTED_LOG.count(contact.channel)
+    ACCEPTED_LOG.add(contact.channel, accepted=1)
     # ``isinstance`` against the runtime-checkable protocol cost ~10 µs a call; it only asks
     # whether there is a ``record``, and so does this.
     record = getattr(lookup, "record", None)
@@ -278,27 +278,4 @@ def _bound(contact: RawContact) -> Any:
     return log.bind(contact_id=contact.contact_id, request_id=contact.request_id, channel=contact.channel)
 
 
-class AcceptedCount:
-    """How many contacts were accepted, per channel, logged at info at most once per ``every_s``.
-
-    The line comes with the first acceptance after the interval (nothing is logged while idle),
-    so its ``since_s`` says how long it covers.
-    """
-
-    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every_s = every_s
-        self.clock = clock
-        self._since = clock()
-        self._counts: dict[str, int] = {}
-
-    def count(self, channel: str) -> None:
-        self._counts[channel] = self._counts.get(channel, 0) + 1
-        now = self.clock()
-        if now - self._since >= self.every_s:
-            counts, since = self._counts, self._since
-            self._counts, self._since = {}, now
-            total = sum(counts.values())
-            log.info("contacts accepted", accepted=total, by_channel=counts, since_s=round(now - since))
-
-
-ACCEPTED_LOG = AcceptedCount()
+ACCEPTED_LOG = Tally(log, "contacts accepted", by="by_channel")

@@ -63,7 +63,7 @@ def normalizers(postgres: None, kafka_bootstrap: str, tmp_path: Path) -> Iterato
                     "INTAKE311_KAFKA__SESSION_TIMEOUT_MS": "2000",
                     "INTAKE311_DATA_DIR": str(data_dir),
                     "INTAKE311_INCIDENTS__STATE_DSN": dsn,
-                    "INTAKE311_LOG_LEVEL": "INFO",
+                    "INTAKE311_LOG_LEVEL": "DEBUG",  # each batch's "batch normalized" line (debug)
                 }
                 with log.open("wb") as out:
                     procs.append(

@@ -248,3 +248,22 @@ def test_a_level_changed_at_run_time_takes_effect_without_configuring_again(out:
         logging.getLogger("router.app").setLevel(logging.NOTSET)
     log.debug("request routed", department="lost")
     assert [(x["level"], x["department"]) for x in lines(out)] == [("debug", "parks"), ("info", "works")]
+
+
+def test_a_tally_sums_its_counts_into_one_line_per_interval(out: io.StringIO) -> None:
+    """What the normalizer and router say at info: no line per batch, one a minute with the sums."""
+    from intake311.logging import Tally, get_logger
+
+    configure_logging("INFO", "json", stream=out)
+    now = [0.0]
+    tally = Tally(get_logger("tests.tally"), "requests routed", every_s=60, clock=lambda: now[0])
+    for _ in range(4):
+        tally.add(requests=2, deliveries=3, dead_lettered=0)
+    assert out.getvalue() == ""
+    now[0] = 60.5
+    tally.add(requests=1, deliveries=1, dead_lettered=1)
+    now[0] = 70
+    tally.add(requests=1, deliveries=1, dead_lettered=0)  # the next line waits for its minute
+    (line,) = lines(out)
+    assert line["event"] == "requests routed"
+    assert (line["requests"], line["deliveries"], line["dead_lettered"], line["since_s"]) == (9, 13, 1, 60)

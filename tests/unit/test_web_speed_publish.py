@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from channels.base import KafkaContactPublisher, OutcomeUnknown
-from channels.web.accept import AcceptedCount, Outcome, accept
-from intake311.logging import configure_logging
+from channels.web.accept import Outcome, accept, log
+from intake311.logging import Tally, configure_logging
 from schemas.topics import Topics
 from tests.conftest import make_contact
 from tests.support import FakePublisher
@@ -124,7 +124,8 @@ async def test_a_lone_publish_still_checks_and_a_lost_broker_is_unknown() -> Non
 async def test_accepted_contacts_are_not_an_info_line_each_but_a_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("channels.web.accept.ACCEPTED_LOG", AcceptedCount())  # its minute not yet up
+    fresh = Tally(log, "contacts accepted", by="by_channel")  # its minute not yet up
+    monkeypatch.setattr("channels.web.accept.ACCEPTED_LOG", fresh)
     out = io.StringIO()
     configure_logging("INFO", "json", stream=out)
     fake = FakePublisher()
@@ -142,12 +143,12 @@ def test_the_count_is_logged_once_per_interval() -> None:
     out = io.StringIO()
     configure_logging("INFO", "json", stream=out)
     now = [0.0]
-    counter = AcceptedCount(every_s=60, clock=lambda: now[0])
+    counter = Tally(log, "contacts accepted", every_s=60, by="by_channel", clock=lambda: now[0])
     for _ in range(5):
-        counter.count("open311")
+        counter.add("open311", accepted=1)
     now[0] = 61
-    counter.count("web")
-    counter.count("web")
+    counter.add("web", accepted=1)
+    counter.add("web", accepted=1)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 1
     assert lines[0]["event"] == "contacts accepted" and lines[0]["accepted"] == 6
@@ -155,7 +156,7 @@ def test_the_count_is_logged_once_per_interval() -> None:
 
 
 async def test_at_debug_each_accepted_contact_is_still_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("channels.web.accept.ACCEPTED_LOG", AcceptedCount())
+    monkeypatch.setattr("channels.web.accept.ACCEPTED_LOG", Tally(log, "contacts accepted", by="by_channel"))
     out = io.StringIO()
     configure_logging("DEBUG", "json", stream=out)
     try:
