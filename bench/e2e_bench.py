@@ -1070,7 +1070,12 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(2.0)
             for rate in args.rates:
                 progress(f"latency: {rate:g}/s open loop for {latency_s:g}s")
+                ticks = {name: cpu_ticks(pid) for name, pid in pids.items()}
                 lat = latency_run(procs, tail, base_url, rate, latency_s, f"lat{rate:g}", scratch, 60)
+                rate_us = {
+                    name: (cpu_ticks(pid) - ticks[name]) / tck / max(1, lat.accepted) * 1e6
+                    for name, pid in pids.items()
+                }
                 progress(
                     f"  {lat.accepted}/{lat.sent} accepted ({lat.statuses}); "
                     f"POST->line {ms(lat.latencies_ms)}; "
@@ -1084,6 +1089,11 @@ def run(args: argparse.Namespace) -> int:
                     (f"POST sent -> line, {what}", ms(lat.sent_ms), "-", "-", str(lat.lost), str(lat.dup)),
                     (f"POST sent -> response, {what}", ms(lat.response_ms),
                      f"send lag max {lat.send_lag_max_s * 1000:.0f} ms", "-", "-", "-"),
+                    (f"CPU per accepted POST, every process, {what}",
+                     ", ".join(f"{name} {v:,.0f}" for name, v in rate_us.items())
+                     + f" = {sum(rate_us.values()):,.0f} us",
+                     "the run's whole window (client start to last line), idle polling included",
+                     "-", "-", "-"),
                 ]  # fmt: skip
                 time.sleep(1.0)
             rows.append((
