@@ -260,7 +260,10 @@ async def test_operator_reclassifies_and_the_new_department_receives_it(
     console: Console, alice: httpx.AsyncClient
 ) -> None:
     ticket = await console.submit("pothole", "A big branch fell on the path", lat=41.33, long=-72.94)
-    assert console.files.for_ticket("public-works", ticket)
+    # In the case store is not yet in the file: the jsonl sink is a consumer group of its own.
+    await wait_for(
+        lambda: console.files.for_ticket("public-works", ticket), what=f"{ticket} in public-works.jsonl"
+    )
     csrf = await csrf_of(alice, f"/console/requests/{ticket}")
     response = await act(alice, ticket, "reclassify", csrf, service_code="tree-down")
     assert response.status_code == 303, response.text
