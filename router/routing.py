@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import orjson
 import yaml
@@ -22,31 +21,6 @@ from schemas.taxonomy import Taxonomy
 from schemas.topics import Topics
 
 DEFAULT_ROUTING_PATH = Path(__file__).with_name("routing.yaml")
-
-
-class Routable(Protocol):
-    """What a routing decision reads of a request: a ``ServiceRequest`` or ``RoutingFields``."""
-
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def service_code(self) -> str: ...
-    @property
-    def channel(self) -> str: ...
-    @property
-    def lat(self) -> float | None: ...
-    @property
-    def long(self) -> float | None: ...
-    @property
-    def districts(self) -> dict[str, str]: ...
-    @property
-    def priority(self) -> Priority: ...
-    @property
-    def triage(self) -> bool: ...
-    @property
-    def assigned_department(self) -> str | None: ...
-    @property
-    def agency_responsible(self) -> str | None: ...
 
 
 class RoutingFields(BaseModel):
@@ -73,6 +47,11 @@ class RoutingFields(BaseModel):
     triage: bool = False
     assigned_department: str | None = None
     agency_responsible: str | None = None
+
+
+# What a routing decision reads: a whole request (``Router.route``, the console) or only its
+# routing fields (the stage). Both must have every attribute routing reads; mypy checks that.
+Routable = ServiceRequest | RoutingFields
 
 
 def _departments(value: str | list[str]) -> list[str]:
