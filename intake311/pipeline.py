@@ -23,6 +23,8 @@ from faststream.specification import AsyncAPI
 
 from intake311 import __version__
 from intake311.bus import BusWatch, kafka_producer, make_broker
+from intake311.commits import close_all as close_commits
+from intake311.commits import discard_all as discard_commits
 from intake311.embedded import EmbeddedKafka, embedded_bootstrap_file
 from intake311.health import (
     HEALTH_PATHS,
@@ -164,6 +166,7 @@ async def rejoin(broker: KafkaBroker) -> None:
     the fresh broker and start from the earliest record (``auto_offset_reset="earliest"``).
     """
     subscribers = list(broker.subscribers)
+    discard_commits(subscribers)  # pending offsets count records of the logs that are gone
     await asyncio.gather(*(s.stop() for s in subscribers), return_exceptions=True)
     await asyncio.gather(*(s.start() for s in subscribers))
     # The producer's partition counts are the old broker's: a topic the new one auto-created on a
@@ -267,6 +270,8 @@ async def running(
             await broker.start()
             # Stop consuming before the stages' resources close (the stack unwinds last-in first).
             stack.push_async_callback(broker.stop)
+            # Before the consumers stop: commit what their handled batches reached (intake311/commits.py).
+            stack.push_async_callback(close_commits, broker.subscribers)
             watch.rejoin = functools.partial(rejoin, broker)
             await watch.watch()
             stack.push_async_callback(watch.stop)  # before broker.stop: no rejoin while stopping

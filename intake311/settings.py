@@ -107,6 +107,16 @@ class KafkaSettings(BaseModel):
         gt=0,
         description="seconds without records after which a consumer uses idle_fetch_max_wait_ms",
     )
+    commit_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=60_000,
+        description="how often a consumer commits the offsets its handled batches reached (0: after "
+        "every batch). A batch's offsets are committed only once it was handled, and pending ones "
+        "before a rebalance and at stop, so a longer interval only means that after a crash up to "
+        "this much is handled again (consumers dedupe on ids). At a city's rates a batch is one "
+        "record: committing each one was a broker round trip per report on every hop",
+    )
     linger_ms: int = Field(
         default=5,
         ge=0,

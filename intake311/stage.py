@@ -3,8 +3,9 @@
 A stage's logic is a pure function from a decoded record to zero or more ``Outgoing``
 records; ``run_batch`` applies it to a Kafka batch, sends input that cannot be processed to the
 dead-letter topic with its reason and original bytes, and publishes the rest in one pipelined
-round trip. Offsets are committed by FastStream only after ``run_batch`` returns, so a crash
-replays the batch (at-least-once) and stable ids make the replay harmless.
+round trip. A batch's offsets are recorded only after its handler returns and committed at most
+once an interval (``intake311.commits``), so a crash replays what was not committed
+(at-least-once) and stable ids make the replay harmless.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, GetCoreSchemaHandler, ValidationError
 from pydantic_core import CoreSchema, core_schema
 
 from intake311.bus import Outgoing, PublishError, publish_all
+from intake311.commits import OffsetCommits, attach
 from intake311.fetchwait import FetchPace
 from intake311.logging import get_logger
 from intake311.settings import Settings
@@ -410,7 +412,8 @@ def batch_subscriber(
     title: str | None = None,
     description: str | None = None,
 ) -> Any:
-    """The one way stages consume: batches, a consumer group, offsets committed after success.
+    """The one way stages consume: batches, a consumer group, offsets committed after success
+    (``intake311.commits``: at most once every ``kafka.commit_interval_ms``).
 
     ``NACK_ON_ERROR`` rewinds the batch when the handler raises (an outage), so nothing is
     skipped; handlers dead-letter bad input themselves, so a poison record cannot loop, and
@@ -419,6 +422,18 @@ def batch_subscriber(
     it cannot parse is neither handled nor rewound, and the next commit would skip it.
     """
     from faststream import AckPolicy
+
+    commits = OffsetCommits(settings.kafka.commit_interval_ms / 1000, group=group_id)
+
+    async def parser(
+        raws: tuple[ConsumerRecord[Any, Any], ...],
+        original: Callable[[tuple[ConsumerRecord[Any, Any], ...]], Awaitable[Any]],
+    ) -> Any:
+        message = await tolerant_batch_parser(raws, original)
+        # FastStream's ack commits through message.consumer: this one records the batch's own
+        # offsets and commits them once an interval (intake311/commits.py says why and how).
+        message.consumer = commits.batch(message.consumer, raws)
+        return message
 
     subscriber = broker.subscriber(
         *topics,
@@ -434,11 +449,13 @@ def batch_subscriber(
         **group_options(settings),
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        parser=tolerant_batch_parser,
+        parser=parser,
         decoder=_raw_bodies,
+        listener=commits,  # commits what is pending before its partitions are revoked
         title=title,
         description=description,
     )
+    attach(subscriber, commits)
 
     pace = FetchPace(
         subscriber,
