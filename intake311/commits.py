@@ -19,8 +19,9 @@ What the interval costs, and what keeps it from costing more:
   handles those records again, and every consumer dedupes on derived ids;
 * a rebalance commits what is pending before the partitions are given up
   (``on_partitions_revoked``, awaited by aiokafka before it rejoins), so adding or stopping a
-  stage process replays nothing; a batch that was in flight across the rebalance records
-  nothing (``generation``): its partitions' next owner starts from the last commit;
+  stage process replays nothing; a batch that was in flight across the revoke commits as soon
+  as it is handled (``generation``), for the partitions the consumer still holds, as
+  FastStream's commit did (if the group has moved on by then, its next owner handles it again);
 * a stage that stops commits what is pending first (``close``, called by
   ``intake311.pipeline.running`` before the broker stops its consumers);
 * after the broker came back empty (``intake311.pipeline.rejoin``), pending offsets are
@@ -93,7 +94,7 @@ class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._clock = clock
         self._consumer: Any = None
         self.pending: dict[TopicPartition, int] = {}
-        self.generation = 0  # bumped at every revoke: a batch fetched before it records nothing
+        self.generation = 0  # bumped at every revoke: a batch fetched before it commits at once
         self.closing = False
         self._last = float("-inf")
         self._lock = asyncio.Lock()
@@ -110,10 +111,8 @@ class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         if not hasattr(consumer, "assignment"):
             await consumer.commit()  # FastStream's test broker (no aiokafka consumer): nothing to defer
             return
-        if generation != self.generation or consumer in self._discarded:
-            # Fetched before a rebalance (its partitions' owner starts from the last commit) or by
-            # a consumer whose offsets were discarded.
-            return
+        if consumer in self._discarded:
+            return  # the broker came back empty: these offsets count records of logs that are gone
         if consumer is not self._consumer:
             # A new consumer (the subscriber restarted): what an old one left pending is not its own.
             self._consumer = consumer
@@ -123,7 +122,10 @@ class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         for tp, offset in offsets.items():
             if self.pending.get(tp, -1) < offset:
                 self.pending[tp] = offset
-        if self.closing or self._clock() - self._last >= self.interval_s:
+        # A batch fetched before a revoke and finished after it commits at once: while the
+        # group is still rebalancing the broker takes it, and its partitions' next owner then
+        # starts after it instead of handling it again.
+        if generation != self.generation or self.closing or self._clock() - self._last >= self.interval_s:
             await self.flush()
         elif self._timer is None:
             delay = max(0.0, self._last + self.interval_s - self._clock())

@@ -91,7 +91,7 @@ async def test_a_rewound_batch_records_nothing_and_seeks_through_aiokafka() -> N
     assert consumer.commits == [] and commits.pending == {}
 
 
-async def test_revoke_commits_pending_and_a_batch_from_before_it_commits_nothing() -> None:
+async def test_revoke_commits_pending_and_a_batch_from_before_it_commits_at_once() -> None:
     consumer = Consumer()
     commits = OffsetCommits(60)
     await ack(commits, consumer, raws(0, 0))
@@ -99,9 +99,22 @@ async def test_revoke_commits_pending_and_a_batch_from_before_it_commits_nothing
     await ack(commits, consumer, raws(0, 1))
     await commits.on_partitions_revoked({A0, A1})
     assert consumer.commits == [{A0: 1}, {A0: 2}]
+    await in_flight.commit()  # still held (the group is rebalancing): committed, not left pending
+    assert consumer.commits == [{A0: 1}, {A0: 2}, {A1: 6}]
+    after = commits.batch(consumer, raws(1, 6))  # fetched in the new generation: waits as usual
+    await after.commit()
+    assert consumer.commits[-1] == {A1: 6} and commits.pending == {A1: 7}
+
+
+async def test_a_batch_from_before_a_revoke_skips_the_partitions_given_away() -> None:
+    consumer = Consumer()
+    commits = OffsetCommits(60)
+    await ack(commits, consumer, raws(0, 0))
+    in_flight = commits.batch(consumer, raws(1, 5))
+    await commits.on_partitions_revoked({A0, A1})
+    consumer.assigned = {A0}  # the new assignment gave a-1 to another member
     await in_flight.commit()
-    await commits.close()
-    assert consumer.commits == [{A0: 1}, {A0: 2}]  # the in-flight batch's partition replays from 0
+    assert consumer.commits == [{A0: 1}]  # a-1's new owner starts from its last commit
 
 
 async def test_partitions_no_longer_assigned_are_not_committed() -> None:
