@@ -67,7 +67,10 @@ class ChannelSet:
         ``watch`` is the process's ``BusWatch``: channel publishers then refuse to confirm a
         contact to a broker that lost the pipeline's topics.
         """
+        from channels.web.accept import ACCEPTED_LOG
+
         configured = configured_channels(settings)
+        stack.callback(ACCEPTED_LOG.flush)  # at exit, after the web server stopped: the last counts
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=15))
         plugins = []
         for plugin_cls, config in configured:

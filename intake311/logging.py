@@ -184,7 +184,8 @@ class Tally:
     idle), so its ``since_s`` says how long it covers; each batch's own line is at debug.
 
     ``by``: the name of a field that breaks the first count of each ``add`` down by its key
-    ("by_channel": accepted contacts per channel).
+    ("by_channel": accepted contacts per channel). ``flush`` logs the counts since the last line
+    at once: the stages call it when they stop, so no count goes unsaid.
     """
 
     def __init__(
@@ -213,9 +214,17 @@ class Tally:
             self._by[key] = self._by.get(key, 0) + next(iter(counts.values()))
         now = self.clock()
         if now - self._since >= self.every_s:
-            fields: dict[str, Any] = dict(sums)
-            if self.by is not None:
-                fields[self.by] = self._by
-            since, self._since = self._since, now
-            self._sums, self._by = {}, {}
-            self.logger.info(self.event, **fields, since_s=round(now - since))
+            self._emit(now)
+
+    def flush(self) -> None:
+        """Log what was counted since the last line, now (a stage stopping); nothing if nothing was."""
+        if self._sums:
+            self._emit(self.clock())
+
+    def _emit(self, now: float) -> None:
+        fields: dict[str, Any] = dict(self._sums)
+        if self.by is not None:
+            fields[self.by] = self._by
+        since, self._since = self._since, now
+        self._sums, self._by = {}, {}
+        self.logger.info(self.event, **fields, since_s=round(now - since))

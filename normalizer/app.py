@@ -208,6 +208,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     metrics = process_metrics.current()
     desk = build_desk(settings)
     normalized = Tally(log, "contacts normalized")  # an info line a minute at most, while contacts flow
+    stack.callback(normalized.flush)  # after the consumers stopped: the last counts
     store = open_state(settings)
     stack.callback(store.close)
     broker.publisher(

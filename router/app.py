@@ -92,6 +92,7 @@ async def register(broker: KafkaBroker, settings: Settings, stack: contextlib.As
     topics = settings.topics
     metrics = process_metrics.current()
     routed_count = Tally(log, "requests routed")  # an info line a minute at most, while requests flow
+    stack.callback(routed_count.flush)  # after the consumers stopped: the last counts
     for department in router.all_departments():
         broker.publisher(
             topics.department(department),

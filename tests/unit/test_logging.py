@@ -267,3 +267,52 @@ def test_a_tally_sums_its_counts_into_one_line_per_interval(out: io.StringIO) ->
     (line,) = lines(out)
     assert line["event"] == "requests routed"
     assert (line["requests"], line["deliveries"], line["dead_lettered"], line["since_s"]) == (9, 13, 1, 60)
+
+
+def test_a_tally_flushed_at_stop_logs_what_it_counted_since_its_last_line(out: io.StringIO) -> None:
+    """A stage stopping mid-minute still says what it did (nothing at all when it did nothing)."""
+    from intake311.logging import Tally, get_logger
+
+    configure_logging("INFO", "json", stream=out)
+    now = [0.0]
+    tally = Tally(get_logger("tests.tally"), "contacts accepted", by="by_channel", clock=lambda: now[0])
+    tally.flush()
+    assert out.getvalue() == ""
+    now[0] = 12.0
+    tally.add("sms", accepted=2)
+    tally.add("web", accepted=1)
+    tally.flush()
+    (line,) = lines(out)
+    assert (line["accepted"], line["by_channel"], line["since_s"]) == (3, {"sms": 2, "web": 1}, 12)
+    tally.flush()
+    assert len(lines(out)) == 1
+
+
+async def test_the_router_logs_its_last_counts_when_it_stops(
+    tmp_path: Any, out: io.StringIO, monkeypatch: Any
+) -> None:
+    """What the router counted before it stopped is logged on the way out (FastStream's test broker)."""
+    import contextlib
+
+    from faststream.kafka import KafkaBroker
+
+    import router.app
+    from intake311.logging import Tally
+    from intake311.settings import Settings
+
+    configure_logging("INFO", "json", stream=out)
+    made: list[Tally] = []
+    original = router.app.Tally
+
+    def recording(*args: Any, **kwargs: Any) -> Tally:
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(router.app, "Tally", recording)
+    async with contextlib.AsyncExitStack() as stack:
+        await router.app.register(KafkaBroker(), Settings(data_dir=tmp_path), stack)
+        (tally,) = made
+        tally.add(requests=2, deliveries=2, dead_lettered=0)  # a few seconds' work: no line yet
+        assert [x for x in lines(out) if x["event"] == "requests routed"] == []
+    (line,) = [x for x in lines(out) if x["event"] == "requests routed"]
+    assert (line["requests"], line["deliveries"]) == (2, 2)
