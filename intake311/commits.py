@@ -3,9 +3,10 @@
 Why not FastStream's commit: it commits the consumer's position after every batch it handled.
 At a city's rates a batch is one record, so every report cost each of its hops an OffsetCommit
 round trip before the next fetch, and on the durable embedded broker an object written to
-SeaweedFS. Committing at most every ``kafka.commit_interval_ms`` (1 s) measured, at 100
-reports/s on the embedded broker, 13.8 -> 12.2 ms of CPU a report across the processes and a
-POST-to-sink p99 of 57 -> 43 ms (docs/performance.md, "Issue 12, sixth session").
+SeaweedFS. Committing at most every ``kafka.commit_interval_ms`` (1 s) measured, back to back
+at 100 reports/s on the in-memory broker, 12.8 -> 10.1 ms of CPU a report across the processes
+and a POST-to-sink p99 of 163 -> 37 ms, and on the durable ``intake311 up`` at 20 reports/s
+64 -> 45 ms of CPU a report (docs/performance.md, "Issue 12, seventh session").
 
 What does not change: an offset is recorded only after its batch's handler returned (every
 record processed or dead-lettered, its output acknowledged by the broker), and it is the batch's
@@ -23,7 +24,10 @@ What the interval costs, and what keeps it from costing more:
   as it is handled (``generation``), for the partitions the consumer still holds, as
   FastStream's commit did (if the group has moved on by then, its next owner handles it again);
 * a stage that stops commits what is pending first (``close``, called by
-  ``intake311.pipeline.running`` before the broker stops its consumers);
+  ``intake311.pipeline.running`` before the broker stops its consumers); that commit, and the
+  one before a revoke, wait at most ``FINAL_COMMIT_S``: aiokafka retries a commit for as long
+  as the broker is unreachable, and a stage stopped during an outage must still stop (its
+  pending records are then handled again);
 * after the broker came back empty (``intake311.pipeline.rejoin``), pending offsets are
   discarded: they count records of logs that no longer exist, and committing them to the new
   logs would skip the records written there since.
@@ -45,6 +49,8 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from intake311.logging import get_logger
 
 log = get_logger(__name__)
+
+FINAL_COMMIT_S = 5.0
 
 
 def batch_offsets(raws: Iterable[Any]) -> dict[TopicPartition, int]:
@@ -163,10 +169,23 @@ class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                     error=f"{type(exc).__name__}: {exc}"[:300],
                 )
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = FINAL_COMMIT_S) -> None:
         """The stage is stopping: commit what is pending, and every later batch at once."""
         self.closing = True
-        await self.flush()
+        await self._flush_within(timeout_s, "stop")
+
+    async def _flush_within(self, timeout_s: float, why: str) -> None:
+        """``flush``, given up after ``timeout_s`` (the broker is down): a stop or a rebalance
+        must not wait on it for ever; what was pending is handled again."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "offset commit gave up: those records will be handled again",
+                group=self.group,
+                before=why,
+                timeout_s=timeout_s,
+            )
 
     def discard(self, consumer: Any = None) -> None:
         """Forget what is pending, and never commit for this consumer (or ``consumer``) again: the
@@ -181,7 +200,7 @@ class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._consumer = None
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.flush()  # still this generation's member: the commit counts
+        await self._flush_within(FINAL_COMMIT_S, "rebalance")  # still this generation's member
         self.generation += 1
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

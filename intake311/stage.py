@@ -1,11 +1,11 @@
 """What every consuming stage shares: batches of records in, records out, failures kept.
 
 A stage's logic is a pure function from a decoded record to zero or more ``Outgoing``
-records; ``run_batch`` applies it to a Kafka batch, sends input that cannot be processed to the
-dead-letter topic with its reason and original bytes, and publishes the rest in one pipelined
-round trip. A batch's offsets are recorded only after its handler returns and committed at most
-once an interval (``intake311.commits``), so a crash replays what was not committed
-(at-least-once) and stable ids make the replay harmless.
+records; ``process_batch`` applies it to a Kafka batch and turns input that cannot be processed
+into dead letters with their reason and original bytes, and ``publish_output`` publishes the
+lot in one pipelined round trip. A batch's offsets are recorded only after its handler returns
+and committed at most once an interval (``intake311.commits``), so a crash replays what was not
+committed (at-least-once) and stable ids make the replay harmless.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import structlog
 from aiokafka import TopicPartition
 
@@ -216,3 +217,32 @@ async def test_close_all_and_discard_all_find_each_subscribers_commits() -> None
         assert c is not None
         await ack(c, consumer, raws(0, 2))
     assert [x.commits for x in consumers] == [[{A0: 1}, {A0: 2}]] * 2
+
+
+async def test_a_commit_that_never_returns_does_not_hold_a_stop_or_a_rebalance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka retries a commit while the broker is unreachable: close and revoke give up."""
+    import intake311.commits
+
+    class Stuck(Consumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(intake311.commits, "FINAL_COMMIT_S", 0.2)
+    for finish in ("close", "revoke"):
+        consumer = Stuck()
+        commits = OffsetCommits(60)
+        await ack(commits, Consumer(), raws(0, 0))  # a first commit through a healthy consumer...
+        commits._consumer = consumer  # ...then the same one's broker stops answering
+        commits._clock = lambda: commits._last + 1.0  # within the interval: the next batch waits
+        await ack(commits, consumer, raws(0, 0))
+        assert commits.pending == {A0: 1}
+        with structlog.testing.capture_logs() as logs:
+            if finish == "close":
+                await asyncio.wait_for(commits.close(timeout_s=0.2), 2)
+            else:
+                await asyncio.wait_for(commits.on_partitions_revoked({A0}), 2)
+        assert [e["before"] for e in logs if e["event"].startswith("offset commit gave up")] == [
+            "stop" if finish == "close" else "rebalance"
+        ]
