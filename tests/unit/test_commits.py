@@ -235,7 +235,7 @@ async def test_a_commit_that_never_returns_does_not_hold_a_stop_or_a_rebalance(
         commits = OffsetCommits(60)
         await ack(commits, Consumer(), raws(0, 0))  # a first commit through a healthy consumer...
         commits._consumer = consumer  # ...then the same one's broker stops answering
-        commits._clock = lambda: commits._last + 1.0  # within the interval: the next batch waits
+        commits._clock = lambda c=commits: c._last + 1.0  # within the interval: the next batch waits
         await ack(commits, consumer, raws(0, 0))
         assert commits.pending == {A0: 1}
         with structlog.testing.capture_logs() as logs:
