@@ -349,6 +349,16 @@ class ConsoleSettings(BaseModel):
     secure_cookie: bool | None = Field(
         default=None, description="send the session cookie only over HTTPS; None: when web.base_url is https"
     )
+    login_max_failures: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="wrong logins from one client address within login_window_minutes, after which "
+        "that address is refused (429) until the oldest of them is that old; per web process",
+    )
+    login_window_minutes: float = Field(
+        default=15.0, gt=0, le=24 * 60, description="the window login_max_failures counts in"
+    )
 
     @field_validator("session_secret")
     @classmethod

@@ -46,7 +46,7 @@ from schemas.outbound import MessageKind, OutboundMessage, outbound_message_id
 from schemas.status import State, StatusChange, parse_state
 from schemas.taxonomy import Taxonomy
 from sinks.answers import answer_lines
-from sinks.console.auth import COOKIE, Identity, Sessions, authenticate, csrf_ok
+from sinks.console.auth import COOKIE, Identity, LoginGuard, LoginRefused, Sessions, csrf_ok
 from sinks.console.svg import MapPoint, bar_chart, district_map, line_chart, load_boundaries
 from sinks.postgres.store import Case, CaseStore
 
@@ -110,6 +110,10 @@ def console_app(console: Console) -> FastAPI:
     settings = console.settings
     topics = settings.topics
     sessions = Sessions(settings)
+    guard = LoginGuard(
+        max_failures=settings.console.login_max_failures,
+        window_s=settings.console.login_window_minutes * 60,
+    )
     env = _environment()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
@@ -216,7 +220,16 @@ def console_app(console: Console) -> FastAPI:
             return page("login.html", request, None, status=400, error="The form could not be read.")
         name, password = str(form.get("name") or ""), str(form.get("password") or "")
         target = _safe_next(str(form.get("next") or ""))
-        who = authenticate(settings, name, password)
+        # Behind a proxy whose X-Forwarded-For uvicorn trusts (FORWARDED_ALLOW_IPS): the browser's.
+        client = request.client.host if request.client else "unknown"
+        who = await guard.login(settings, client, name, password)
+        if isinstance(who, LoginRefused):
+            log.warning("console login not checked", status=who.status)  # no address: personal data
+            refused = page(
+                "login.html", request, None, status=who.status, error=who.reason, next=target, name=name
+            )
+            refused.headers["Retry-After"] = str(who.retry_after_s)
+            return refused
         if who is None:
             log.warning("console login refused")  # no name: it may be a password typed in the wrong box
             return page(

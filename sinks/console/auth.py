@@ -12,8 +12,17 @@ asks for. Passwords are argon2id hashes (argon2-cffi's defaults), never stored i
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures as concurrent_futures
+import contextlib
 import hmac
+import math
+import os
 import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,6 +94,133 @@ def authenticate(settings: Settings, name: str, password: str) -> Identity | Non
         return None
     _verify(_DUMMY_HASH, password)
     return None
+
+
+LOGIN_NICE = 10  # how much lower than the web stage's own the login checks' CPU priority is
+
+
+def _lower_priority() -> None:
+    """Make the calling thread (and the argon2 lanes it starts) yield the CPU to the event loop.
+
+    Linux keeps a nice value per thread: this one, a login checker, gets ``LOGIN_NICE`` more than
+    the process, so while a hash runs on every core the residents' submissions still get the CPU
+    first (raising one's own nice needs no privilege). Elsewhere it is a no-op.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + LOGIN_NICE)
+
+
+@dataclass(frozen=True)
+class LoginRefused:
+    """Why a login attempt was not even checked: the status, the page's reason, when to retry."""
+
+    status: int  # 429: too many failures from this address; 503: too many logins at once
+    reason: str
+    retry_after_s: int
+
+
+class LoginGuard:
+    """Checks console logins off the event loop, one at a time, and brakes password guessing.
+
+    Why off the loop: an argon2id verification takes 50-300 ms of CPU on a 2-core VM (argon2-cffi's
+    defaults; ~315 ms measured beside a benchmark), and the console lives in the web stage's
+    process. Run on the loop, every login attempt, right or wrong, stopped the residents' Open311
+    submissions for that long: a few wrong passwords a second were an outage of the 311 intake.
+    Now the hash runs in a thread of its own (argon2 releases the GIL) at a lower CPU priority
+    (``_lower_priority``), ``concurrent`` at a time, with at most ``max_waiting`` more queued;
+    beyond that a login is refused at once with 503.
+
+    Why a brake: a console on the city's network can be guessed at. After ``max_failures`` wrong
+    logins from one client address within ``window_s``, that address is refused (429 with
+    Retry-After) until its oldest failure in the window is ``window_s`` old; a successful login
+    clears its count. Counted by address, not by account name, so nobody can lock an operator out
+    by typing their name wrong on purpose. The counts are this process's own (each web host
+    brakes its own clients; nothing shared to keep consistent), and at most ``max_clients``
+    addresses are remembered (the ones with the oldest failure are forgotten first).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 10,
+        window_s: float = 900.0,
+        concurrent: int = 1,
+        max_waiting: int = 16,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_waiting = max_waiting
+        self.max_clients = max_clients
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # oldest failure first
+        self._slots = asyncio.Semaphore(concurrent)
+        self._waiting = 0
+        self._checks = concurrent_futures.ThreadPoolExecutor(
+            max_workers=concurrent, thread_name_prefix="console-login", initializer=_lower_priority
+        )
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again, or None when it may now."""
+        failures = self._failures.get(client)
+        if failures is None:
+            return None
+        cutoff = self._clock() - self.window_s
+        while failures and failures[0] <= cutoff:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return None
+        if len(failures) < self.max_failures:
+            return None
+        return failures[-self.max_failures] + self.window_s - self._clock()
+
+    def failed(self, client: str) -> None:
+        """Count a wrong login from ``client``."""
+        failures = self._failures.pop(client, None) or deque(maxlen=self.max_failures)
+        failures.append(self._clock())
+        self._failures[client] = failures  # the most recent failure last
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, client: str) -> None:
+        """A right login from ``client``: its count starts again."""
+        self._failures.pop(client, None)
+
+    async def login(
+        self, settings: Settings, client: str, name: str, password: str
+    ) -> Identity | LoginRefused | None:
+        """``authenticate`` for an attempt from ``client``: the identity, None (wrong), or a refusal."""
+        if (wait := self.retry_after(client)) is not None:
+            return self._too_many(wait)
+        if self._waiting >= self.max_waiting:
+            return LoginRefused(503, "Too many logins are being checked right now. Try again in a moment.", 5)
+        self._waiting += 1
+        try:
+            async with self._slots:
+                # Checked again: attempts from one address that queued together count in turn.
+                if (wait := self.retry_after(client)) is not None:
+                    return self._too_many(wait)
+                loop = asyncio.get_running_loop()
+                who = await loop.run_in_executor(self._checks, authenticate, settings, name, password)
+                if who is None:
+                    self.failed(client)
+                else:
+                    self.succeeded(client)
+                return who
+        finally:
+            self._waiting -= 1
+
+    def _too_many(self, wait_s: float) -> LoginRefused:
+        minutes = max(1, math.ceil(wait_s / 60))
+        return LoginRefused(
+            429,
+            f"Too many wrong logins from your address. Try again in {minutes} "
+            f"minute{'s' if minutes > 1 else ''}.",
+            max(1, math.ceil(wait_s)),
+        )
 
 
 class Sessions:

@@ -214,6 +214,24 @@ async def test_wrong_password_is_401_without_a_cookie(console: Console) -> None:
         assert (await client.get("/console/triage")).status_code == 303
 
 
+async def test_wrong_logins_from_one_address_are_braked_with_429(console: Console) -> None:
+    """``console.login_max_failures`` (10) wrong logins from one address: the next is not even
+    checked, the right password included; another address still logs in as alice."""
+    limit = console.settings.console.login_max_failures
+    transport = httpx.ASGITransport(app=console.app, client=("198.51.100.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as guesser:
+        for i in range(limit):
+            wrong = await guesser.post("/console/login", data={"name": "alice", "password": f"guess {i}"})
+            assert wrong.status_code == 401, (i, wrong.status_code)
+        braked = await guesser.post("/console/login", data={"name": "alice", "password": PASSWORD})
+        assert braked.status_code == 429
+        assert 0 < int(braked.headers["retry-after"]) <= 15 * 60
+        assert "Too many wrong logins from your address" in braked.text
+        assert "set-cookie" not in braked.headers
+    async with console.client() as client:
+        await login(client, "alice", PASSWORD)
+
+
 @pytest.mark.parametrize(
     "target", ["https://evil.example/", "//evil.example/console/", "/\\evil.example", "javascript:alert(1)"]
 )
