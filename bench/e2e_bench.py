@@ -1,6 +1,6 @@
 """End to end: the real stages as separate processes on the embedded broker (issue 12's figures).
 
-    python bench/e2e_bench.py [--quick] [--skip-stage-bench]
+    python bench/e2e_bench.py [--quick] [--skip-stage-bench] [--edge-only] [--rates 100,500]
 
 What it does, in one run (see bench/README.md, "e2e_bench.py"):
 
@@ -359,23 +359,31 @@ class Pipeline:
         return pids
 
 
-def start_pipeline(procs: Processes, bootstrap: str, prefix: str, data_dir: Path, scratch: Path) -> Pipeline:
-    """``run web|normalizer|router|sinks`` on fresh topics (``prefix``) and ``data_dir``; returns
-    once every ``/health/ready`` is 200 and warm-up reports reached the department file."""
-    web_port = free_port()
-    base_url = f"http://127.0.0.1:{web_port}"
+def start_stages(
+    procs: Processes, bootstrap: str, prefix: str, data_dir: Path, web_port: int, stages: Sequence[str]
+) -> None:
+    """``run STAGE`` for each of ``stages`` on topics ``prefix`` and ``data_dir`` (the web stage on
+    ``web_port``); returns once every one's ``/health/ready`` is 200."""
     env = stage_env(bootstrap, prefix, data_dir, INTAKE311_WEB__PORT=str(web_port))
-    ready_urls = {"web": f"{base_url}/health/ready"}
-    for stage in STAGES:
+    ready_urls = {"web": f"http://127.0.0.1:{web_port}/health/ready"}
+    for stage in stages:
         extra = {}
         if stage != "web":
             port = free_port()
             extra["INTAKE311_METRICS_PORT"] = str(port)
             ready_urls[stage] = f"http://127.0.0.1:{port}/health/ready"
         procs.start(stage, stage_argv(stage), {**env, **extra})
-    for stage in STAGES:
+    for stage in stages:
         waited = wait_ready(procs, stage, ready_urls[stage])
         progress(f"{stage}: /health/ready 200 after {waited:.1f}s ({prefix})")
+
+
+def start_pipeline(procs: Processes, bootstrap: str, prefix: str, data_dir: Path, scratch: Path) -> Pipeline:
+    """``run web|normalizer|router|sinks`` on fresh topics (``prefix``) and ``data_dir``; returns
+    once every ``/health/ready`` is 200 and warm-up reports reached the department file."""
+    web_port = free_port()
+    base_url = f"http://127.0.0.1:{web_port}"
+    start_stages(procs, bootstrap, prefix, data_dir, web_port, STAGES)
     tail = Tail(data_dir / "departments")
     # Warm-up: the whole chain delivers (every consumer has its partitions).
     warm = latency_run(procs, tail, base_url, 10, 1.5, f"warm-{prefix}", scratch, 60)
@@ -573,6 +581,95 @@ def edge_run(
     return Edge(name, data["tickets"], data["failed"], data["seconds"], "python aiohttp")
 
 
+@dataclass
+class EdgeAlone:
+    """The edge rounds with only the web stage and the broker running (``edge_alone``)."""
+
+    edge: Edge
+    ceiling: Edge
+    cpu_us: dict[str, float]  # CPU per accepted POST: web, broker, and the trivial endpoint's
+    lost: int
+    dup: int
+
+    def rows(self, connections: int, round_s: float) -> list[tuple[str, str, str, str, str, str]]:
+        edge, ceiling, cpu = self.edge, self.ceiling, self.cpu_us
+        own = sum(v for name, v in cpu.items() if name != "trivial")
+        return [
+            (f"accepted Open311 POSTs/s, web stage alone ({edge.tool}, {connections} conns, "
+             f"{EDGE_ROUNDS}x{round_s:g}s alternating; normalizer, router, sinks started after)",
+             f"{edge.rate:,.0f}/s ({edge.failed} not 201)",
+             f"trivial FastAPI form endpoint {ceiling.rate:,.0f}/s",
+             f"{edge.rate / ceiling.rate:.2f}" if ceiling.rate else "-",
+             str(self.lost), str(self.dup)),
+            ("CPU per accepted POST, web stage alone",
+             ", ".join(f"{name} {v:,.0f}" for name, v in cpu.items() if name != "trivial")
+             + f" = {own:,.0f} us",
+             f"trivial endpoint {cpu['trivial']:,.0f} us a request",
+             f"{cpu['trivial'] / own:.2f}" if own else "-", "-", "-"),
+        ]  # fmt: skip
+
+
+def edge_alone(
+    procs: Processes,
+    bootstrap: str,
+    prefix: str,
+    data_dir: Path,
+    scratch: Path,
+    trivial_url: str,
+    trivial_pids: dict[str, int],
+    broker_pid: int | None,
+    round_s: float,
+    connections: int,
+) -> EdgeAlone:
+    """The edge as a web host sees it when the normalizer, router and sinks run elsewhere.
+
+    On this machine every stage shares two cores with the web stage and the load generator, so
+    the whole-pipeline edge row measures the pipeline's CPU a report more than the intake's.
+    Here the other stages are stopped, a fresh web stage on topics of its own alternates rounds
+    with the trivial endpoint, and only then are the normalizer, router and sinks started on
+    those topics: every accepted ticket must still reach the department file exactly once.
+    """
+    for stage in STAGES:
+        procs.stop(stage)
+    web_port = free_port()
+    base_url = f"http://127.0.0.1:{web_port}"
+    start_stages(procs, bootstrap, prefix, data_dir, web_port, ["web"])
+    warm = edge_run(procs, "warm-up", base_url, 1.0, connections, "alone-warm", scratch)
+    pids = {"web": procs.children["web"].pid}
+    if broker_pid is not None:
+        pids["broker (tansu)"] = broker_pid
+    spent = dict.fromkeys([*pids, "trivial"], 0)
+    edges: list[Edge] = []
+    ceilings: list[Edge] = []
+    for n in range(EDGE_ROUNDS):
+        progress(f"edge alone, round {n + 1}: web stage and broker only, {round_s:g}s")
+        before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        edge = edge_run(procs, "web stage alone", base_url, round_s, connections, f"alone{n}", scratch)
+        for name, pid in pids.items():
+            spent[name] += cpu_ticks(pid) - before[name]
+        progress(f"  {len(edge.tickets)} accepted in {edge.seconds:.1f}s = {edge.rate:.0f}/s")
+        edges.append(edge)
+        before_trivial = sum(cpu_ticks(pid) for pid in trivial_pids.values())
+        ceiling = edge_run(procs, "trivial", trivial_url, round_s, connections, f"alone-ceiling{n}", scratch)
+        spent["trivial"] += sum(cpu_ticks(pid) for pid in trivial_pids.values()) - before_trivial
+        progress(f"  trivial: {len(ceiling.tickets)} in {ceiling.seconds:.1f}s = {ceiling.rate:.0f}/s")
+        ceilings.append(ceiling)
+    edge, ceiling = combined("web stage alone", edges), combined("trivial", ceilings)
+    tck = os.sysconf("SC_CLK_TCK")
+    cpu_us = {name: ticks / tck / max(1, len(edge.tickets)) * 1e6 for name, ticks in spent.items()}
+    cpu_us["trivial"] = spent["trivial"] / tck / max(1, len(ceiling.tickets)) * 1e6
+    # Now the rest of the pipeline, on these topics: the backlog must arrive whole, once each.
+    start_stages(procs, bootstrap, prefix, data_dir, web_port, STAGES[1:])
+    tickets = warm.tickets + edge.tickets
+    tail = Tail(data_dir / "departments")
+    tail.follow_until(set(tickets), 180, idle_stop=30)
+    lost, dup = delivery_counts(tail, tickets)
+    progress(f"  edge alone: {edge.rate:.0f}/s vs {ceiling.rate:.0f}/s; backlog lost {lost}, dup {dup}")
+    for stage in STAGES:
+        procs.stop(stage)
+    return EdgeAlone(edge, ceiling, cpu_us, lost, dup)
+
+
 # ---------------------------------------------------------------------------------------------
 # Latency
 
@@ -638,10 +735,16 @@ class ScaleOut:
     seconds: float
     distinct: int
     extra: int  # records beyond one per contact (re-emits or duplicates)
+    cpu_us: dict[str, float] = field(default_factory=dict)  # per contact, from pre-load to the last
 
     @property
     def rate(self) -> float:
         return self.distinct / self.seconds if self.seconds else 0.0
+
+    def bound(self, one_rate: float) -> float:
+        """The ratio to ``one_rate`` that this run's CPU a contact allows on this machine's cores."""
+        spent = sum(self.cpu_us.values()) / 1e6
+        return (os.cpu_count() or 1) / spent / one_rate if spent and one_rate else float("nan")
 
 
 async def _count_requests(
@@ -685,8 +788,9 @@ async def _count_requests(
 
 
 async def _scale_once(
-    bootstrap: str, prefix: str, contacts_records: list[Any], warm: list[Any], timeout: float
-) -> tuple[float, int, int]:
+    bootstrap: str, prefix: str, contacts_records: list[Any], warm: list[Any], timeout: float,
+    pids: dict[str, int] | None = None,
+) -> tuple[float, int, int, dict[str, int]]:  # fmt: skip
     from bench.pipeline_bench import preload
 
     topic = f"{prefix}.requests"
@@ -700,17 +804,23 @@ async def _scale_once(
     target = len(warm) + len(contacts_records)
     counter = asyncio.ensure_future(_count_requests(bootstrap, topic, target, timeout))
     await asyncio.sleep(0.5)  # the counter has caught up with the warm-up records
+    pids = pids or {}
+    pids = pids or {}
+    ticks = {name: cpu_ticks(pid) for name, pid in pids.items()}
     started = time.monotonic()
     await preload(bootstrap, contacts_records)
     finished, distinct, total, _ = await counter
+    # The straggler look after the last key is in this; the processes are idle by then.
+    spent = {name: cpu_ticks(pid) - ticks[name] for name, pid in pids.items()}
     if finished != finished:
         finished = time.monotonic()
-    return finished - started, distinct - len(warm), total - distinct
+    return finished - started, distinct - len(warm), total - distinct, spent
 
 
 def scale_out(
-    procs: Processes, bootstrap: str, stamp: str, scratch: Path, messages: int, count: int
-) -> ScaleOut:
+    procs: Processes, bootstrap: str, stamp: str, scratch: Path, messages: int, count: int,
+    broker_pid: int | None = None,
+) -> ScaleOut:  # fmt: skip
     from bench.pipeline_bench import contact_records, make_contacts
     from intake311.settings import KafkaSettings, Settings
 
@@ -731,13 +841,21 @@ def scale_out(
         names.append(name)
         waited = wait_ready(procs, name, f"http://127.0.0.1:{port}/health/ready")
         progress(f"  {name} ready in {waited:.1f}s")
+    pids = {name: procs.children[name].pid for name in names}
+    if broker_pid is not None:
+        pids["broker (tansu)"] = broker_pid
+    pids["loader and counter"] = os.getpid()
     try:
-        seconds, distinct, extra = asyncio.run(_scale_once(bootstrap, prefix, contacts, warm, 120))
+        seconds, distinct, extra, spent = asyncio.run(
+            _scale_once(bootstrap, prefix, contacts, warm, 120, pids)
+        )
         procs.check_alive(*names)
     finally:
         for name in names:
             procs.stop(name)
-    return ScaleOut(count, messages, seconds, distinct, extra)
+    tck = os.sysconf("SC_CLK_TCK")
+    cpu_us = {name: ticks / tck / max(1, distinct) * 1e6 for name, ticks in spent.items()}
+    return ScaleOut(count, messages, seconds, distinct, extra, cpu_us)
 
 
 @dataclass
@@ -934,6 +1052,15 @@ def stage_bench(messages: int) -> list[dict[str, Any]]:
             timeout = re.search(r"TIMEOUT: (\d+) done", row["note"])
             row["done"] = int(timeout.group(1)) if timeout else int(row["messages"])
             rows.append(row)
+    # The bounds pipeline_bench prints after its pure table: name -> the most that stage's ratio can be.
+    bounds = {}
+    for line in result.stdout.partition("most a stage ratio can be")[2].splitlines()[1:]:
+        name, _, bound = line.rpartition(" ")
+        if name.strip():
+            bounds[name.strip()] = bound
+    for row in rows:
+        key = "sink" if row["name"].startswith("sinks") else row["name"]
+        row["bound"] = bounds.get(key)
     return rows
 
 
@@ -971,6 +1098,10 @@ def ms(values: Sequence[float]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Main
+
+
+class _EdgeOnly(Exception):
+    """``--edge-only``: the rows after the latency runs are left out."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1056,8 +1187,6 @@ def run(args: argparse.Namespace) -> int:
                     f"  {len(ceiling.tickets)} accepted in {ceiling.seconds:.1f}s = {ceiling.rate:.0f}/s"
                 )
                 ceilings.append(ceiling)
-            for name in trivials:
-                procs.stop(name)
             edge, ceiling = combined("web stage", edges), combined("trivial", ceilings)
             edge_lost, edge_dup = delivery_counts(tail, edge.tickets)
             progress(
@@ -1084,6 +1213,15 @@ def run(args: argparse.Namespace) -> int:
                 f"{trivial_us / pipeline_us:.2f}" if pipeline_us else "-",
                 "-", "-",
             ))  # fmt: skip
+
+            # The edge alone: what a web host accepts when the consumers run on hosts of their own.
+            alone = edge_alone(
+                procs, bootstrap, f"e2e{stamp}alone", scratch / "data-alone", scratch,
+                f"http://127.0.0.1:{trivial_port}", trivial_pids, broker.pid, round_s, connections,
+            )  # fmt: skip
+            for name in trivials:
+                procs.stop(name)
+            rows += alone.rows(connections, round_s)
 
             # Open-loop latency, each rate on a pipeline and topics of its own: Tansu's memory engine
             # spends more on a fetch the more its topic holds (docs/operations.md), so on the edge
@@ -1136,14 +1274,16 @@ def run(args: argparse.Namespace) -> int:
 
             # Scale-out.
             results = []
-            for count in (1, 2):
+            for count in (1, 2) if not args.edge_only else ():
                 progress(f"scale-out: {scale_n} contacts, {count} normalizer process(es)")
-                result = scale_out(procs, bootstrap, stamp, scratch, scale_n, count)
+                result = scale_out(procs, bootstrap, stamp, scratch, scale_n, count, broker.pid)
                 progress(
                     f"  {result.distinct}/{scale_n} in {result.seconds:.2f}s = {result.rate:.0f}/s, "
                     f"{result.extra} extra records"
                 )
                 results.append(result)
+            if args.edge_only:
+                raise _EdgeOnly
             one, two = results
             partitions = KafkaSettings(bootstrap_servers=[bootstrap]).topic_partitions  # as the stages
             rows.append((
@@ -1153,6 +1293,16 @@ def run(args: argparse.Namespace) -> int:
                 f"{two.rate / one.rate:.2f}" if one.rate else "-",
                 f"{scale_n - two.distinct} / {scale_n - one.distinct}",
                 f"{two.extra} / {one.extra}",
+            ))  # fmt: skip
+            normalizers = {"normalizers": sum(v for k, v in two.cpu_us.items() if "normalizer" in k)}
+            rest = {k: v for k, v in two.cpu_us.items() if "normalizer" not in k}
+            rows.append((
+                "CPU per contact with 2 normalizers, every process (pre-load to the last request)",
+                ", ".join(f"{k} {v:,.0f}" for k, v in {**normalizers, **rest}.items())
+                + f" = {sum(two.cpu_us.values()):,.0f} us",
+                f"the most {os.cpu_count()} cores allow at this CPU a contact: "
+                f"{two.bound(one.rate):.2f} x one process",
+                "-", "-", "-",
             ))  # fmt: skip
             progress(
                 "membership: one normalizer at 100/s; a second joins at 6 s; the first is killed once the"
@@ -1170,13 +1320,15 @@ def run(args: argparse.Namespace) -> int:
                 ("contact sent -> request, after one of two normalizers is SIGKILLed", ms(stalls.kill_ms),
                  steady_max, "-", "(above)", f"{stalls.dup_kill} (replayed: handled, not yet committed)"),
             ]  # fmt: skip
+        except _EdgeOnly:
+            pass
         finally:
             procs.stop_all()
             broker.stop()
             if args.keep_logs:
                 shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
                 progress(f"stage, broker and client logs copied to {args.keep_logs}")
-        if not args.skip_stage_bench:
+        if not (args.skip_stage_bench or args.edge_only):
             stage_rows = stage_bench(stage_n)
             raw = next((r for r in stage_rows if r["name"] == "raw passthrough"), None)
             for r in stage_rows:
@@ -1189,7 +1341,8 @@ def run(args: argparse.Namespace) -> int:
                 rows.append((
                     f"bench: {r['name']} ({r['messages']} msgs, in process)",
                     f"{int(r['rate']):,} msgs/s{rounds}",
-                    f"raw passthrough {int(raw['rate']):,} msgs/s" if raw else "-",
+                    (f"raw passthrough {int(raw['rate']):,} msgs/s" if raw else "-")
+                    + (f"; at most {r['bound']} (its handler alone, no Kafka)" if r.get("bound") else ""),
                     r["ratio"], str(int(r["messages"]) - r["done"]), "not checked",
                 ))  # fmt: skip
     header.append(
@@ -1220,6 +1373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="offered rates of the latency runs, per second (default 100,500)",
     )
     parser.add_argument("--skip-stage-bench", action="store_true", help="leave out pipeline_bench.py")
+    parser.add_argument(
+        "--edge-only",
+        action="store_true",
+        help="only the edge rows and idle CPU (with --rates '' no latency run either)",
+    )
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy every process's log here")
     parser.add_argument("--serve-trivial", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)

@@ -743,6 +743,17 @@ def print_table(rounds: Sequence[Sequence[Result]], pure: Sequence[tuple[str, in
         print(f"\n{'pure function (no Kafka)':<44} {'records':>8} {'seconds':>8} {'per s':>9}")
         for label, n, seconds in pure:
             print(f"{label:<44} {n:>8} {seconds:>8.2f} {n / seconds if seconds else 0:>9.0f}")
+        raws = [r.rate for results in rounds for r in results if r.name == "raw passthrough" and r.rate]
+        if raws:
+            # A stage runs its handler's Python for every record, one at a time (one process, one
+            # GIL), so it cannot go faster than that handler alone with no Kafka at all: its ratio
+            # is at most the handler's rate over the raw passthrough's. (Not a sum of the two: the
+            # passthrough's time a record is mostly the broker's, which runs beside the handler.)
+            raw = statistics.median(raws)
+            print(f"\n{'most a stage ratio can be: handler alone / raw':<44} {'bound':>8}")
+            for label, n, seconds in pure:
+                if " handler: " in label and n and seconds:
+                    print(f"{label.split(' handler')[0]:<44} {n / seconds / raw:>8.2f}")
 
 
 def _with_raw(results: Sequence[Result]) -> list[tuple[Result, float | None]]:
