@@ -21,7 +21,7 @@ nothing at all otherwise (the edited first message carries it).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import re
 import sqlite3
@@ -38,6 +38,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from intake311.logging import get_logger
 from intake311.secrets import env_value
+from intake311.sqlite import KeptConnection
 from schemas.contact import Sender
 from schemas.request import IncidentReport, Priority, ServiceRequest
 from schemas.status import StatusChange
@@ -228,6 +229,15 @@ CREATE TABLE IF NOT EXISTS slack_replies (
 """
 
 
+def _map_setup(conn: sqlite3.Connection) -> None:
+    conn.row_factory = sqlite3.Row
+    conn.executescript(_MAP_SCHEMA)
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
+
+
 @dataclass(frozen=True)
 class SlackReplyRef:
     """Where a later report's thread reply is (kept apart: it has no status or buttons)."""
@@ -247,29 +257,19 @@ class SlackMessages:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._ready = False
+        # One kept connection and its thread (intake311.sqlite), as every local table: this map
+        # opened a connection per statement, and each close checkpointed the WAL (~1 ms).
+        self._db = KeptConnection(path, setup=_map_setup, name="slack-map")
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
-        conn.row_factory = sqlite3.Row
-        if not self._ready:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_MAP_SCHEMA)
-            self._ready = True
-        return conn
+    async def _run(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        return await self._db.run(functools.partial(_fetch, sql=sql, params=params))
 
-    def _run(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
-        conn = self._connect()
-        try:
-            with conn:
-                return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+    def close(self) -> None:
+        """Close the kept connection once pending statements ran (it reopens on next use)."""
+        self._db.close()
 
     async def _query(self, sql: str, *params: Any) -> list[SlackMessageRef]:
-        rows = await asyncio.to_thread(self._run, sql, params)
+        rows = await self._run(sql, params)
         return [
             SlackMessageRef(
                 request_id=r["request_id"],
@@ -302,10 +302,8 @@ class SlackMessages:
 
     async def find_reply(self, request_id: str, *, channel: str) -> SlackReplyRef | None:
         """The thread reply posted for a later report in one channel, if any."""
-        rows = await asyncio.to_thread(
-            self._run,
-            "SELECT * FROM slack_replies WHERE request_id = ? AND channel = ?",
-            (request_id, channel),
+        rows = await self._run(
+            "SELECT * FROM slack_replies WHERE request_id = ? AND channel = ?", (request_id, channel)
         )
         if not rows:
             return None
@@ -316,8 +314,7 @@ class SlackMessages:
 
     async def put_reply(self, ref: SlackReplyRef) -> None:
         """Insert or replace the reply row for (request_id, channel)."""
-        await asyncio.to_thread(
-            self._run,
+        await self._run(
             "INSERT INTO slack_replies (request_id, channel, thread_ts, ts, delivery_id, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, channel) DO UPDATE SET"
             " thread_ts = excluded.thread_ts, ts = excluded.ts, delivery_id = excluded.delivery_id,"
@@ -327,8 +324,7 @@ class SlackMessages:
 
     async def put(self, ref: SlackMessageRef) -> None:
         """Insert or replace the row for (request_id, channel)."""
-        await asyncio.to_thread(
-            self._run,
+        await self._run(
             "INSERT INTO slack_messages (request_id, channel, ts, target, delivery_id, state, blocks, text,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, channel) DO UPDATE SET"
             " ts = excluded.ts, target = excluded.target, delivery_id = excluded.delivery_id,"
@@ -875,6 +871,7 @@ class SlackSink:
         if session is not None:
             await session.close()
             self._client = None
+        self.messages.close()
 
 
 __all__ = [
