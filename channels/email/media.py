@@ -96,15 +96,16 @@ class FileMediaStore:
         actual = sniff_image(data)
         if actual is None:
             return None
-        name = f"{hashlib.sha256(data).hexdigest()[:40]}.{_EXTENSIONS[actual]}"
-        await asyncio.to_thread(self._write, name, data)
+        name = await asyncio.to_thread(self._write, data, _EXTENSIONS[actual])
         return Media(url=f"{self.base_url}/{name}", content_type=actual)
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, data: bytes, extension: str) -> str:
+        """Store ``data`` under its hash (off the loop: a photo is megabytes); its file name."""
+        name = f"{hashlib.sha256(data).hexdigest()[:40]}.{extension}"
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.directory / name
         if target.exists() and target.stat().st_size == len(data):
-            return
+            return name
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as file:
@@ -115,6 +116,7 @@ class FileMediaStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return name
 
     async def get(self, name: str) -> StoredMedia | None:
         if not NAME.match(name):

@@ -22,6 +22,7 @@ SMTP listener, so the same email reads the same whichever way it came in.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -348,7 +349,11 @@ def email_routes(
 
     async def ingest(message: EmailMessage | bytes, source: str, envelope_from: str | None) -> IngestResult:
         if isinstance(message, bytes):
-            parsed = parse_email(message, envelope_from=envelope_from, languages=intake.languages)
+            # Not ``intake.ingest_bytes``: an unreadable message raises here, so the post is kept
+            # on the dead-letter topic with its reason (``keep``) instead of merely refused.
+            parsed = await asyncio.to_thread(
+                parse_email, message, envelope_from=envelope_from, languages=intake.languages
+            )
             return await intake.ingest(parsed, source=source)
         return await intake.ingest_message(message, source=source, envelope_from=envelope_from)
 
@@ -366,7 +371,10 @@ def email_routes(
                 return too_large()
             try:
                 # Not kept when unreadable: without the fields there is no signature to check.
-                fields, files = parse_form(body, request.headers.get("content-type", ""))
+                # In a thread, as every step that reads the whole mail: a resident's photos make
+                # it megabytes, and this event loop also answers the web stage's submissions.
+                content_type = request.headers.get("content-type", "")
+                fields, files = await asyncio.to_thread(parse_form, body, content_type)
             except ValueError as exc:
                 return JSONResponse({"status": "rejected", "reason": str(exc)[:200]}, status_code=400)
             token = fields.get("token", "")
@@ -391,7 +399,7 @@ def email_routes(
                 log.warning("mailgun post with a reused token refused")
                 return JSONResponse({"status": "rejected", "reason": "replayed token"}, status_code=406)
             try:
-                message, envelope_from = mailgun_message(fields, files)
+                message, envelope_from = await asyncio.to_thread(mailgun_message, fields, files)
                 return _answer(await ingest(message, "mailgun", envelope_from))
             except TemporaryFailure:
                 await state.run(state.release_token, "mailgun", token)
@@ -441,10 +449,11 @@ def email_routes(
             except BodyTooLarge:
                 return too_large()
             try:
-                payload = parse_json(body)
+                payload = await asyncio.to_thread(parse_json, body)
                 if not isinstance(payload, dict):
                     raise BadBody("the body is not a JSON object")
-                return _answer(await ingest(postmark_message(payload), "postmark", None))
+                message = await asyncio.to_thread(postmark_message, payload)
+                return _answer(await ingest(message, "postmark", None))
             except TemporaryFailure:
                 return _retry()
             except Exception as exc:
