@@ -101,6 +101,7 @@ class EmailChannel(ChannelPlugin):
             await self.imap.stop()
         if self.smtp is not None:
             await self.smtp.stop()
+        self.state.close()  # reopens if a webhook still comes in
         self._started = False
 
     async def send(self, message: OutboundMessage) -> None:
