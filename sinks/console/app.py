@@ -145,8 +145,12 @@ def console_app(console: Console) -> FastAPI:
     def problem(request: Request, who: Identity | None, status: int, reason: str) -> HTMLResponse:
         return page("problem.html", request, who, status=status, reason=reason)
 
-    def identity(request: Request) -> Identity | None:
-        return sessions.loads(request.cookies.get(COOKIE))
+    async def identity(request: Request) -> Identity | None:
+        who = sessions.loads(request.cookies.get(COOKIE))
+        # A logged-out session's cookie is still signed: the case store says it has ended.
+        if who is not None and await console.store.session_ended(sessions.key(who)):
+            return None
+        return who
 
     def to_login(request: Request) -> Response:
         return RedirectResponse(f"{PREFIX}/login?{urlencode({'next': request.url.path})}", status_code=303)
@@ -193,7 +197,7 @@ def console_app(console: Console) -> FastAPI:
         handler: Handler, *, operators_only: bool = False, json: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            who = identity(request)
+            who = await identity(request)
             if who is None:
                 if json:
                     return JSONResponse({"error": "not logged in"}, status_code=401)
@@ -258,6 +262,12 @@ def console_app(console: Console) -> FastAPI:
         fields = await form_of(request, who)
         if isinstance(fields, Response):
             return fields
+        # Ended for every replica, not only deleted from this browser: a copy of the cookie
+        # (another device, a shared computer's profile) is refused from now on.
+        await console.store.end_session(
+            sessions.key(who), datetime.now(UTC) + timedelta(seconds=sessions.max_age_s)
+        )
+        log.info("console logout", who=who.name)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response

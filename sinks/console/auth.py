@@ -2,8 +2,9 @@
 
 Why signed cookies and not a session table: every web replica must accept every operator's
 session with no host-local state, and a signature (itsdangerous, keyed by
-``console.session_secret``) is all a replica needs. The cost: a session cannot be revoked one by
-one before it expires (``console.session_hours``); changing the secret ends them all.
+``console.session_secret``) is all a replica needs to read one. Logging out records the session
+as ended in the case store (``Sessions.key``), which every replica asks on each console request,
+so a copied cookie dies with the logout; changing the secret ends every session at once.
 
 Why a CSRF token although the cookie is ``SameSite=Strict``: old browsers and some proxies
 ignore SameSite; a token in the session, echoed by every form, is what the OWASP cheat sheet
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as concurrent_futures
 import contextlib
+import hashlib
 import hmac
 import math
 import os
@@ -238,6 +240,14 @@ class Sessions:
         secure = settings.console.secure_cookie
         self.secure = secure if secure is not None else (settings.web.base_url or "").startswith("https:")
         self._settings = settings
+
+    @staticmethod
+    def key(identity: Identity) -> str:
+        """The session's id where it is recorded as ended (a hash: the CSRF token stays secret).
+
+        Each login draws a fresh CSRF token, so the token names the session.
+        """
+        return hashlib.sha256(b"intake311.console.session\x1f" + identity.csrf.encode()).hexdigest()
 
     def dumps(self, identity: Identity) -> str:
         return self._serializer.dumps({"r": identity.role, "n": identity.name, "c": identity.csrf})

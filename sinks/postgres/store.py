@@ -653,6 +653,24 @@ class CaseStore:
             rows = await cur.fetchall()
         return [_open311(row) for row in rows]
 
+    async def end_session(self, session_hash: str, expires_at: datetime) -> None:
+        """Record a console session as ended (logged out) until ``expires_at``; drop expired ones."""
+        async with self.pool.connection() as conn:
+            await conn.execute("DELETE FROM console_ended_sessions WHERE expires_at < now()")
+            await conn.execute(
+                "INSERT INTO console_ended_sessions (session_hash, expires_at) VALUES (%s, %s)"
+                " ON CONFLICT (session_hash) DO NOTHING",
+                (session_hash, _aware(expires_at)),
+            )
+
+    async def session_ended(self, session_hash: str) -> bool:
+        """Whether that console session was logged out (``end_session``)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM console_ended_sessions WHERE session_hash = %s", (session_hash,)
+            )
+            return await cur.fetchone() is not None
+
     async def get_case(self, request_id: str) -> Case | None:
         """The full internal record, personal data included (for replying to the resident)."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

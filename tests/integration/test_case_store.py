@@ -105,12 +105,14 @@ async def test_migrations_apply_once_and_a_rerun_does_nothing(fresh_db: str) -> 
             (5, "request_feed"),
             (6, "attributes"),
             (7, "external_refs"),
+            (8, "console_sessions"),
         ]
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
         )
         tables = [r[0] for r in await cur.fetchall()]
     assert tables == [
+        "console_ended_sessions",
         "external_refs_waiting",
         "request_events",
         "requests",

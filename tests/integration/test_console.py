@@ -214,6 +214,27 @@ async def test_wrong_password_is_401_without_a_cookie(console: Console) -> None:
         assert (await client.get("/console/triage")).status_code == 303
 
 
+async def test_logging_out_ends_the_session_for_every_copy_of_its_cookie(console: Console) -> None:
+    """The cookie is signed, so deleting it in one browser did not end it: a copy kept working
+    until it expired. Now the logout is recorded in the case store, which every replica asks."""
+    async with console.client() as client, console.client() as copy:
+        await login(client, "alice", PASSWORD)
+        cookie = client.cookies.get(COOKIE, path="/console")
+        assert cookie
+        copy.cookies.set(COOKIE, cookie, path="/console")
+        assert (await copy.get("/console/triage")).status_code == 200
+        csrf = await csrf_of(client, "/console/triage")
+        out = await client.post("/console/logout", data={"csrf": csrf})
+        assert out.status_code == 303 and out.headers["location"] == "/console/login"
+        page = await copy.get("/console/triage")
+        assert page.status_code == 303 and page.headers["location"].startswith("/console/login")
+        action = await copy.post("/console/logout", data={"csrf": csrf})
+        assert action.status_code == 401
+    async with console.client() as again:  # alice's next login is a new session
+        await login(again, "alice", PASSWORD)
+        assert (await again.get("/console/triage")).status_code == 200
+
+
 async def test_wrong_logins_from_one_address_are_braked_with_429(console: Console) -> None:
     """``console.login_max_failures`` (10) wrong logins from one address: the next is not even
     checked, the right password included; another address still logs in as alice."""
