@@ -1100,6 +1100,13 @@ def ms(values: Sequence[float]) -> str:
 # Main
 
 
+def _cores_bound(cpu_us: float, ceiling_rate: float) -> str:
+    """nproc / (CPU a POST over every process) as a ratio to the trivial endpoint's rate."""
+    if not cpu_us or not ceiling_rate:
+        return "-"
+    return f"{(os.cpu_count() or 1) / (cpu_us / 1e6) / ceiling_rate:.2f}"
+
+
 class _EdgeOnly(Exception):
     """``--edge-only``: the rows after the latency runs are left out."""
 
@@ -1209,7 +1216,8 @@ def run(args: argparse.Namespace) -> int:
                 "CPU per accepted POST at the edge, every process (until its line is in the file)",
                 ", ".join(f"{name} {v:,.0f}" for name, v in per_post.items() if name != "trivial")
                 + f" = {pipeline_us:,.0f} us",
-                f"trivial endpoint {trivial_us:,.0f} us a request",
+                f"trivial endpoint {trivial_us:,.0f} us a request; the most {os.cpu_count()} cores allow "
+                f"the edge at this CPU a POST: {_cores_bound(pipeline_us, ceiling.rate)}",
                 f"{trivial_us / pipeline_us:.2f}" if pipeline_us else "-",
                 "-", "-",
             ))  # fmt: skip
