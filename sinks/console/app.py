@@ -57,6 +57,7 @@ _HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16 * 1024  # the largest form is an answer: 2,000 characters and a few fields
 ANSWER_MAX = 1600  # what one SMS thread comfortably carries; email and social take it too
 LIVE_LIMIT = 50
+STORE_DOWN = "The case store is not answering, so your session cannot be checked. Try again in a moment."
 
 # What a finished action says on the page it redirects to (the query carries a key, never text).
 DONE = {
@@ -197,7 +198,13 @@ def console_app(console: Console) -> FastAPI:
         handler: Handler, *, operators_only: bool = False, json: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            who = await identity(request)
+            try:
+                who = await identity(request)
+            except Exception:  # the case store, which says whether the session was logged out
+                log.warning("console session not checked: the case store did not answer", exc_info=True)
+                if json:
+                    return JSONResponse({"error": "the case store is not answering"}, status_code=503)
+                return problem(request, None, 503, STORE_DOWN)
             if who is None:
                 if json:
                     return JSONResponse({"error": "not logged in"}, status_code=401)
@@ -264,9 +271,17 @@ def console_app(console: Console) -> FastAPI:
             return fields
         # Ended for every replica, not only deleted from this browser: a copy of the cookie
         # (another device, a shared computer's profile) is refused from now on.
-        await console.store.end_session(
-            sessions.key(who), datetime.now(UTC) + timedelta(seconds=sessions.max_age_s)
-        )
+        try:
+            await console.store.end_session(
+                sessions.key(who), datetime.now(UTC) + timedelta(seconds=sessions.max_age_s)
+            )
+        except Exception:
+            # The cookie stays, so the person can log out again once the store answers: deleting
+            # it here would leave every copy of it working with no way to end it.
+            log.warning("console logout not recorded: the case store did not answer", exc_info=True)
+            return problem(
+                request, who, 503, "You are not logged out yet: the case store is not answering. Try again."
+            )
         log.info("console logout", who=who.name)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(COOKIE, path=PREFIX)

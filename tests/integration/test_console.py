@@ -235,6 +235,24 @@ async def test_logging_out_ends_the_session_for_every_copy_of_its_cookie(console
         assert (await again.get("/console/triage")).status_code == 200
 
 
+async def test_a_case_store_that_does_not_answer_is_a_503_and_the_logout_can_be_retried(
+    console: Console,
+) -> None:
+    async with console.client() as client:
+        await login(client, "alice", PASSWORD)
+        csrf = await csrf_of(client, "/console/triage")
+        with mock.patch.object(console.store, "session_ended", side_effect=OSError("store down")):
+            page = await client.get("/console/triage")
+            assert page.status_code == 503 and "case store is not answering" in page.text
+        with mock.patch.object(console.store, "end_session", side_effect=OSError("store down")):
+            out = await client.post("/console/logout", data={"csrf": csrf})
+            assert out.status_code == 503 and "not logged out yet" in out.text
+            assert "set-cookie" not in out.headers  # the cookie stays, to log out again
+        out = await client.post("/console/logout", data={"csrf": csrf})
+        assert out.status_code == 303
+        assert (await client.get("/console/triage")).status_code == 303
+
+
 async def test_wrong_logins_from_one_address_are_braked_with_429(console: Console) -> None:
     """``console.login_max_failures`` (10) wrong logins from one address: the next is not even
     checked, the right password included; another address still logs in as alice."""
